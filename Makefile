@@ -1,0 +1,71 @@
+# The verbs people type. `make demo` and `make test` work on a fresh machine:
+# each creates .venv and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP = $(VENV)/.installed-$(1)
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/eval_image
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+export DS_ACCELERATOR ?= cpu
+WORKDIR ?= polypythia-work
+
+.PHONY: help demo test lint format bench install-dev install-local prometheus images clean
+
+help:
+	@echo "make demo    run the tiny sweep on this machine (creates .venv)"
+	@echo "make test    lint + the whole test suite (creates .venv, installs Prometheus)"
+	@echo "make bench   benchmarks, JSON lines"
+	@echo "make images  build the operator, trainer and eval images (needs Docker)"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch is pinned (2.13.0): an unpinned torch pulls a multi-GB CUDA build.
+$(call STAMP,local): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[local]'
+	touch $@
+
+$(call STAMP,dev): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@ $(call STAMP,local)
+
+install-local: $(call STAMP,local)
+install-dev: $(call STAMP,dev)
+
+# Prometheus server and promtool (Debian) for the alert-rule tests and the end-to-end test.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian package) for promtool and the e2e tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null || { echo "promtool missing after install"; exit 1; }
+
+demo: install-local
+	$(PY) -m polypythia.cli run manifests/examples/sweep-tiny.yaml --workdir $(WORKDIR)
+
+lint: install-dev
+	$(VENV)/bin/ruff check operator trainer_image eval_image tests bench tools
+	$(VENV)/bin/ruff format --check operator trainer_image eval_image tests bench tools
+
+format: install-dev
+	$(VENV)/bin/ruff format operator trainer_image eval_image tests bench tools
+	$(VENV)/bin/ruff check --fix operator trainer_image eval_image tests bench tools
+
+test: install-dev prometheus lint
+	$(PY) -m pytest -q
+
+bench: install-dev
+	@mkdir -p bench-results
+	@for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+
+-include mk/images.mk
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) bench-results .pytest_cache

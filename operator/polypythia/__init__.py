@@ -1,0 +1,3 @@
+"""polypythia: PolyPythias-style pre-training sweeps on Kubernetes or one machine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""`polypythia presets`: the size table, with parameter counts from the built model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from polypythia import presets
+from polypythia.tables import render_table
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+
+def rows() -> list[dict]:
+    out = []
+    for preset in presets.PRESETS.values():
+        out.append(
+            {
+                "name": preset.name,
+                "layers": preset.num_layers,
+                "dModel": preset.hidden_size,
+                "heads": preset.num_heads,
+                "vocab": preset.vocab_size,
+                "learningRate": preset.learning_rate,
+                "minLearningRate": preset.min_learning_rate,
+                "parameters": presets.count_parameters(preset),
+                "publishedParameters": preset.published_params,
+                "tiny": preset.tiny,
+            }
+        )
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    table = rows()
+    if args.output == "json":
+        print(json.dumps(table, indent=2))
+        return 0
+    headers = ["NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "PARAMETERS", "PUBLISHED"]
+    print(
+        render_table(
+            headers,
+            [
+                [
+                    r["name"],
+                    r["layers"],
+                    r["dModel"],
+                    r["heads"],
+                    r["learningRate"],
+                    r["minLearningRate"],
+                    r["parameters"],
+                    r["publishedParameters"],
+                ]
+                for r in table
+            ],
+        )
+    )
+    print(
+        f"\nAll sizes: Adam {presets.ADAM_BETAS}, eps {presets.ADAM_EPS}, clip "
+        f"{presets.GRADIENT_CLIPPING}, warmup {presets.WARMUP_FRACTION:.0%}, cosine to "
+        f"{presets.MIN_LR_FRACTION:.0%} of peak, batch {presets.GLOBAL_BATCH_SIZE} x "
+        f"{presets.SEQUENCE_LENGTH}, {presets.TRAIN_STEPS:,} steps"
+    )
+    return 0

@@ -1,0 +1,212 @@
+"""Expand a sweep into runs: names, seeds, resolved run configs. Pure: no I/O.
+
+The same plan drives `polypythia run` (local Ray) and the operator (one RayJob per
+run), so a run means the same thing wherever it trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from polypythia import crd, presets
+from polypythia.spec import Sweep, resources_for
+
+MAX_RUN_NAME = 42  # 47 (KubeRay) minus room for a retry suffix `-r<N>`
+PYTHIA_STEPS = presets.TRAIN_STEPS
+PYTHIA_CHECKPOINT_COUNT = 143
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a sweep: (size, seed[, init]) and the resolved config the trainer gets."""
+
+    name: str
+    size: str
+    seed: int
+    weight_seed: int
+    data_seed: int
+    init: str
+    order: int
+    config: dict
+    requires: str | None = None
+
+
+def pythia_checkpoint_steps(steps: int, count: int = PYTHIA_CHECKPOINT_COUNT) -> list[int]:
+    """Pythia's schedule scaled to `steps`: 0, powers of two below the first regular
+    checkpoint, then `count` evenly spaced ones ending at `steps`.
+
+    For 143,000 steps and count 143 this is exactly Pythia's 154 revisions:
+    0, 1, 2, 4, ..., 512, 1000, 2000, ..., 143000.
+    """
+    count = min(count, steps)
+    regular = sorted({round(k * steps / count) for k in range(1, count + 1)})
+    early = [0]
+    power = 1
+    while power < regular[0]:
+        early.append(power)
+        power *= 2
+    return sorted(set(early + regular))
+
+
+def checkpoint_steps(spec: dict) -> list[int]:
+    checkpoints = spec["checkpoints"]
+    steps = spec["training"]["steps"]
+    schedule = checkpoints["schedule"]
+    if schedule == "pythia":
+        return pythia_checkpoint_steps(steps, checkpoints.get("count", PYTHIA_CHECKPOINT_COUNT))
+    if schedule == "every":
+        every = checkpoints["every"]
+        return sorted({0, *range(every, steps + 1, every), steps})
+    return sorted({0, *checkpoints["steps"], steps})
+
+
+def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
+    """Which of the `available` checkpoint steps the sweep's evaluation schedule selects."""
+    evaluation = spec["evaluation"]
+    schedule = evaluation["schedule"]
+    final = spec["training"]["steps"]
+    if schedule == "none":
+        return []
+    if schedule == "all":
+        return sorted(available)
+    if schedule == "final":
+        return [s for s in available if s == final]
+    if schedule == "every":
+        return sorted(s for s in available if s % evaluation["every"] == 0 or s == final)
+    wanted = set(evaluation["steps"])
+    return sorted(s for s in available if s in wanted)
+
+
+def dns_label(text: str) -> str:
+    """Lower-case DNS-1035 label characters: `1.4b` -> `1p4b`."""
+    text = text.lower().replace(".", "p").replace("_", "-")
+    text = re.sub(r"[^a-z0-9-]", "-", text)
+    return re.sub(r"-+", "-", text).strip("-")
+
+
+def run_name(sweep: str, size: str, seed: int, init: str | None = None) -> str:
+    """`<sweep>-<size>-s<seed>[-<init>]`, DNS-1035, at most MAX_RUN_NAME characters.
+
+    A long sweep name is cut and given a short hash, so names stay unique and stable.
+    """
+    tail = f"-{dns_label(size)}-s{seed}" + (f"-{dns_label(init)}" if init else "")
+    head = dns_label(sweep)
+    if not head or not head[0].isalpha():
+        head = "r" + head
+    if len(head) + len(tail) > MAX_RUN_NAME:
+        digest = hashlib.sha256(sweep.encode()).hexdigest()[:6]
+        keep = MAX_RUN_NAME - len(tail) - len(digest) - 1
+        head = f"{head[:keep].rstrip('-')}-{digest}"
+    return head + tail
+
+
+def seed_pair(seeds: dict, seed: int) -> tuple[int, int]:
+    """(weight seed, data seed) of a sweep seed, by the sweep's seed axis."""
+    axis, fixed = seeds["axis"], seeds["fixed"]
+    if axis == "weight":
+        return seed, fixed
+    if axis == "data":
+        return fixed, seed
+    return seed, seed
+
+
+def storage_uri(sweep: Sweep) -> str:
+    """Where the sweep's tree lives in the object store (`s3://bucket/prefix`)."""
+    storage = sweep.spec["storage"]
+    prefix = storage.get("prefix", "").strip("/")
+    return f"s3://{storage.get('bucket', '')}" + (f"/{prefix}" if prefix else "")
+
+
+def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> dict:
+    """The resolved run config (docs/contracts.md): everything the trainer needs."""
+    spec = sweep.spec
+    preset = presets.get(size)
+    training = spec["training"]
+    resources = resources_for(spec, size)
+    steps = training["steps"]
+    peak = training.get("learningRate", preset.learning_rate)
+    workers = resources["workers"]
+    per_worker = training["globalBatchSize"] // workers
+    weight_seed, data_seed = seed_pair(spec["seeds"], seed)
+    storage = spec["storage"]
+    model = preset.model_block()
+    model.update(zLoss=training["zLoss"], qkLayerNorm=training["qkLayerNorm"])
+    data = spec["data"]
+    return {
+        "apiVersion": crd.API_VERSION,
+        "sweep": sweep.name,
+        "namespace": sweep.namespace,
+        "run": name,
+        "size": size,
+        "seed": seed,
+        "weightSeed": weight_seed,
+        "dataSeed": data_seed,
+        "init": {"strategy": "pythia"},
+        "model": model,
+        "training": {
+            "steps": steps,
+            "globalBatchSize": training["globalBatchSize"],
+            "microBatchSize": training.get("microBatchSize", per_worker),
+            "sequenceLength": training["sequenceLength"],
+            "learningRate": peak,
+            "minLearningRate": training.get("minLearningRate", peak * presets.MIN_LR_FRACTION),
+            "warmupSteps": round(training["warmupFraction"] * steps),
+            "adamBeta1": presets.ADAM_BETAS[0],
+            "adamBeta2": presets.ADAM_BETAS[1],
+            "adamEps": presets.ADAM_EPS,
+            "weightDecay": training["weightDecay"],
+            "gradientClipping": training["gradientClipping"],
+            "precision": training["precision"],
+            "strategy": training["strategy"],
+            "zeroStage": training["zeroStage"] if training["strategy"] == "deepspeed" else 0,
+            "workers": workers,
+            "gpusPerWorker": resources["gpusPerWorker"],
+            "cpusPerWorker": resources["cpusPerWorker"],
+        },
+        "data": {
+            "format": data["format"],
+            "path": data.get("path"),
+            "tokenizer": data.get("tokenizer"),
+            "skipBatches": [list(pair) for pair in data.get("skipBatches", [])],
+        },
+        "checkpoints": {
+            "steps": checkpoint_steps(spec),
+            "resumeEvery": spec["checkpoints"].get("resumeEvery"),
+            "keepResume": spec["checkpoints"]["keepResume"],
+        },
+        "telemetry": {"flushEvery": max(1, min(50, steps // 20 or 1))},
+        "storage": {
+            "uri": base_uri,
+            "endpoint": storage.get("endpoint"),
+            "secure": storage["secure"],
+            "region": storage["region"],
+        },
+        "runUri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}",
+    }
+
+
+def plan_sweep(sweep: Sweep, *, base_uri: str | None = None) -> list[RunPlan]:
+    """All runs of a sweep in scheduling order: seed-major, so every size gets several
+    seeds early (the cross-seed comparison is the point of a sweep)."""
+    base_uri = base_uri or storage_uri(sweep)
+    sizes = sweep.sizes()
+    runs = []
+    for seed_index, seed in enumerate(sweep.seeds()):
+        for size_index, size in enumerate(sizes):
+            name = run_name(sweep.name, size, seed)
+            weight_seed, data_seed = seed_pair(sweep.spec["seeds"], seed)
+            runs.append(
+                RunPlan(
+                    name=name,
+                    size=size,
+                    seed=seed,
+                    weight_seed=weight_seed,
+                    data_seed=data_seed,
+                    init="pythia",
+                    order=seed_index * len(sizes) + size_index,
+                    config=run_config(sweep, size, seed, name, base_uri),
+                )
+            )
+    return runs

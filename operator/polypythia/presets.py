@@ -1,0 +1,129 @@
+"""Model-size presets: the one table of Pythia sizes (and tiny CPU sizes).
+
+Architecture and learning rates follow the Pythia configs (EleutherAI/pythia,
+`models/*.yml`); ``published_params`` is the total in the Pythia README. The
+parameter count is computed by building the transformers config, so a test can
+hold the table to the published numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Pythia's optimiser and schedule defaults (models/*.yml in EleutherAI/pythia).
+ADAM_BETAS = (0.9, 0.95)
+ADAM_EPS = 1e-8
+WEIGHT_DECAY = 0.01
+GRADIENT_CLIPPING = 1.0
+WARMUP_FRACTION = 0.01
+MIN_LR_FRACTION = 0.1
+GLOBAL_BATCH_SIZE = 1024
+SEQUENCE_LENGTH = 2048
+TRAIN_STEPS = 143_000
+ROTARY_PCT = 0.25
+ROTARY_BASE = 10_000
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model size: architecture plus its peak learning rate."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    learning_rate: float
+    vocab_size: int = 50_304
+    max_position_embeddings: int = SEQUENCE_LENGTH
+    published_params: int | None = None
+    tiny: bool = False
+
+    @property
+    def min_learning_rate(self) -> float:
+        return self.learning_rate * MIN_LR_FRACTION
+
+    @property
+    def intermediate_size(self) -> int:
+        return 4 * self.hidden_size
+
+    def model_block(self) -> dict:
+        """The `model` block of a resolved run config (camelCase, like the CRD)."""
+        return {
+            "numLayers": self.num_layers,
+            "hiddenSize": self.hidden_size,
+            "numHeads": self.num_heads,
+            "intermediateSize": self.intermediate_size,
+            "vocabSize": self.vocab_size,
+            "maxPositionEmbeddings": self.max_position_embeddings,
+            "rotaryPct": ROTARY_PCT,
+            "rotaryEmbBase": ROTARY_BASE,
+            "parallelResidual": True,
+            "tieWordEmbeddings": False,
+        }
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("nano", 2, 64, 4, 3e-3, vocab_size=1024, tiny=True),
+        Preset("micro", 4, 128, 4, 2e-3, vocab_size=1024, tiny=True),
+        Preset("14m", 6, 128, 4, 1e-3, published_params=14_067_712),
+        Preset("31m", 6, 256, 8, 1e-3, published_params=30_494_720),
+        Preset("70m", 6, 512, 8, 1e-3, published_params=70_426_624),
+        Preset("160m", 12, 768, 12, 6e-4, published_params=162_322_944),
+        Preset("410m", 24, 1024, 16, 3e-4, published_params=405_334_016),
+        Preset("1b", 16, 2048, 8, 3e-4, published_params=1_011_781_632),
+        Preset("1.4b", 24, 2048, 16, 2e-4, published_params=1_414_647_808),
+        Preset("2.8b", 32, 2560, 32, 1.6e-4, published_params=2_775_208_960),
+        Preset("6.9b", 32, 4096, 32, 1.2e-4, vocab_size=50_432, published_params=6_857_302_016),
+        Preset("12b", 36, 5120, 40, 1.2e-4, vocab_size=50_688, published_params=11_846_072_320),
+    )
+}
+
+
+class UnknownPresetError(KeyError):
+    """Raised for a size name that is not in the table."""
+
+
+def get(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UnknownPresetError(
+            f"unknown size {name!r}; allowed: {', '.join(PRESETS)}"
+        ) from None
+
+
+def hf_config(preset: Preset, **overrides):
+    """transformers' GPTNeoXConfig for a preset (imports transformers lazily)."""
+    from transformers import GPTNeoXConfig
+
+    block = preset.model_block()
+    kwargs = dict(
+        num_hidden_layers=block["numLayers"],
+        hidden_size=block["hiddenSize"],
+        num_attention_heads=block["numHeads"],
+        intermediate_size=block["intermediateSize"],
+        vocab_size=block["vocabSize"],
+        max_position_embeddings=block["maxPositionEmbeddings"],
+        rotary_pct=block["rotaryPct"],
+        rotary_emb_base=block["rotaryEmbBase"],
+        use_parallel_residual=block["parallelResidual"],
+        tie_word_embeddings=block["tieWordEmbeddings"],
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    kwargs.update(overrides)
+    return GPTNeoXConfig(**kwargs)
+
+
+def count_parameters(preset: Preset) -> int:
+    """Total parameters of the built model, on the meta device (no memory used)."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(hf_config(preset))
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,215 @@
+"""Sweep specs: read a PolyPythiaSweep, check it against the CRD, default it, check meaning.
+
+The schema part comes from the CRD file (`polypythia.crd`); what a schema cannot
+say (one of list/range, a schedule's required companion field, sizes that fit
+the sequence length, batch divisibility) is checked here, with the same kind of
+message: the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from polypythia import crd, presets
+from polypythia.errors import UsageError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecError(UsageError):
+    """A sweep that cannot run; `errors` holds every problem found, one per line."""
+
+    def __init__(self, errors: list[str], source: str = "sweep") -> None:
+        self.errors = errors
+        self.source = source
+        lines = "\n  ".join(errors)
+        super().__init__(f"{source} is not a valid {crd.KIND}:\n  {lines}")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated, defaulted sweep: metadata plus the spec exactly as the API server keeps it."""
+
+    name: str
+    namespace: str
+    spec: dict
+    generation: int | None = None
+    uid: str | None = None
+    labels: dict = field(default_factory=dict)
+
+    def seeds(self) -> list[int]:
+        return seed_list(self.spec["seeds"])
+
+    def sizes(self) -> list[str]:
+        return list(self.spec["sizes"])
+
+
+def seed_list(seeds: dict) -> list[int]:
+    if "list" in seeds:
+        return list(seeds["list"])
+    start = seeds["range"].get("start", 0)
+    return list(range(start, start + seeds["range"]["count"]))
+
+
+def load_sweep_file(path: str | Path) -> Sweep:
+    """Read one sweep from a YAML file; every problem is a SpecError or UsageError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UsageError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not documents:
+        raise UsageError(f"{path}: empty file, expected one {crd.KIND}")
+    if len(documents) > 1:
+        raise UsageError(
+            f"{path}: {len(documents)} YAML documents, expected exactly one {crd.KIND}"
+        )
+    return sweep_from_object(documents[0], source=str(path))
+
+
+def sweep_from_object(obj: object, *, source: str = "sweep", namespace: str = "default") -> Sweep:
+    """Validate against the CRD schema, apply its defaults, then check meaning."""
+    if not isinstance(obj, dict):
+        raise SpecError([f"<document>: must be a mapping, got {type(obj).__name__}"], source)
+    obj = copy.deepcopy(obj)
+    errors = []
+    if obj.get("apiVersion") != crd.API_VERSION:
+        errors.append(f"apiVersion: must be {crd.API_VERSION}, got {obj.get('apiVersion')!r}")
+    if obj.get("kind") != crd.KIND:
+        errors.append(f"kind: must be {crd.KIND}, got {obj.get('kind')!r}")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        errors.append("metadata.name: is required")
+        metadata = metadata if isinstance(metadata, dict) else {}
+    elif not NAME_PATTERN.match(str(metadata["name"])) or len(str(metadata["name"])) > 63:
+        errors.append(
+            f"metadata.name: {metadata['name']!r} must be a DNS-1123 label "
+            "(lower-case letters, digits and '-', at most 63 characters)"
+        )
+    errors += crd.validate(obj)
+    if errors:
+        raise SpecError(errors, source)
+    crd.apply_defaults(crd.schema(), obj)
+    spec = obj["spec"]
+    errors = semantic_errors(spec)
+    if errors:
+        raise SpecError(errors, source)
+    return Sweep(
+        name=metadata["name"],
+        namespace=metadata.get("namespace") or namespace,
+        spec=spec,
+        generation=metadata.get("generation"),
+        uid=metadata.get("uid"),
+        labels=dict(metadata.get("labels") or {}),
+    )
+
+
+def semantic_errors(spec: dict) -> list[str]:
+    """What the schema cannot express; `spec` is already schema-valid and defaulted."""
+    errors: list[str] = []
+    seeds = spec["seeds"]
+    if ("list" in seeds) == ("range" in seeds):
+        errors.append("spec.seeds: give exactly one of `list` or `range`")
+    training = spec["training"]
+    steps = training["steps"]
+    for size in spec["sizes"]:
+        preset = presets.get(size)
+        if training["sequenceLength"] > preset.max_position_embeddings:
+            errors.append(
+                f"spec.training.sequenceLength: {training['sequenceLength']} exceeds the "
+                f"{size} preset's maximum of {preset.max_position_embeddings}"
+            )
+        errors += _resource_errors(spec, size)
+    for name in spec.get("resources", {}).get("perSize", {}):
+        if name not in presets.PRESETS:
+            errors.append(
+                f"spec.resources.perSize.{name}: unknown size; allowed: {', '.join(presets.PRESETS)}"
+            )
+    min_lr, peak = training.get("minLearningRate"), training.get("learningRate")
+    if min_lr is not None and peak is not None and min_lr > peak:
+        errors.append(
+            f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}"
+        )
+    checkpoints = spec["checkpoints"]
+    errors += _companion(checkpoints, "spec.checkpoints", {"every": "every", "list": "steps"})
+    for step in checkpoints.get("steps", []):
+        if step > steps:
+            errors.append(
+                f"spec.checkpoints.steps: step {step} is beyond spec.training.steps ({steps})"
+            )
+    evaluation = spec["evaluation"]
+    errors += _companion(evaluation, "spec.evaluation", {"every": "every", "list": "steps"})
+    data = spec["data"]
+    if data["format"] == "megatron" and "path" not in data:
+        errors.append("spec.data.path: is required when spec.data.format is megatron")
+    if data["format"] == "megatron" and "tokenizer" not in data:
+        errors.append("spec.data.tokenizer: is required when spec.data.format is megatron")
+    for index, pair in enumerate(data.get("skipBatches", [])):
+        if pair[0] >= pair[1]:
+            errors.append(
+                f"spec.data.skipBatches[{index}]: start {pair[0]} must be below end {pair[1]}"
+            )
+    if training["strategy"] == "ddp" and training.get("zeroStage", 0) not in (0, 1):
+        errors.append("spec.training.zeroStage: only applies to strategy deepspeed")
+    return errors
+
+
+def _companion(section: dict, path: str, needs: dict[str, str]) -> list[str]:
+    schedule = section.get("schedule")
+    if schedule in needs and needs[schedule] not in section:
+        return [f"{path}.{needs[schedule]}: is required when {path}.schedule is {schedule}"]
+    return []
+
+
+def resources_for(spec: dict, size: str) -> dict:
+    """The per-run resources of a size: built-in defaults < `default` < `perSize[size]`."""
+    tiny = presets.get(size).tiny
+    resolved = {
+        "workers": 1,
+        "gpusPerWorker": 0 if tiny else 1,
+        "cpusPerWorker": 1 if tiny else 8,
+    }
+    resources = spec.get("resources", {})
+    resolved.update(resources.get("default", {}))
+    resolved.update(resources.get("perSize", {}).get(size, {}))
+    return resolved
+
+
+def _resource_errors(spec: dict, size: str) -> list[str]:
+    errors = []
+    resources = resources_for(spec, size)
+    training = spec["training"]
+    workers = resources["workers"]
+    if training["globalBatchSize"] % workers:
+        errors.append(
+            f"spec.training.globalBatchSize: {training['globalBatchSize']} is not divisible by "
+            f"the {workers} workers of size {size}"
+        )
+    micro = training.get("microBatchSize")
+    per_worker = training["globalBatchSize"] // workers
+    if micro and per_worker % micro:
+        errors.append(
+            f"spec.training.microBatchSize: {micro} does not divide the per-worker batch "
+            f"{per_worker} of size {size}"
+        )
+    if training["precision"] in ("bf16", "fp16") and resources["gpusPerWorker"] == 0:
+        errors.append(
+            f"spec.training.precision: {training['precision']} needs GPUs, but size {size} has "
+            "gpusPerWorker 0; use fp32 or auto"
+        )
+    return errors

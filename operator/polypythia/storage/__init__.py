@@ -1,0 +1,26 @@
+"""The storage contract shared by operator, trainer and evaluator (docs/contracts.md).
+
+``open_store`` maps a URI to an ObjectStore (local directory or S3/MinIO);
+``RunStore`` and ``SweepStore`` know the layout of runs inside it.
+"""
+
+from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, StorageUnavailable
+from polypythia.storage.layout import COMPLETE, RunStore, SweepStore, TelemetryFile, resolve_history
+from polypythia.storage.local import LocalStore
+from polypythia.storage.s3 import S3Store
+from polypythia.storage.uri import open_store
+
+__all__ = [
+    "COMPLETE",
+    "LocalStore",
+    "ObjectStore",
+    "RunStore",
+    "S3Store",
+    "StorageError",
+    "StorageNotFound",
+    "StorageUnavailable",
+    "SweepStore",
+    "TelemetryFile",
+    "open_store",
+    "resolve_history",
+]

@@ -1,0 +1,331 @@
+"""The storage layout of runs and sweeps (docs/contracts.md "Storage layout").
+
+```
+<run>/run.json
+<run>/telemetry/<first:09d>-<last:09d>[.a<attempt>].jsonl
+<run>/checkpoints/step<N>/...        COMPLETE written last
+<run>/evals/step<N>.json
+```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound
+from polypythia.storage.local import LocalStore
+from polypythia.storage.uri import open_store
+
+RUN_CONFIG = "run.json"
+COMPLETE = "COMPLETE"
+_TELEMETRY = re.compile(r"^(\d{9,})-(\d{9,})(?:\.a(\d+))?\.jsonl$")
+_CHECKPOINT = re.compile(r"^checkpoints/step(\d+)/COMPLETE$")
+_EVAL = re.compile(r"^evals/step(\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class TelemetryFile:
+    """One telemetry batch as named in storage: steps ``first``..``last`` of ``attempt``."""
+
+    key: str
+    first: int
+    last: int
+    attempt: int
+
+    @staticmethod
+    def name(first: int, last: int, attempt: int) -> str:
+        """The file name for a batch; attempt 0 carries no suffix."""
+        suffix = f".a{attempt}" if attempt > 0 else ""
+        return f"{first:09d}-{last:09d}{suffix}.jsonl"
+
+
+def resolve_history(records: list[dict], starts: dict[int, int]) -> list[dict]:
+    """One clean history from the records of several attempts, sorted by step.
+
+    For each step the record of the highest attempt wins. A record of attempt ``a`` at
+    a step at or past the first step of any later attempt is dropped too: that later
+    attempt resumed (or rewound) from an earlier checkpoint, so the older attempt's
+    records from there on belong to an abandoned history. ``starts`` maps attempt to
+    its first step.
+    """
+    cutoff: dict[int, float] = {}
+    later_start = float("inf")
+    for attempt in sorted(starts, reverse=True):
+        cutoff[attempt] = later_start
+        later_start = min(later_start, starts[attempt])
+    best: dict[int, dict] = {}
+    for rec in records:
+        step, attempt = rec["step"], rec["attempt"]
+        if step >= cutoff.get(attempt, float("inf")):
+            continue
+        if step not in best or attempt >= best[step]["attempt"]:
+            best[step] = rec
+    return [best[s] for s in sorted(best)]
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+class RunStore:
+    """Everything one run keeps in storage: config, telemetry, checkpoints, evaluations."""
+
+    def __init__(self, store: ObjectStore, prefix: str, uri: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self._uri = uri.rstrip("/")
+
+    @classmethod
+    def open(cls, run_uri: str, **store_kwargs) -> RunStore:
+        """Open the run at ``run_uri`` (a local path or ``s3://bucket/.../<sweep>/<run>``)."""
+        store, prefix = open_store(run_uri, **store_kwargs)
+        uri = str(store.root) if isinstance(store, LocalStore) else run_uri
+        return cls(store, prefix, uri)
+
+    @property
+    def uri(self) -> str:
+        """The run's URI (local paths absolute)."""
+        return self._uri
+
+    def __repr__(self) -> str:
+        return f"RunStore({self._uri!r})"
+
+    def key(self, *parts: str) -> str:
+        """The store key of a path inside the run folder."""
+        return _join(self.prefix, *parts)
+
+    def _rel(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def _list(self, folder: str) -> list[str]:
+        """Keys under a run sub-folder, relative to the run folder."""
+        return [self._rel(k) for k in self.store.list(self.key(folder) + "/")]
+
+    def _read_json(self, rel: str):
+        data = self.store.get_bytes(self.key(rel))
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise StorageError(f"{self._uri}/{rel}: not valid JSON ({exc})") from None
+
+    def _write_json(self, rel: str, obj) -> None:
+        self.store.put_bytes(self.key(rel), json.dumps(obj, indent=2).encode() + b"\n")
+
+    # run config
+
+    def write_run_config(self, cfg: dict) -> None:
+        """Store the resolved run config (what the trainer ran)."""
+        self._write_json(RUN_CONFIG, cfg)
+
+    def read_run_config(self) -> dict:
+        """The resolved run config; StorageNotFound when the run was never planned."""
+        return self._read_json(RUN_CONFIG)
+
+    # telemetry
+
+    def telemetry_files(self) -> list[TelemetryFile]:
+        """The telemetry batches in storage, parsed from their names (one listing)."""
+        files = []
+        for rel in self._list("telemetry"):
+            m = _TELEMETRY.match(rel.rpartition("/")[2])
+            if m and "/" not in rel[len("telemetry/") :]:
+                files.append(TelemetryFile(rel, int(m[1]), int(m[2]), int(m[3] or 0)))
+        return sorted(files, key=lambda f: (f.first, f.attempt))
+
+    def append_telemetry(self, records: list[dict], attempt: int) -> str | None:
+        """Write one batch of step records as a new JSONL file; return its key.
+
+        Records without ``attempt`` get this one; writing the same batch again replaces
+        the file, so a retried flush is harmless. An empty batch writes nothing.
+        """
+        if attempt < 0:
+            raise ValueError(f"telemetry attempt must be >= 0, got {attempt}")
+        if not records:
+            return None
+        batch = []
+        for rec in records:
+            if not isinstance(rec.get("step"), int) or rec["step"] < 0:
+                raise ValueError(f"telemetry record needs an integer step >= 0: {rec!r}")
+            if rec.get("attempt", attempt) != attempt:
+                raise ValueError(f"telemetry record of attempt {rec['attempt']} in attempt {attempt}")
+            batch.append({**rec, "attempt": attempt})
+        steps = [r["step"] for r in batch]
+        key = self.key("telemetry", TelemetryFile.name(min(steps), max(steps), attempt))
+        body = "".join(json.dumps(r, allow_nan=True) + "\n" for r in batch)
+        self.store.put_bytes(key, body.encode())
+        return key
+
+    def _read_telemetry_file(self, f: TelemetryFile) -> list[dict]:
+        text = self.store.get_bytes(self.key(f.key)).decode()
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise StorageError(f"{self._uri}/{f.key} line {n}: {exc}") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                    raise StorageError(f"{self._uri}/{f.key} line {n}: no integer 'step'")
+                rec.setdefault("attempt", f.attempt)
+                out.append(rec)
+        return out
+
+    def read_telemetry(self) -> list[dict]:
+        """The run's step records as one clean history (see ``resolve_history``)."""
+        return self.read_telemetry_since(-1)
+
+    def read_telemetry_since(self, step: int) -> list[dict]:
+        """Records of steps after ``step``, reading only batches that reach past it.
+
+        Cheap for monitors that poll: one listing plus the new batches. A monitor that
+        sees ``next_attempt()`` grow should re-read from the new attempt's first step.
+        """
+        files = self.telemetry_files()
+        starts: dict[int, int] = {}
+        for f in files:
+            starts[f.attempt] = min(f.first, starts.get(f.attempt, f.first))
+        records = [
+            rec
+            for f in files
+            if f.last > step
+            for rec in self._read_telemetry_file(f)
+            if rec["step"] > step
+        ]
+        return resolve_history(records, starts)
+
+    def next_attempt(self) -> int:
+        """The attempt number a (re)start of the run writes with: 0 on the first start."""
+        return 1 + max((f.attempt for f in self.telemetry_files()), default=-1)
+
+    # checkpoints
+
+    def checkpoint_key(self, step: int, rel: str = "") -> str:
+        """The store key of a checkpoint folder (Pythia revision name) or a file in it."""
+        return self.key("checkpoints", f"step{int(step)}", rel)
+
+    def complete_checkpoints(self) -> list[int]:
+        """Steps whose checkpoint is complete; one without COMPLETE does not exist."""
+        steps = (_CHECKPOINT.match(rel) for rel in self._list("checkpoints"))
+        return sorted(int(m[1]) for m in steps if m)
+
+    def is_complete(self, step: int) -> bool:
+        """Whether the checkpoint of ``step`` is complete."""
+        return self.store.exists(self.checkpoint_key(step, COMPLETE))
+
+    def commit_checkpoint(self, step: int, local_dir: Path) -> dict:
+        """Upload every file under ``local_dir``, then COMPLETE; return the manifest.
+
+        A checkpoint already there for this step (complete or a crashed upload) is
+        removed first, so the step is invisible until the new COMPLETE lands. A
+        LocalStore run may write straight into ``local_path``-style folder
+        ``checkpoints/step<N>``: committing that folder only writes COMPLETE.
+        """
+        local_dir = Path(local_dir)
+        files = sorted(
+            p for p in local_dir.rglob("*") if p.is_file() and p.relative_to(local_dir).as_posix() != COMPLETE
+        )
+        if not files:
+            raise ValueError(f"checkpoint step{step}: {local_dir} holds no files")
+        in_place = isinstance(self.store, LocalStore) and (
+            local_dir.resolve() == (self.store.root / self.checkpoint_key(step)).resolve()
+        )
+        if in_place:
+            self.store.delete(self.checkpoint_key(step, COMPLETE))
+        else:
+            self.delete_checkpoint(step)
+        manifest = {"step": step, "time": time.time(), "files": []}
+        for path in files:
+            rel = path.relative_to(local_dir).as_posix()
+            if not in_place:
+                self.store.put_file(self.checkpoint_key(step, rel), path)
+            manifest["files"].append({"path": rel, "size": path.stat().st_size})
+        self._write_json(f"checkpoints/step{step}/{COMPLETE}", manifest)
+        return manifest
+
+    def read_manifest(self, step: int) -> dict:
+        """The COMPLETE manifest of a checkpoint; StorageNotFound when incomplete."""
+        try:
+            return self._read_json(f"checkpoints/step{int(step)}/{COMPLETE}")
+        except StorageNotFound:
+            raise StorageNotFound(
+                f"{self._uri}/checkpoints/step{step}: no complete checkpoint"
+            ) from None
+
+    def fetch_checkpoint(self, step: int, local_dir: Path) -> Path:
+        """Download a complete checkpoint into ``local_dir`` and check every file's size."""
+        manifest = self.read_manifest(step)
+        local_dir = Path(local_dir)
+        for entry in manifest["files"]:
+            target = local_dir / entry["path"]
+            self.store.get_file(self.checkpoint_key(step, entry["path"]), target)
+            if target.stat().st_size != entry["size"]:
+                raise StorageError(
+                    f"{self._uri}/checkpoints/step{step}/{entry['path']}: "
+                    f"{target.stat().st_size} bytes, COMPLETE says {entry['size']}"
+                )
+        return local_dir
+
+    def delete_checkpoint(self, step: int) -> None:
+        """Remove a checkpoint: COMPLETE first, so readers never see a partial one."""
+        self.store.delete(self.checkpoint_key(step, COMPLETE))
+        self.store.delete_prefix(self.checkpoint_key(step) + "/")
+
+    def local_path(self, step: int) -> Path | None:
+        """The checkpoint folder itself on a LocalStore (load it in place), else None."""
+        if not isinstance(self.store, LocalStore):
+            return None
+        self.read_manifest(step)
+        return self.store.root / self.checkpoint_key(step)
+
+    # evaluations
+
+    def write_eval(self, step: int, result: dict) -> None:
+        """Store the evaluation result of a checkpoint (rewriting it is idempotent)."""
+        self._write_json(f"evals/step{int(step)}.json", result)
+
+    def read_eval(self, step: int) -> dict:
+        """The evaluation result of a checkpoint; StorageNotFound when not evaluated."""
+        return self._read_json(f"evals/step{int(step)}.json")
+
+    def evaluated_steps(self) -> list[int]:
+        """Steps that have an evaluation result."""
+        return sorted(int(m[1]) for m in map(_EVAL.match, self._list("evals")) if m)
+
+    def read_evals(self) -> dict[int, dict]:
+        """All evaluation results by step."""
+        return {step: self.read_eval(step) for step in self.evaluated_steps()}
+
+
+class SweepStore:
+    """A sweep's folder: one sub-folder per run."""
+
+    def __init__(self, store: ObjectStore, prefix: str, uri: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self._uri = uri.rstrip("/")
+
+    @classmethod
+    def open(cls, sweep_uri: str, **store_kwargs) -> SweepStore:
+        """Open the sweep at ``sweep_uri`` (``<storage.uri>/<sweep>``)."""
+        store, prefix = open_store(sweep_uri, **store_kwargs)
+        uri = str(store.root) if isinstance(store, LocalStore) else sweep_uri
+        return cls(store, prefix, uri)
+
+    @property
+    def uri(self) -> str:
+        """The sweep's URI (local paths absolute)."""
+        return self._uri
+
+    def runs(self) -> list[str]:
+        """Names of the runs that have anything in storage."""
+        return self.store.list_dirs(self.prefix)
+
+    def run(self, name: str) -> RunStore:
+        """The RunStore of run ``name`` (sharing this sweep's connection)."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"run name {name!r}: must be one path component")
+        return RunStore(self.store, _join(self.prefix, name), f"{self._uri}/{name}")

@@ -1,0 +1,1 @@
+"""Reusable test support: a real S3 server (moto) and fixtures built on it."""

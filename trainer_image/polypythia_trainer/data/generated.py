@@ -1,0 +1,93 @@
+"""The demo dataset: the project's grammar corpus, its BPE tokenizer and token files, cached.
+
+Built once per cache folder. Concurrent runs (several Ray workers on one machine) take
+a file lock, so one builds while the others wait; the build happens in a temporary
+folder renamed into place at the end, so a crash never leaves a half-built dataset.
+Every build is identical (fixed corpus seed, deterministic tokenizer training), so
+workers on different machines building their own copies train on the same tokens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from polypythia import corpus
+from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
+from polypythia_trainer.data.tokenizer import EOD, save_hf, train_bpe
+
+DOCUMENTS = 48_000  # about 2.1M tokens: several epochs' worth of room for the demo runs
+VOCAB_SIZE = 1024
+CORPUS_SEED = 0  # one corpus for all runs; data seeds change its order, not its content
+PREFIX = "corpus"  # <dir>/corpus.bin, corpus.idx
+TOKENIZER_DIR = "tokenizer"
+
+
+def dataset_dir(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
+    """Where the generated dataset lives; the name changes whenever its content would."""
+    name = f"generated-c{corpus.CORPUS_VERSION}-d{documents}-v{VOCAB_SIZE}"
+    return Path(cache_dir).expanduser().absolute() / name
+
+
+@contextmanager
+def _locked(path: Path):
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(out_dir: Path, documents: int = DOCUMENTS) -> dict:
+    """Generate, tokenise and write the corpus into ``out_dir``; returns its statistics."""
+    started = time.perf_counter()
+    docs = corpus.generate_documents(documents, CORPUS_SEED)
+    tokenizer = train_bpe(docs, VOCAB_SIZE)
+    eod = tokenizer.token_to_id(EOD)
+    builder = IndexedDatasetBuilder(out_dir / PREFIX, best_dtype(VOCAB_SIZE))
+    tokens = 0
+    for start in range(0, len(docs), 4096):
+        for enc in tokenizer.encode_batch(docs[start : start + 4096], add_special_tokens=False):
+            ids = np.asarray(enc.ids + [eod], dtype=np.int64)
+            builder.add_item(ids)
+            builder.end_document()
+            tokens += ids.size
+    builder.finalize()
+    save_hf(tokenizer, out_dir / TOKENIZER_DIR)
+    stats = {
+        "corpusVersion": corpus.CORPUS_VERSION,
+        "documents": documents,
+        "tokens": tokens,
+        "vocabSize": VOCAB_SIZE,
+        "buildSeconds": round(time.perf_counter() - started, 2),
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def ensure(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
+    """The generated dataset's folder, building it first if no earlier run did."""
+    final = dataset_dir(cache_dir, documents)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final.parent / f".{final.name}.lock"):
+        if final.is_dir():  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            build(tmp, documents)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final

@@ -1,0 +1,141 @@
+"""What the trainer reads: fixed-length samples in a per-seed order, batch by batch.
+
+As in GPT-NeoX, documents (each ending in the EOD token) lie back to back and the stream
+is cut into samples of ``sequence_length + 1`` tokens (inputs and shifted labels). Sample
+``i`` is tokens ``[i * (L + 1), (i + 1) * (L + 1))``: with Pythia's pre-shuffled Pile,
+whose items are exactly 2049 tokens long, sample ``i`` is item ``i``, as in Pythia's
+``batch_viewer.py``. The tail shorter than one sample is never used.
+
+Global batch ``b`` of size ``B`` takes stream positions ``b*B ... b*B + B - 1``; position
+``p`` is sample ``order(p)`` (see :mod:`order`), so a batch depends only on
+``(data_seed, b)``: a run resumed or rewound at any step reads the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from polypythia.errors import UsageError
+from polypythia_trainer.data import order
+from polypythia_trainer.data.indexed import IndexedDataset
+from polypythia_trainer.data.sources import LocalFile, StoreObject
+from polypythia_trainer.data.tokenizer import copy_hf
+
+_REMOTE_READERS = 8
+
+
+class TrainingData:
+    """Samples of ``sequence_length + 1`` tokens from an indexed dataset, in seed order."""
+
+    def __init__(
+        self,
+        dataset: IndexedDataset,
+        *,
+        sequence_length: int,
+        vocab_size: int,
+        data_seed: int,
+        tokenizer: Path,
+        stored_order: np.ndarray | None = None,
+        name: str = "dataset",
+    ) -> None:
+        self.dataset = dataset
+        self.sequence_length = sequence_length
+        self.sample_length = sequence_length + 1
+        self.vocab_size = vocab_size
+        self.data_seed = data_seed
+        self.tokenizer = Path(tokenizer)
+        self.name = name
+        self.num_samples = dataset.total_tokens // self.sample_length
+        if self.num_samples < 1:
+            raise UsageError(
+                f"spec.data.path: {name} has {dataset.total_tokens} tokens, fewer than one "
+                f"sample of sequenceLength + 1 = {self.sample_length}"
+            )
+        if stored_order is not None and stored_order.shape != (self.num_samples,):
+            raise UsageError(
+                f"spec.data.path: the stored order for seed {data_seed} has shape "
+                f"{stored_order.shape}, the dataset has {self.num_samples} samples of "
+                f"{self.sample_length} tokens"
+            )
+        self.stored_order = stored_order
+        self._remote = isinstance(getattr(dataset, "_data", None), StoreObject)
+
+    def sample_ids(
+        self, batch_index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+    ) -> np.ndarray:
+        """Indices of the samples in ``rank``'s share of global batch ``batch_index``."""
+        if batch_index < 0:
+            raise ValueError(f"batch_index must be >= 0, got {batch_index}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < size")
+        if batch_size < 1 or batch_size % world_size:
+            raise ValueError(
+                f"batch size {batch_size} must be a positive multiple of world_size {world_size}"
+            )
+        share = batch_size // world_size
+        first = batch_index * batch_size + rank * share
+        positions = np.arange(first, first + share, dtype=np.int64)
+        return order.sample_ids(positions, self.num_samples, self.data_seed, self.stored_order)
+
+    def sample(self, sample_id: int) -> np.ndarray:
+        """The tokens of sample ``sample_id``, as stored."""
+        if not 0 <= sample_id < self.num_samples:
+            raise IndexError(f"sample {sample_id} outside [0, {self.num_samples})")
+        return self.dataset.tokens(int(sample_id) * self.sample_length, self.sample_length)
+
+    def batch(
+        self, batch_index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+    ) -> np.ndarray:
+        """int64 ``(batch_size // world_size, sequence_length + 1)``: rank's share of a batch."""
+        ids = self.sample_ids(batch_index, batch_size, rank=rank, world_size=world_size)
+        if self._remote:
+            with ThreadPoolExecutor(min(_REMOTE_READERS, len(ids))) as pool:
+                rows = list(pool.map(self.sample, ids))
+        else:
+            rows = [self.sample(i) for i in ids]
+        out = np.stack(rows).astype(np.int64)
+        top = int(out.max())
+        if top >= self.vocab_size:
+            raise UsageError(
+                f"spec.data.path: {self.name} holds token id {top}, outside the model's "
+                f"vocabulary of {self.vocab_size} (spec.model.vocabSize)"
+            )
+        return out
+
+    def save_tokenizer(self, out_dir: Path) -> None:
+        """Write the tokenizer as HF files, so ``out_dir`` loads with ``AutoTokenizer``."""
+        copy_hf(self.tokenizer, Path(out_dir))
+
+
+def load_stored_order(path: str, seed: int, cache_dir: Path, storage: dict | None) -> np.ndarray | None:
+    """PolyPythias-style stored order ``<path>.order-seed<k>.npy``, if there is one."""
+    name = f"{path}.order-seed{seed}.npy"
+    if name.startswith("s3://"):
+        from polypythia_trainer.data.sources import open_remote_dir
+
+        folder, _, file = name.rpartition("/")
+        store, prefix = open_remote_dir(folder, storage)
+        key = f"{prefix}/{file}" if prefix else file
+        if not store.exists(key):
+            return None
+        local = cache_dir / "orders" / hashlib.sha256(name.encode()).hexdigest()[:16] / file
+        if not local.is_file():
+            store.get_file(key, local)
+        name = str(local)
+    elif not Path(name).is_file():
+        return None
+    try:
+        stored = np.load(name, mmap_mode="r")
+    except ValueError as exc:
+        raise UsageError(f"spec.data.path: {name} is not a .npy array ({exc})") from None
+    if stored.ndim != 1 or stored.dtype.kind not in "iu":
+        raise UsageError(f"spec.data.path: {name} must be a 1-D integer array of sample indices")
+    return stored
+
+
+def local_dataset(prefix: Path) -> IndexedDataset:
+    return IndexedDataset(LocalFile(f"{prefix}.idx"), LocalFile(f"{prefix}.bin"))

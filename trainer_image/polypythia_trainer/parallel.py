@@ -1,0 +1,239 @@
+"""Data parallelism applied outside the model: torch DDP or DeepSpeed ZeRO 0/1/2.
+
+Both engines expose the same small surface to the trainer: run a micro-batch forward and
+backward, take an optimiser step (clipping, loss scaling, skip on overflow), and save or
+load the optimiser state of this rank. Losses are averaged the same way in both, so ZeRO
+stage 0 and DDP give the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from polypythia_trainer.config import TrainingConfig
+
+
+@dataclass
+class StepResult:
+    grad_norm: float
+    clipped: bool
+    applied: bool
+    loss_scale: float | None
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """GPT-NeoX's split: weight decay on matrices and embeddings, none on biases and norms."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if name.endswith("bias") or "norm" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        decay_groups(model, training.weight_decay),
+        lr=training.learning_rate,
+        betas=(training.adam_beta1, training.adam_beta2),
+        eps=training.adam_eps,
+        foreach=True,
+    )
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class DDPEngine:
+    """torch DDP (no wrapper in a single process); autocast for bf16/fp16, GradScaler for fp16."""
+
+    sharded_optimizer = False
+
+    def __init__(self, model: nn.Module, training: TrainingConfig, precision: str, device):
+        self.module = model
+        self.training = training
+        self.device = device
+        self.optimizer = make_optimizer(model, training)
+        self.wrapped: nn.Module = model
+        if _distributed() and torch.distributed.get_world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = (
+            torch.amp.GradScaler("cuda", init_scale=2.0**12, growth_interval=1000)
+            if precision == "fp16"
+            else None
+        )
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def micro_step(self, input_ids: torch.Tensor, loss_fn, accumulation: int, last: bool):
+        """Forward, loss and backward of one micro-batch; gradients sync only on the last."""
+        sync = contextlib.nullcontext()
+        if not last and self.wrapped is not self.module:
+            sync = self.wrapped.no_sync()
+        with sync:
+            if self.autocast_dtype is None:
+                logits = self.wrapped(input_ids).logits
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    logits = self.wrapped(input_ids).logits
+            objective, *stats = loss_fn(logits)
+            objective = objective / accumulation
+            if self.scaler is not None:
+                objective = self.scaler.scale(objective)
+            objective.backward()
+        return stats
+
+    def step(self) -> StepResult:
+        clip = self.training.gradient_clipping
+        scale = None
+        if self.scaler is not None:
+            scale = float(self.scaler.get_scale())
+            self.scaler.unscale_(self.optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
+        applied = math.isfinite(norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(norm, applied and 0 < clip < norm, applied, scale)
+
+    def optimizer_state(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_optimizer_state(self, states: list[dict]) -> None:
+        self.optimizer.load_state_dict(states[0]["optimizer"])
+        if self.scaler is not None and "scaler" in states[0]:
+            self.scaler.load_state_dict(states[0]["scaler"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO 0/1/2 over a torch AdamW (DeepSpeed's own optimisers compile C++ ops).
+
+    In fp32 with ZeRO 0 the engine leaves clipping to us (it keeps no norm there), which
+    also makes the arithmetic identical to DDP; otherwise DeepSpeed clips and reports.
+    """
+
+    def __init__(self, model: nn.Module, training: TrainingConfig, precision: str, device):
+        os.environ.setdefault(
+            "TORCH_EXTENSIONS_DIR",
+            os.path.join(os.path.expanduser("~"), ".cache", "polypythia", "torch_extensions"),
+        )
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        self.training = training
+        self.own_clipping = precision == "fp32" and training.zero_stage == 0
+        world = torch.distributed.get_world_size() if _distributed() else 1
+        config = {
+            "train_batch_size": training.global_batch_size,
+            "train_micro_batch_size_per_gpu": training.micro_batch_size,
+            "gradient_accumulation_steps": training.global_batch_size
+            // (training.micro_batch_size * world),
+            "gradient_clipping": 0.0 if self.own_clipping else training.gradient_clipping,
+            "zero_optimization": {"stage": training.zero_stage},
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+        if precision == "bf16":
+            config["bf16"] = {"enabled": True}
+        elif precision == "fp16":
+            config["fp16"] = {
+                "enabled": True,
+                "loss_scale": 0,
+                "initial_scale_power": 12,
+                "loss_scale_window": 1000,
+                "hysteresis": 2,
+                "min_loss_scale": 1,
+            }
+        self.precision = precision
+        if not _distributed():
+            _init_single_process_group(device)
+        optimizer = make_optimizer(model, training)
+        self.base_optimizer = optimizer
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model.to(device), optimizer=optimizer, config=config, dist_init_required=False
+        )
+        self.module = self.engine.module
+        self.sharded_optimizer = hasattr(self.optimizer, "single_partition_of_fp32_groups")
+
+    def micro_step(self, input_ids: torch.Tensor, loss_fn, accumulation: int, last: bool):
+        """Forward, loss and backward; DeepSpeed divides by the accumulation steps itself."""
+        objective, *stats = loss_fn(self.engine(input_ids).logits)
+        self.engine.backward(objective)
+        if not last:
+            self.engine.step()
+        return stats
+
+    def step(self) -> StepResult:
+        norm = None
+        if self.own_clipping:
+            clip = self.training.gradient_clipping
+            params = [p for p in self.module.parameters() if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
+        scale = self.loss_scale()
+        self.engine.step()
+        if norm is None:
+            value = self.engine.get_global_grad_norm()
+            norm = float(value) if value is not None else math.nan
+        applied = self.engine.was_step_applied() and math.isfinite(norm)
+        clip = self.training.gradient_clipping
+        return StepResult(norm, applied and 0 < clip < norm, applied, scale)
+
+    def loss_scale(self) -> float | None:
+        if self.precision != "fp16":
+            return None
+        return float(getattr(self.optimizer, "cur_scale", getattr(self.optimizer, "loss_scale", 0)))
+
+    def optimizer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_optimizer_state(self, states: list[dict]) -> None:
+        if self.sharded_optimizer:
+            self.optimizer.load_state_dict(
+                [s["optimizer"] for s in states],
+                load_optimizer_states=True,
+                load_from_fp32_weights=True,
+            )
+        else:
+            self.optimizer.load_state_dict(states[0]["optimizer"])
+
+
+def _init_single_process_group(device) -> None:
+    """DeepSpeed needs a process group even for one process; make a private one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+    )
+
+
+def build_engine(model: nn.Module, training: TrainingConfig, precision: str, device):
+    """The engine for ``training.strategy``; the model is moved to ``device`` first."""
+    model.to(device)
+    if training.strategy == "deepspeed":
+        return DeepSpeedEngine(model, training, precision, device)
+    return DDPEngine(model, training, precision, device)
