@@ -192,24 +192,23 @@ def _sample(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     return x[rng.choice(x.size, size=size, replace=False)]
 
 
-def _to_numpy(t) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        return t.detach().to("cpu", torch.float32).numpy().ravel()
-    return np.asarray(t, dtype=np.float32).ravel()
-
-
-def tensor_statistics(name: str, tensor, config: StatsConfig, rng: np.random.Generator) -> dict:
-    """All statistics of one parameter tensor (matrix metrics only for 2-D tensors)."""
+def _tensor_statistics(name: str, tensor, config: StatsConfig, rng: np.random.Generator):
     t = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(np.asarray(tensor))
     t = t.detach().to("cpu", torch.float32)
     flat = t.numpy().ravel()
+    moments = _moments(flat)
     out = {"kind": tensor_kind(name), "shape": list(t.shape)}
-    out.update(_from_moments(_moments(flat)))
+    out.update(_from_moments(moments))
     if t.ndim == 2:
         out.update(singular_value_stats(t, config))
     if config.fit:
         out["fit"] = fit_distributions(_sample(flat, config.fit_sample_size, rng))
-    return out
+    return out, moments, flat
+
+
+def tensor_statistics(name: str, tensor, config: StatsConfig, rng: np.random.Generator) -> dict:
+    """All statistics of one parameter tensor (matrix metrics only for 2-D tensors)."""
+    return _tensor_statistics(name, tensor, config, rng)[0]
 
 
 _MATRIX_KEYS = ("spectral_norm", "trace", "trace_spectral", "sv_mean", "sv_var")
@@ -244,11 +243,10 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
     pooled_samples: dict[str, list[np.ndarray]] = {}
     kind_matrices: dict[str, list[dict]] = {}
     for name, value in floats.items():
-        entry = tensor_statistics(name, value, config, rng)
+        entry, moments, flat = _tensor_statistics(name, value, config, rng)
         tensors[name] = entry
         kind = entry["kind"]
-        flat = _to_numpy(value)
-        pooled[kind] = pooled.get(kind, 0) + _moments(flat)
+        pooled[kind] = pooled.get(kind, 0) + moments
         share = max(1, round(config.fit_sample_size * flat.size / total_numel[kind]))
         pooled_samples.setdefault(kind, []).append(_sample(flat, share, rng))
         if "spectral_norm" in entry:

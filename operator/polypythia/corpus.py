@@ -14,8 +14,8 @@ its text (``zlib.crc32``), into the training part or the held-out part
 (:func:`is_held_out`, one in eight). Training documents never contain a held-out
 sentence (the generator draws again), while the good sentence of every minimal pair
 is a held-out sentence: a model scores them without ever having seen them. Fact
-sentences are the exception on purpose (a fact cannot be learned unseen): cloze
-items test them inside held-out contexts. Random streams are also kept apart: documents
+sentences and a document's opening ("Laura is a pilot.") are the exception on purpose
+(a fact cannot be learned unseen): cloze items test facts inside held-out contexts. Random streams are also kept apart: documents
 draw from ``Random("train:<seed>")``, evaluation items from ``Random("eval:<kind>:<seed>")``.
 
 Everything is pure Python and deterministic across processes and platforms

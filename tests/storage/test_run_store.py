@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from polypythia.storage import COMPLETE, RunStore, StorageNotFound, SweepStore
+from polypythia.storage import COMPLETE, RunStore, StorageError, StorageNotFound, SweepStore
 
 
 def records(first: int, last: int, attempt: int = 0, loss: float = 1.0) -> list[dict]:
@@ -219,3 +218,23 @@ def test_sweep_store_lists_runs(root_uri: str) -> None:
     assert RunStore.open(run.uri).read_run_config() == {"run": "tiny-nano-s1"}
     with pytest.raises(ValueError):
         sweep.run("a/b")
+
+
+def test_fetch_never_writes_outside_the_target(run_uri: str, tmp_path: Path) -> None:
+    run = RunStore.open(run_uri)
+    evil = tmp_path / "evil"
+    manifest = {"step": 1, "files": [{"path": str(evil), "size": 1}]}
+    run.store.put_bytes(run.key("checkpoints/step1/COMPLETE"), json.dumps(manifest).encode())
+    run.store.put_bytes(run.checkpoint_key(1, "x"), b"1")
+    with pytest.raises(ValueError, match="storage key"):
+        run.fetch_checkpoint(1, tmp_path / "out")
+    assert not evil.exists()
+
+
+def test_corrupt_telemetry_names_file_and_line(run_uri: str) -> None:
+    run = RunStore.open(run_uri)
+    run.append_telemetry(records(1, 2), attempt=0)
+    key = run.key("telemetry", "000000003-000000004.jsonl")
+    run.store.put_bytes(key, b'{"step": 3}\n{"step": 4, "loss": \n')
+    with pytest.raises(StorageError, match=r"000000003-000000004\.jsonl line 2"):
+        run.read_telemetry()

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from polypythia.storage import ObjectStore, RunStore, S3Store, StorageUnavailable
 from support.moto_s3 import free_port
 
@@ -27,7 +26,9 @@ OPS: dict[str, Callable[[ObjectStore, Path], object]] = {
     "exists": lambda s, _: s.exists("a/b"),
     "list": lambda s, _: s.list("a/"),
     "list_dirs": lambda s, _: s.list_dirs("a"),
-    "delete_prefix": lambda s, _: s.delete("a/b"),
+    "delete": lambda s, _: s.delete("a/b"),
+    "delete_prefix": lambda s, _: s.delete_prefix("a/"),
+    "put_file": lambda s, tmp: s.put_file("a/b", Path(__file__)),
     "get_file": lambda s, tmp: s.get_file("a/b", tmp / "x"),
 }
 
@@ -40,7 +41,9 @@ def assert_clean(exc: BaseException, endpoint: str) -> None:
 
 @pytest.mark.parametrize("op", OPS)
 def test_operations_raise_unavailable(op: str, down_endpoint: str, tmp_path: Path) -> None:
-    store = S3Store(down_endpoint, "bucket", access_key=ACCESS, secret_key=SECRET, secure=False, retries=0)
+    store = S3Store(
+        down_endpoint, "bucket", access_key=ACCESS, secret_key=SECRET, secure=False, retries=0
+    )
     with pytest.raises(StorageUnavailable) as err:
         OPS[op](store, tmp_path)
     assert_clean(err.value, down_endpoint)

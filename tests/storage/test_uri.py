@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from polypythia.errors import UsageError
 from polypythia.storage import LocalStore, S3Store, StorageError, open_store
 
@@ -58,7 +57,16 @@ def test_s3_uri_with_prefix_and_endpoint_forms(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     "uri",
-    ["", "   ", "gs://bucket/x", "http://host/x", "s3://", "s3://Upper/x", "s3://ab", "s3://b12/a/../c"],
+    [
+        "",
+        "   ",
+        "gs://bucket/x",
+        "http://host/x",
+        "s3://",
+        "s3://Upper/x",
+        "s3://ab",
+        "s3://b12/a/../c",
+    ],
 )
 def test_bad_uris_name_the_uri(uri: str) -> None:
     with pytest.raises(UsageError) as err:
@@ -66,7 +74,9 @@ def test_bad_uris_name_the_uri(uri: str) -> None:
     assert repr(uri) in str(err.value)
 
 
-@pytest.mark.parametrize("endpoint", ["ftp://host:1", "http://host:1/path", "http://u:sekrit@host:1"])
+@pytest.mark.parametrize(
+    "endpoint", ["ftp://host:1", "http://host:1/path", "http://u:sekrit@host:1"]
+)
 def test_bad_endpoints(endpoint: str) -> None:
     with pytest.raises(UsageError, match="S3 endpoint") as err:
         open_store("s3://b12", endpoint=endpoint)
@@ -86,3 +96,17 @@ def test_half_credentials_refused_without_echoing_them(monkeypatch: pytest.Monke
     monkeypatch.setenv("MINIO_ROOT_PASSWORD", "pass-sekrit")
     store, _ = open_store("s3://b12", endpoint="minio:9000")
     assert "sekrit" not in repr(store)
+
+
+def test_credentials_come_from_aws_then_minio_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    def access_key() -> str | None:
+        provider = open_store("s3://b12", endpoint="minio:9000")[0]._client._provider
+        return provider.retrieve().access_key if provider else None
+
+    assert access_key() is None  # anonymous
+    monkeypatch.setenv("MINIO_ROOT_USER", "minio-user")
+    monkeypatch.setenv("MINIO_ROOT_PASSWORD", "minio-pass")
+    assert access_key() == "minio-user"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "aws-user")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-pass")
+    assert access_key() == "aws-user"

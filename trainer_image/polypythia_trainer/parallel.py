@@ -65,6 +65,7 @@ class DDPEngine:
         self.training = training
         self.device = device
         self.optimizer = make_optimizer(model, training)
+        self.base_optimizer = self.optimizer
         self.wrapped: nn.Module = model
         if _distributed() and torch.distributed.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None

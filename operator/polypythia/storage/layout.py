@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound
-from polypythia.storage.local import LocalStore
+from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, check_key
+from polypythia.storage.local import TEMP_MARK, LocalStore
 from polypythia.storage.uri import open_store
 
 RUN_CONFIG = "run.json"
@@ -29,9 +29,12 @@ _EVAL = re.compile(r"^evals/step(\d+)\.json$")
 
 @dataclass(frozen=True)
 class TelemetryFile:
-    """One telemetry batch as named in storage: steps ``first``..``last`` of ``attempt``."""
+    """One telemetry batch as named in storage: steps ``first``..``last`` of ``attempt``.
 
-    key: str
+    ``rel`` is its path inside the run folder (``telemetry/...jsonl``).
+    """
+
+    rel: str
     first: int
     last: int
     attempt: int
@@ -151,7 +154,9 @@ class RunStore:
             if not isinstance(rec.get("step"), int) or rec["step"] < 0:
                 raise ValueError(f"telemetry record needs an integer step >= 0: {rec!r}")
             if rec.get("attempt", attempt) != attempt:
-                raise ValueError(f"telemetry record of attempt {rec['attempt']} in attempt {attempt}")
+                raise ValueError(
+                    f"telemetry record of attempt {rec['attempt']} in attempt {attempt}"
+                )
             batch.append({**rec, "attempt": attempt})
         steps = [r["step"] for r in batch]
         key = self.key("telemetry", TelemetryFile.name(min(steps), max(steps), attempt))
@@ -160,16 +165,16 @@ class RunStore:
         return key
 
     def _read_telemetry_file(self, f: TelemetryFile) -> list[dict]:
-        text = self.store.get_bytes(self.key(f.key)).decode()
+        text = self.store.get_bytes(self.key(f.rel)).decode()
         out = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rec = json.loads(line)
                 except ValueError as exc:
-                    raise StorageError(f"{self._uri}/{f.key} line {n}: {exc}") from None
+                    raise StorageError(f"{self._uri}/{f.rel} line {n}: {exc}") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-                    raise StorageError(f"{self._uri}/{f.key} line {n}: no integer 'step'")
+                    raise StorageError(f"{self._uri}/{f.rel} line {n}: no integer 'step'")
                 rec.setdefault("attempt", f.attempt)
                 out.append(rec)
         return out
@@ -226,7 +231,11 @@ class RunStore:
         """
         local_dir = Path(local_dir)
         files = sorted(
-            p for p in local_dir.rglob("*") if p.is_file() and p.relative_to(local_dir).as_posix() != COMPLETE
+            p
+            for p in local_dir.rglob("*")
+            if p.is_file()
+            and p.relative_to(local_dir).as_posix() != COMPLETE
+            and not p.name.startswith(TEMP_MARK)
         )
         if not files:
             raise ValueError(f"checkpoint step{step}: {local_dir} holds no files")
@@ -260,7 +269,7 @@ class RunStore:
         manifest = self.read_manifest(step)
         local_dir = Path(local_dir)
         for entry in manifest["files"]:
-            target = local_dir / entry["path"]
+            target = local_dir / check_key(entry["path"])  # never write outside local_dir
             self.store.get_file(self.checkpoint_key(step, entry["path"]), target)
             if target.stat().st_size != entry["size"]:
                 raise StorageError(

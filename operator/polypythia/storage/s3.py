@@ -34,6 +34,7 @@ SESSION_TOKEN_ENV = ("AWS_SESSION_TOKEN",)
 _MISSING = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
 _DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 _CHUNK = 1 << 20
+DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
 
 
 def _from_env(names: tuple[str, ...]) -> str | None:
@@ -122,7 +123,9 @@ class S3Store:
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
             raise StorageUnavailable(
-                self._scrub(f"{what} {at}: endpoint unreachable ({type(reason).__name__}: {reason})")
+                self._scrub(
+                    f"{what} {at}: endpoint unreachable ({type(reason).__name__}: {reason})"
+                )
             ) from None
 
     def ensure_bucket(self) -> None:
@@ -226,8 +229,8 @@ class S3Store:
         """Remove every object whose key starts with ``prefix`` (batched DeleteObjects)."""
         keys = self.list(prefix)
         with self._errors("delete", prefix):
-            for start in range(0, len(keys), 1000):
-                batch = [DeleteObject(k) for k in keys[start : start + 1000]]
+            for start in range(0, len(keys), DELETE_BATCH):
+                batch = [DeleteObject(k) for k in keys[start : start + DELETE_BATCH]]
                 failed = list(self._client.remove_objects(self.bucket, batch))
                 if failed:
                     raise StorageError(

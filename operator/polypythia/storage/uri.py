@@ -67,7 +67,9 @@ def open_store(
         raise UsageError(f"storage URI {uri!r}: expected a local path or s3://bucket/prefix")
     if uri.startswith("s3://"):
         bucket, prefix = split_s3_uri(uri)
-        endpoint = endpoint or next((os.environ[n] for n in ENDPOINT_ENV if os.environ.get(n)), None)
+        endpoint = endpoint or next(
+            (os.environ[n] for n in ENDPOINT_ENV if os.environ.get(n)), None
+        )
         if not endpoint:
             raise UsageError(
                 f"storage URI {uri!r}: no S3 endpoint; set storage.endpoint or "

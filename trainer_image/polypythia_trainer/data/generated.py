@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
 from polypythia import corpus
+
 from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
 from polypythia_trainer.data.tokenizer import EOD, save_hf, train_bpe
 
 DOCUMENTS = 48_000  # about 2.1M tokens: several epochs' worth of room for the demo runs
 VOCAB_SIZE = 1024
+TOKENIZER_DOCUMENTS = 8_000  # the grammar's every word occurs many times in these
 CORPUS_SEED = 0  # one corpus for all runs; data seeds change its order, not its content
 PREFIX = "corpus"  # <dir>/corpus.bin, corpus.idx
 TOKENIZER_DIR = "tokenizer"
@@ -51,7 +52,7 @@ def build(out_dir: Path, documents: int = DOCUMENTS) -> dict:
     """Generate, tokenise and write the corpus into ``out_dir``; returns its statistics."""
     started = time.perf_counter()
     docs = corpus.generate_documents(documents, CORPUS_SEED)
-    tokenizer = train_bpe(docs, VOCAB_SIZE)
+    tokenizer = train_bpe(docs[:TOKENIZER_DOCUMENTS], VOCAB_SIZE)
     eod = tokenizer.token_to_id(EOD)
     builder = IndexedDatasetBuilder(out_dir / PREFIX, best_dtype(VOCAB_SIZE))
     tokens = 0
@@ -85,6 +86,7 @@ def ensure(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; other users of the cache read it
             build(tmp, documents)
             os.rename(tmp, final)
         except BaseException:

@@ -20,7 +20,9 @@ HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a byte-level BPE of ``vocab_size`` entries (``EOD`` is id 0) on ``texts``."""
     if vocab_size < 258:
-        raise UsageError(f"tokenizer vocabulary: must be >= 258 (256 bytes + EOD), got {vocab_size}")
+        raise UsageError(
+            f"tokenizer vocabulary: must be >= 258 (256 bytes + EOD), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

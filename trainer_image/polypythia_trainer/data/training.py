@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from polypythia.errors import UsageError
+
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
 from polypythia_trainer.data.sources import LocalFile, StoreObject
@@ -111,7 +111,9 @@ class TrainingData:
         copy_hf(self.tokenizer, Path(out_dir))
 
 
-def load_stored_order(path: str, seed: int, cache_dir: Path, storage: dict | None) -> np.ndarray | None:
+def load_stored_order(
+    path: str, seed: int, cache_dir: Path, storage: dict | None
+) -> np.ndarray | None:
     """PolyPythias-style stored order ``<path>.order-seed<k>.npy``, if there is one."""
     name = f"{path}.order-seed{seed}.npy"
     if name.startswith("s3://"):

@@ -1,0 +1,263 @@
+"""Evaluate a run's complete checkpoints: lm-eval on the sweep's tasks plus weight statistics.
+
+One ``evals/step<N>.json`` per checkpoint, written through the storage contract. A
+step already evaluated is skipped unless forced, so the operator may start the
+same evaluation Job twice and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from polypythia.errors import UsageError
+from polypythia.storage import RunStore, StorageNotFound
+from polypythia_eval.offline_tasks import (
+    OfflineItems,
+    expand_tasks,
+    is_offline,
+    prepare_offline_tasks,
+)
+from polypythia_eval.results import compact_results
+from polypythia_eval.weightstats import StatsConfig, weight_statistics
+
+# The CRD's default (spec.evaluation.tasks): the project's offline tasks.
+DEFAULT_TASKS = ("pp_subject_verb_agreement", "pp_anaphor_gender_agreement", "pp_cloze")
+# The PolyPythias task list (hub datasets; for clusters with internet access).
+POLYPYTHIAS_TASKS = (
+    "arc_easy",
+    "arc_challenge",
+    "lambada_openai",
+    "logiqa",
+    "piqa",
+    "sciq",
+    "winogrande",
+    "wsc",
+    "blimp_anaphor_gender_agreement",
+    "crows_pairs_english",
+    "simple_cooccurrence_bias",
+)
+EVAL_SCHEMA = "polypythia.io/eval/v1"
+
+
+@dataclass
+class EvaluateOptions:
+    """What to evaluate and how; ``tasks`` empty means weight statistics only."""
+
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    limit: int | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    force: bool = False
+    workdir: Path | None = None
+    items: OfflineItems = field(default_factory=OfflineItems)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    weight_stats: bool = True
+
+
+@dataclass
+class EvaluateSummary:
+    """What one ``evaluate_run`` call did, step by step."""
+
+    evaluated: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def parse_steps(text: str) -> str | list[int]:
+    """``all``, ``latest`` or a comma-separated list of non-negative step numbers."""
+    text = (text or "").strip()
+    if text in ("all", "latest"):
+        return text
+    if not re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        raise UsageError(
+            f"--steps {text!r}: expected 'all', 'latest' or step numbers like 0,512,1000"
+        )
+    return sorted({int(s) for s in text.split(",")})
+
+
+def parse_tasks(text: str | None) -> list[str]:
+    """Comma-separated lm-eval task names; ``none`` for weight statistics only."""
+    if text is None:
+        return list(DEFAULT_TASKS)
+    if text.strip() == "none":
+        return []
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if text.strip() == "polypythias":
+        return list(POLYPYTHIAS_TASKS)
+    bad = [t for t in tasks if not re.fullmatch(r"[A-Za-z0-9_.\-]+", t)]
+    if not tasks or bad:
+        raise UsageError(
+            f"--tasks {text!r}: expected comma-separated lm-eval task names "
+            "(letters, digits, _ . -), 'polypythias' or 'none'"
+        )
+    return expand_tasks(tasks)
+
+
+def select_steps(
+    wanted: str | list[int], complete: list[int], evaluated: list[int], force: bool
+) -> tuple[list[int], list[int]]:
+    """(steps to evaluate, steps skipped as already evaluated). Pure.
+
+    Explicit steps must be complete checkpoints: a UsageError lists what exists.
+    """
+    if wanted == "all":
+        steps = list(complete)
+    elif wanted == "latest":
+        steps = complete[-1:]
+    else:
+        missing = [s for s in wanted if s not in set(complete)]
+        if missing:
+            have = ", ".join(map(str, complete)) or "none"
+            raise UsageError(
+                f"--steps: no complete checkpoint for step {', '.join(map(str, missing))}; "
+                f"complete checkpoints: {have}"
+            )
+        steps = list(wanted)
+    done = set(evaluated)
+    if force:
+        return steps, []
+    return [s for s in steps if s not in done], [s for s in steps if s in done]
+
+
+def _check_device(device: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r}: must be cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here")
+    return device
+
+
+def run_lm_eval(
+    model, tokenizer, tasks: list[str], include_path: Path | None, options: EvaluateOptions
+) -> dict:
+    """Run lm-eval's ``simple_evaluate`` on an already loaded model; raw result dict."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    only_offline = all(is_offline(t) for t in tasks)
+    manager = TaskManager(
+        include_path=str(include_path) if include_path else None,
+        include_defaults=not only_offline,
+    )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size)
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=manager,
+        limit=options.limit,
+        log_samples=True,
+        bootstrap_iters=100,
+    )
+
+
+def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path) -> dict:
+    """Load one HF checkpoint folder and evaluate it; the result without run identity."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    timing["load"] = time.perf_counter() - t0
+    out: dict = {}
+    if options.weight_stats:
+        t0 = time.perf_counter()
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        out["weight_stats"] = weight_statistics(params, options.stats)
+        timing["weight_stats"] = time.perf_counter() - t0
+    if options.tasks:
+        t0 = time.perf_counter()
+        include = prepare_offline_tasks(options.tasks, workdir, options.items)
+        model.to(options.device)
+        raw = run_lm_eval(model, tokenizer, options.tasks, include, options)
+        if raw is None:
+            raise RuntimeError("lm-eval returned no results")
+        out.update(compact_results(raw))
+        timing["lm_eval"] = time.perf_counter() - t0
+    out["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    return out
+
+
+def _identity(store: RunStore) -> dict:
+    try:
+        cfg = store.read_run_config()
+    except StorageNotFound:
+        cfg = {}
+    name = cfg.get("run") or store.uri.rstrip("/").rsplit("/", 1)[-1]
+    return {"run": name, "sweep": cfg.get("sweep"), "size": cfg.get("size"), "seed": cfg.get("seed")}
+
+
+def evaluate_run(
+    run_uri: str,
+    steps: str | list[int] = "all",
+    options: EvaluateOptions | None = None,
+    *,
+    store: RunStore | None = None,
+    log: Callable[[str], None] = print,
+) -> EvaluateSummary:
+    """Evaluate the requested complete checkpoints of one run; write ``evals/step<N>.json``.
+
+    A checkpoint that fails is recorded in the summary and the others go on.
+    """
+    options = options or EvaluateOptions()
+    _check_device(options.device)
+    store = store or RunStore.open(run_uri)
+    complete = store.complete_checkpoints()
+    todo, skipped = select_steps(steps, complete, store.evaluated_steps(), options.force)
+    summary = EvaluateSummary(skipped=skipped)
+    for step in skipped:
+        log(f"step{step}: already evaluated (use --force to redo)")
+    if not todo:
+        return summary
+    identity = _identity(store)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="polypythia-eval-") as tmp:
+        workdir = Path(options.workdir) if options.workdir else Path(tmp)
+        for step in todo:
+            started = time.time()
+            fetched = None
+            try:
+                model_dir = store.local_path(step)
+                if model_dir is None:
+                    fetched = Path(tmp) / f"step{step}"
+                    model_dir = store.fetch_checkpoint(step, fetched)
+                result = evaluate_checkpoint(model_dir, options, workdir)
+            except (OSError, RuntimeError, ValueError, StorageNotFound) as exc:
+                summary.failed[step] = f"{type(exc).__name__}: {exc}"
+                log(f"step{step}: FAILED {summary.failed[step]}")
+                continue
+            finally:
+                if fetched is not None:
+                    shutil.rmtree(fetched, ignore_errors=True)
+            result["polypythia"] = {
+                "schema": EVAL_SCHEMA,
+                **identity,
+                "step": step,
+                "tasks": list(options.tasks),
+                "limit": options.limit,
+                "items": vars(options.items),
+                "checkpoint": f"{store.uri}/checkpoints/step{step}",
+                "started": started,
+                "finished": time.time(),
+            }
+            store.write_eval(step, result)
+            summary.evaluated.append(step)
+            scores = ", ".join(
+                f"{task} {k.split(',')[0]}={v:.3f}"
+                for task, metrics in result.get("results", {}).items()
+                for k, v in metrics.items()
+                if k in ("acc,none",)
+            )
+            log(f"step{step}: evaluated in {time.time() - started:.1f}s {scores}".rstrip())
+    return summary

@@ -1,0 +1,1 @@
+"""The Kubernetes operator: render RayJobs and eval Jobs, reconcile sweeps, run kopf."""

@@ -1,0 +1,278 @@
+"""The local driver: one sweep on one machine (or one Ray cluster), no Kubernetes.
+
+It runs the same plan as the operator: runs in plan order up to maxConcurrentRuns,
+each a `polypythia train` child process on a shared Ray cluster; it polls the
+storage tree for telemetry and checkpoints (the single source of truth, so a
+second `run` resumes where the first stopped), watches for spikes, evaluates
+selected checkpoints in-process and renders the report at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polypythia import planner
+from polypythia.errors import UsageError
+from polypythia.local.processes import RunProcess, write_config
+from polypythia.monitoring.settings import settings_from_spec
+from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
+from polypythia.planner import RunPlan
+from polypythia.spec import Sweep
+from polypythia.storage import RunStore, StorageError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
+    "Pending",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Stopped",
+)
+
+
+@dataclass
+class RunState:
+    """What the driver knows of one run, all re-derivable from storage."""
+
+    plan: RunPlan
+    store: RunStore
+    phase: str = PENDING
+    step: int = 0
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    checkpoints: list[int] = field(default_factory=list)
+    evaluated: set[int] = field(default_factory=set)
+    spikes: list[SpikeEvent] = field(default_factory=list)
+    error: str | None = None
+    process: RunProcess | None = None
+    detector: RunSpikeDetector | None = None
+    eval_future: Future | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.config["training"]["steps"]
+
+    @property
+    def finished(self) -> bool:
+        return self.total_steps in self.checkpoints
+
+
+@dataclass
+class DriverOptions:
+    workdir: Path
+    ray_address: str | None = None
+    max_concurrent: int | None = None
+    evaluate: bool = True
+
+
+class LocalDriver:
+    """Schedules, watches and evaluates the runs of one sweep."""
+
+    def __init__(
+        self,
+        sweep: Sweep,
+        base_uri: str,
+        options: DriverOptions,
+        *,
+        on_update: Callable[[LocalDriver], None] | None = None,
+        exporter=None,
+    ) -> None:
+        self.sweep = sweep
+        self.base_uri = base_uri
+        self.options = options
+        self.on_update = on_update
+        self.exporter = exporter
+        self.settings = settings_from_spec(sweep.spec.get("instability"))
+        self.runs = [
+            RunState(plan=run, store=RunStore.open(run.config["runUri"], **_store_kwargs(run)))
+            for run in planner.plan_sweep(sweep, base_uri=base_uri)
+        ]
+        self.max_concurrent = options.max_concurrent or sweep.spec["maxConcurrentRuns"]
+        self._evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+        self.ray_address: str | None = options.ray_address
+        self.started = time.time()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Pick up what storage already holds (a resumed sweep) and check resources."""
+        for run in self.runs:
+            self._sync(run, full=True)
+            if run.finished:
+                run.phase = SUCCEEDED
+
+    def run(self) -> None:
+        """Until every run has ended; KeyboardInterrupt stops children cleanly."""
+        try:
+            while True:
+                self._reap()
+                self._launch()
+                for run in self.runs:
+                    if run.phase == RUNNING or (run.phase == SUCCEEDED and not run.finished):
+                        self._sync(run)
+                    self._maybe_evaluate(run)
+                self._export()
+                if self.on_update:
+                    self.on_update(self)
+                if self._all_done():
+                    break
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        finally:
+            self._evaluator.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Stop every child (SIGTERM then grace); what they checkpointed is kept."""
+        alive = [r for r in self.runs if r.process and r.process.poll() is None]
+        for run in alive:
+            run.process.terminate()
+        for run in alive:
+            run.process.stop()
+            self._sync(run)
+            run.phase = SUCCEEDED if run.finished else STOPPED
+
+    # -- scheduling ------------------------------------------------------------
+
+    def _launch(self) -> None:
+        if self.sweep.spec.get("suspend"):
+            return
+        active = sum(1 for r in self.runs if r.phase == RUNNING)
+        for run in sorted(self.runs, key=lambda r: r.plan.order):
+            if active >= self.max_concurrent:
+                return
+            if run.phase != PENDING:
+                continue
+            config_path = write_config(
+                self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
+            )
+            env = {"POLYPYTHIA_CACHE_DIR": str(self.options.workdir / "cache")}
+            run.process = RunProcess(
+                name=run.plan.name,
+                config_path=config_path,
+                log_path=self.options.workdir / "logs" / f"{run.plan.name}.log",
+                ray_address=self.ray_address,
+                env=env,
+            )
+            run.process.start()
+            run.phase = RUNNING
+            active += 1
+            log.info("started %s", run.plan.name)
+
+    def _reap(self) -> None:
+        for run in self.runs:
+            if run.phase != RUNNING or run.process is None:
+                continue
+            code = run.process.poll()
+            if code is None:
+                continue
+            self._sync(run)
+            if code == 0 and run.finished:
+                run.phase = SUCCEEDED
+            else:
+                run.phase = FAILED
+                run.error = f"exit code {code}: {run.process.error_summary()}"
+
+    def _all_done(self) -> bool:
+        ended = all(r.phase in (SUCCEEDED, FAILED, STOPPED) for r in self.runs)
+        evaluating = any(r.eval_future and not r.eval_future.done() for r in self.runs)
+        pending_evals = self.options.evaluate and any(self.to_evaluate(r) for r in self.runs)
+        return ended and not evaluating and not pending_evals
+
+    # -- observing -------------------------------------------------------------
+
+    def _sync(self, run: RunState, full: bool = False) -> None:
+        """Read new telemetry and checkpoints; feed the spike detector."""
+        try:
+            records = run.store.read_telemetry() if full else run.store.read_telemetry_since(run.step)
+            run.checkpoints = run.store.complete_checkpoints()
+            run.evaluated = set(run.store.evaluated_steps())
+        except StorageError as exc:
+            log.warning("storage unavailable for %s: %s", run.plan.name, exc)
+            return
+        if run.detector is None or full:
+            run.detector = RunSpikeDetector(run.plan.name, self.settings.spikes)
+            run.spikes = []
+        records = [r for r in records if full or r["step"] > run.step]
+        events: list[SpikeEvent] = []
+        for record in records:
+            events += run.detector.feed(record["step"], record["loss"], record.get("grad_norm"))
+            run.step = record["step"]
+            run.loss = record["loss"]
+            run.tokens_per_s = record.get("tokens_per_s")
+        run.spikes += [e for e in events if e.status == "open"]
+        if self.exporter is not None and records:
+            self.exporter.observe_records(run, records, events)
+
+    def _export(self) -> None:
+        if self.exporter is not None:
+            self.exporter.observe_sweep(self)
+
+    # -- evaluation ------------------------------------------------------------
+
+    def to_evaluate(self, run: RunState) -> list[int]:
+        if not self.sweep.spec["evaluation"]["tasks"]:
+            return []
+        wanted = planner.evaluation_steps(self.sweep.spec, run.checkpoints)
+        return [step for step in wanted if step not in run.evaluated]
+
+    def _maybe_evaluate(self, run: RunState) -> None:
+        if not self.options.evaluate or (run.eval_future and not run.eval_future.done()):
+            return
+        if run.eval_future and run.eval_future.done():
+            exc = run.eval_future.exception()
+            run.eval_future = None
+            if exc is not None:
+                run.error = f"evaluation failed: {exc}"
+                log.error("evaluation of %s failed: %s", run.plan.name, exc)
+                self.options.evaluate = False
+                return
+            run.evaluated = set(run.store.evaluated_steps())
+        steps = self.to_evaluate(run)
+        if steps:
+            run.eval_future = self._evaluator.submit(self._evaluate, run, steps)
+
+    def _evaluate(self, run: RunState, steps: list[int]) -> None:
+        from polypythia_eval.evaluate import evaluate_run
+
+        evaluation = self.sweep.spec["evaluation"]
+        evaluate_run(
+            run.store,
+            steps=steps,
+            tasks=list(evaluation["tasks"]),
+            limit=evaluation.get("limit"),
+            work_dir=self.options.workdir / "eval-work",
+        )
+
+
+def _store_kwargs(run: RunPlan) -> dict:
+    storage = run.config["storage"]
+    kwargs = {"secure": storage["secure"], "region": storage["region"]}
+    if storage.get("endpoint"):
+        kwargs["endpoint"] = storage["endpoint"]
+    return kwargs
+
+
+def check_resources(runs: list[RunState], cpus: float, gpus: float) -> None:
+    """Fail before starting anything when a run can never be scheduled here."""
+    for run in runs:
+        training = run.plan.config["training"]
+        need_gpus = training["workers"] * training["gpusPerWorker"]
+        if need_gpus > gpus:
+            raise UsageError(
+                f"spec.resources: size {run.plan.size} asks for {need_gpus} GPU(s) but this Ray "
+                f"cluster has {gpus:g}; set spec.resources.perSize.{run.plan.size}.gpusPerWorker: 0"
+            )
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("POLYPYTHIA_WORKDIR", "polypythia-work"))

@@ -1,0 +1,53 @@
+"""The local driver's Prometheus endpoint: the catalogue's metrics for each run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from polypythia.monitoring.exporter import RunLabels, SweepExporter
+from polypythia.monitoring.spikes import SpikeEvent
+from polypythia.spec import Sweep
+
+if TYPE_CHECKING:
+    from polypythia.local.driver import LocalDriver, RunState
+
+
+class LocalExporter:
+    """Serves /metrics on 127.0.0.1 while a local sweep runs."""
+
+    def __init__(self, sweep: Sweep, port: int = 0) -> None:
+        self.sweep = sweep
+        self.metrics = SweepExporter()
+        self.server = self.metrics.serve(port=port, addr="127.0.0.1")
+        self.port = self.server.port
+
+    def labels(self, run: RunState) -> RunLabels:
+        return RunLabels(self.sweep.namespace, self.sweep.name, run.plan.size, str(run.plan.seed))
+
+    def observe_records(self, run: RunState, records: list[dict], events: list[SpikeEvent]) -> None:
+        labels = self.labels(run)
+        self.metrics.observe_telemetry(labels, records)
+        if events:
+            self.metrics.observe_spikes(labels, events)
+        if run.detector is not None:
+            for signal in self.sweep_signals():
+                self.metrics.set_spike_score(labels, signal, run.detector.score(signal))
+
+    def sweep_signals(self) -> list[str]:
+        names = {"loss": "loss", "gradNorm": "grad_norm"}
+        return [names[s] for s in self.sweep.spec["instability"]["signals"]]
+
+    def observe_sweep(self, driver: LocalDriver) -> None:
+        for run in driver.runs:
+            labels = self.labels(run)
+            self.metrics.set_phase(labels, run.phase)
+            self.metrics.set_progress(
+                labels,
+                checkpoints=len(run.checkpoints),
+                last_checkpoint_step=run.checkpoints[-1] if run.checkpoints else None,
+                evaluations=len(run.evaluated),
+                evaluations_pending=len(driver.to_evaluate(run)),
+            )
+
+    def close(self) -> None:
+        self.server.close()

@@ -1,0 +1,121 @@
+"""`polypythia spikes FILE...`: loss spikes in any training log (CSV, TSV, JSONL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from polypythia.errors import UsageError
+from polypythia.monitoring.common_mode import label_common_mode
+from polypythia.monitoring.spikes import SIGNALS, RunSpikeDetector, SpikeEvent, SpikeSettings
+from polypythia.monitoring.tables import format_table, integer, number, read_rows, text
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    d = SpikeSettings()
+    parser.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV or JSONL (telemetry)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument("--run-column", default="run", help="column naming the run (default: run; "
+                        "without it each file is one run named after the file)")
+    parser.add_argument("--step-column", default="step")
+    parser.add_argument("--loss-column", default="loss")
+    parser.add_argument("--grad-norm-column", default="grad_norm", help="used when present")
+    parser.add_argument("--data-order-column", default=None,
+                        help="column giving each run's data order: spikes shared by most runs "
+                        "of one data order are labelled data-driven")
+    parser.add_argument("--signals", default=",".join(d.signals), help="loss,grad_norm")
+    parser.add_argument("--window", type=int, default=d.window)
+    parser.add_argument("--threshold", type=float, default=d.threshold)
+    parser.add_argument("--min-history", type=int, default=d.min_history)
+    parser.add_argument("--score-window", type=int, default=d.score_window)
+    parser.add_argument("--score-threshold", type=float, default=d.score_threshold)
+    parser.add_argument("--recovery-steps", type=int, default=d.recovery_steps)
+    parser.add_argument("--common-mode-fraction", type=float, default=d.common_mode_fraction)
+    parser.add_argument("--common-mode-tolerance", type=int, default=d.common_mode_tolerance)
+
+
+def _settings(args: argparse.Namespace) -> SpikeSettings:
+    signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
+    try:
+        return SpikeSettings(
+            signals=signals, window=args.window, threshold=args.threshold,
+            min_history=args.min_history, score_window=args.score_window,
+            score_threshold=args.score_threshold, recovery_steps=args.recovery_steps,
+            common_mode_fraction=args.common_mode_fraction,
+            common_mode_tolerance=args.common_mode_tolerance,
+        )
+    except ValueError as exc:
+        raise UsageError(f"--{str(exc).split(':')[0].replace('_', '-')}: {exc}") from None
+
+
+def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], dict[str, str]]:
+    """run -> step -> (loss, grad_norm); and run -> data order. Within a run the row with
+    the highest ``attempt`` (else the last one) wins for each step."""
+    runs: dict[str, dict[int, tuple]] = defaultdict(dict)
+    attempts: dict[tuple[str, int], float] = {}
+    orders: dict[str, str] = {}
+    for path in args.files:
+        for row in read_rows(path):
+            run = text(row, args.run_column) if args.run_column in row else Path(path).stem
+            step = integer(row, args.step_column)
+            loss = number(row, args.loss_column)
+            grad = number(row, args.grad_norm_column, optional=True)
+            if grad is not None and grad < 0:
+                raise UsageError(f"{row.where}: column {args.grad_norm_column!r}: must be >= 0")
+            attempt = number(row, "attempt", optional=True) or 0.0
+            if attempts.get((run, step), -1.0) <= attempt:
+                attempts[(run, step)] = attempt
+                runs[run][step] = (loss, grad)
+            if args.data_order_column:
+                orders[run] = text(row, args.data_order_column)
+    if not runs:
+        raise UsageError(f"{', '.join(args.files)}: no records")
+    return runs, orders
+
+
+def detect(args: argparse.Namespace) -> list[SpikeEvent]:
+    settings = _settings(args)
+    runs, orders = load_runs(args)
+    final: list[SpikeEvent] = []
+    for run, by_step in sorted(runs.items()):
+        steps = sorted(by_step)
+        loss = [by_step[s][0] for s in steps]
+        grads = [by_step[s][1] for s in steps]
+        has_grad = all(g is not None for g in grads)
+        detector, events = RunSpikeDetector.rebuild(
+            run, steps, loss, grads if has_grad else None, settings
+        )
+        final += [e for e in events if e.status != "open"] + detector.open_spikes()
+    if orders:
+        final = label_common_mode(
+            final, orders, settings.common_mode_fraction, settings.common_mode_tolerance
+        )
+    return sorted(final, key=lambda e: (e.run, e.onset_step, e.signal))
+
+
+def main(args: argparse.Namespace) -> int:
+    events = detect(args)
+    if args.output == "json":
+        print(json.dumps([e.to_dict() for e in events], indent=2))
+        return 0
+    if not events:
+        print("no spikes found")
+        return 0
+    header = ["RUN", "SIGNAL", "ONSET", "PEAK_STEP", "PEAK", "MAGNITUDE", "RECOVERY", "KIND"]
+    rows = [
+        [
+            e.run, e.signal, str(e.onset_step), str(e.peak_step), f"{e.peak_value:.4g}",
+            f"{e.magnitude:.1f}",
+            str(e.recovery_step) if e.recovery_step is not None else (
+                "not recovered" if e.status == "unrecovered" else "open"),
+            e.kind,
+        ]
+        for e in events
+    ]
+    print(format_table(header, rows))
+    return 0
+
+
+__all__ = ["configure", "main", "SIGNALS"]

@@ -1,0 +1,108 @@
+"""The planner: run names, seeds, checkpoint schedules and resolved configs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from polypythia import planner
+from polypythia.spec import sweep_from_object
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def sweep(name: str = "tiny", **spec):
+    body = {"sizes": ["nano", "micro"], "seeds": {"list": [0, 1, 2]}}
+    body.update(spec)
+    return sweep_from_object(
+        {
+            "apiVersion": "polypythia.io/v1alpha1",
+            "kind": "PolyPythiaSweep",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )
+
+
+def test_pythia_schedule_is_exactly_the_154_pythia_revisions() -> None:
+    steps = planner.pythia_checkpoint_steps(143_000)
+    assert len(steps) == 154
+    assert steps[:11] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert steps[11:] == list(range(1000, 143_001, 1000))
+
+
+def test_pythia_schedule_scales_to_short_runs() -> None:
+    steps = planner.pythia_checkpoint_steps(150, count=5)
+    assert steps == [0, 1, 2, 4, 8, 16, 30, 60, 90, 120, 150]
+    assert planner.pythia_checkpoint_steps(3, count=143) == [0, 1, 2, 3]
+
+
+def test_every_and_list_schedules_include_start_and_end() -> None:
+    spec = sweep(training={"steps": 100}, checkpoints={"schedule": "every", "every": 30}).spec
+    assert planner.checkpoint_steps(spec) == [0, 30, 60, 90, 100]
+    spec = sweep(training={"steps": 100}, checkpoints={"schedule": "list", "steps": [5, 50]}).spec
+    assert planner.checkpoint_steps(spec) == [0, 5, 50, 100]
+
+
+def test_runs_are_seed_major_so_every_size_gets_seeds_early() -> None:
+    runs = planner.plan_sweep(sweep(), base_uri="/tmp/store")
+    assert [(r.size, r.seed) for r in runs[:4]] == [
+        ("nano", 0),
+        ("micro", 0),
+        ("nano", 1),
+        ("micro", 1),
+    ]
+    assert [r.order for r in runs] == list(range(6))
+    assert len({r.name for r in runs}) == 6
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny", "a" * 63, "polypythias-replication-with-a-very-long-name-x", "9lives"]
+)
+def test_run_names_are_dns_1035_and_short(name: str) -> None:
+    runs = planner.plan_sweep(sweep(name=name, sizes=["1.4b", "nano"]), base_uri="/s")
+    for run in runs:
+        assert DNS_1035.match(run.name), run.name
+        assert len(run.name) <= planner.MAX_RUN_NAME <= 47
+    assert len({r.name for r in runs}) == len(runs)
+
+
+def test_long_sweep_names_stay_distinct() -> None:
+    a = planner.run_name("x" * 60 + "a", "70m", 1)
+    b = planner.run_name("x" * 60 + "b", "70m", 1)
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("axis", "expected"),
+    [("both", (5, 5)), ("weight", (5, 1234)), ("data", (1234, 5))],
+)
+def test_seed_axis(axis: str, expected: tuple[int, int]) -> None:
+    run = planner.plan_sweep(sweep(seeds={"list": [5], "axis": axis}), base_uri="/s")[0]
+    assert (run.weight_seed, run.data_seed) == expected
+    assert (run.config["weightSeed"], run.config["dataSeed"]) == expected
+
+
+def test_resolved_config_follows_pythia_and_overrides() -> None:
+    s = sweep(
+        sizes=["70m"],
+        training={"steps": 1000, "learningRate": 5e-4, "globalBatchSize": 64},
+        resources={"default": {"workers": 2, "gpusPerWorker": 1}, "perSize": {"70m": {"workers": 4}}},
+    )
+    config = planner.plan_sweep(s, base_uri="s3://bucket/sweeps")[0].config
+    assert config["model"]["hiddenSize"] == 512 and config["model"]["rotaryPct"] == 0.25
+    assert config["training"]["learningRate"] == 5e-4
+    assert config["training"]["minLearningRate"] == pytest.approx(5e-5)
+    assert config["training"]["warmupSteps"] == 10
+    assert config["training"]["workers"] == 4 and config["training"]["gpusPerWorker"] == 1
+    assert config["training"]["microBatchSize"] == 16
+    assert config["runUri"] == "s3://bucket/sweeps/tiny/tiny-70m-s0"
+
+
+def test_evaluation_schedule_selects_checkpoints() -> None:
+    spec = sweep(evaluation={"schedule": "every", "every": 30}, training={"steps": 100}).spec
+    assert planner.evaluation_steps(spec, [0, 1, 30, 45, 60, 100]) == [0, 30, 60, 100]
+    spec = sweep(evaluation={"schedule": "final"}, training={"steps": 100}).spec
+    assert planner.evaluation_steps(spec, [0, 50]) == []
+    assert planner.evaluation_steps(spec, [0, 50, 100]) == [100]

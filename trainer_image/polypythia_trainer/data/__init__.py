@@ -1,0 +1,137 @@
+"""Training data: indexed token datasets (GPT-NeoX/Megatron), per-seed order, batches.
+
+The trainer calls :func:`open_training_data` with the run config's ``data`` block and
+reads batches by index with :meth:`TrainingData.batch`; :func:`batch_index` maps an
+optimiser step to the batch it consumes when batches are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from polypythia.errors import UsageError
+
+from polypythia_trainer.data import generated
+from polypythia_trainer.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexFormatError
+from polypythia_trainer.data.order import batch_index
+from polypythia_trainer.data.sources import is_remote, open_remote_dir, open_source
+from polypythia_trainer.data.spec import DataSpec, parse_data_spec
+from polypythia_trainer.data.tokenizer import HF_FILES, load
+from polypythia_trainer.data.training import TrainingData, load_stored_order, local_dataset
+
+__all__ = [
+    "DataSpec",
+    "IndexedDataset",
+    "IndexedDatasetBuilder",
+    "TrainingData",
+    "batch_index",
+    "open_training_data",
+    "parse_data_spec",
+]
+
+
+def _check_vocab(tokenizer_vocab: int, vocab_size: int, what: str) -> None:
+    if tokenizer_vocab > vocab_size:
+        raise UsageError(
+            f"spec.model.vocabSize: {vocab_size} is smaller than the vocabulary of {what} "
+            f"({tokenizer_vocab} tokens); pick a size whose vocabulary is at least that"
+        )
+
+
+def _fetch_remote_tokenizer(uri: str, cache_dir: Path, storage: dict | None) -> Path | None:
+    """Download a remote tokenizer (folder or tokenizer.json) into the cache; None if absent."""
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local = cache_dir / "tokenizers" / digest
+    if uri.endswith(".json"):
+        folder, _, file = uri.rpartition("/")
+        store, prefix = open_remote_dir(folder, storage)
+        key = f"{prefix}/{file}" if prefix else file
+        if not store.exists(key):
+            return None
+        store.get_file(key, local / "tokenizer.json")
+        return local / "tokenizer.json"
+    store, prefix = open_remote_dir(uri, storage)
+    found = False
+    for name in HF_FILES:
+        key = f"{prefix}/{name}" if prefix else name
+        if store.exists(key):
+            store.get_file(key, local / name)
+            found = True
+    return local if found else None
+
+
+def _resolve_tokenizer(spec: DataSpec, cache_dir: Path, storage: dict | None) -> Path:
+    """The tokenizer named in the spec, else one next to the dataset (``PREFIX.tokenizer/``)."""
+    assert spec.path is not None
+    if spec.tokenizer is not None:
+        if is_remote(spec.tokenizer):
+            found = _fetch_remote_tokenizer(spec.tokenizer, cache_dir, storage)
+            if found is None:
+                raise UsageError(f"spec.data.tokenizer: {spec.tokenizer} does not exist")
+            return found
+        return Path(spec.tokenizer).expanduser()
+    candidate = f"{spec.path}.tokenizer"
+    if is_remote(candidate):
+        found = _fetch_remote_tokenizer(candidate, cache_dir, storage)
+        if found is not None:
+            return found
+    elif (Path(candidate) / "tokenizer.json").is_file():
+        return Path(candidate)
+    raise UsageError(
+        "spec.data.tokenizer: required for format megatron when no tokenizer lies next to the "
+        f"dataset ({candidate}/); checkpoints carry it so that evaluation can load them"
+    )
+
+
+def open_training_data(
+    data: dict,
+    *,
+    sequence_length: int,
+    vocab_size: int,
+    data_seed: int,
+    cache_dir: str | Path,
+    storage: dict | None = None,
+) -> TrainingData:
+    """Open the dataset a run config's ``data`` block names, building the demo one if needed.
+
+    ``storage`` is the run config's storage block (``endpoint``, ``secure``, ``region``)
+    for ``s3://`` paths; without it the endpoint comes from the environment.
+    """
+    spec = parse_data_spec(data)
+    if sequence_length < 1:
+        raise UsageError(f"spec.training.sequenceLength: must be >= 1, got {sequence_length}")
+    cache_dir = Path(cache_dir).expanduser()
+    if spec.format == "generated":
+        _check_vocab(generated.VOCAB_SIZE, vocab_size, "the generated corpus's tokenizer")
+        folder = generated.ensure(cache_dir)
+        return TrainingData(
+            local_dataset(folder / generated.PREFIX),
+            sequence_length=sequence_length,
+            vocab_size=vocab_size,
+            data_seed=data_seed,
+            tokenizer=folder / generated.TOKENIZER_DIR,
+            name="the generated corpus",
+        )
+    assert spec.path is not None
+    tokenizer = _resolve_tokenizer(spec, cache_dir, storage)
+    _check_vocab(
+        load(tokenizer, "spec.data.tokenizer").get_vocab_size(with_added_tokens=True),
+        vocab_size,
+        f"tokenizer {tokenizer}",
+    )
+    index = open_source(f"{spec.path}.idx", field="spec.data.path", storage=storage)
+    tokens = open_source(f"{spec.path}.bin", field="spec.data.path", storage=storage)
+    try:
+        dataset = IndexedDataset(index, tokens)
+    except IndexFormatError as exc:
+        raise UsageError(f"spec.data.path: {exc}") from None
+    return TrainingData(
+        dataset,
+        sequence_length=sequence_length,
+        vocab_size=vocab_size,
+        data_seed=data_seed,
+        tokenizer=tokenizer,
+        stored_order=load_stored_order(spec.path, data_seed, cache_dir, storage),
+        name=spec.path,
+    )

@@ -1,0 +1,257 @@
+"""Run one training run: on Ray Train (`run_training`) or in this process (`run_local`).
+
+Storage is the source of truth: `run.json` is written at start, each start resumes from
+the last complete checkpoint, and Ray's own checkpoint storage is not used (its
+`storage_path` is a throw-away folder). A stop (Ctrl-C, SIGTERM, or the caller's
+``stop_event``) reaches rank 0 through a small control actor; all ranks stop after the
+same step, flush telemetry and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from polypythia.errors import UsageError
+from polypythia_trainer.config import RunConfig
+from polypythia_trainer.loop import open_run_store, run_worker
+
+POLL_S = 0.5  # how often rank 0 asks whether to stop, and pushes progress
+
+
+def check_config(config: dict) -> RunConfig:
+    """Validate the whole run config before any process starts (UsageError names the field)."""
+    from polypythia_trainer.data import parse_data_spec
+
+    cfg = RunConfig.from_dict(config)
+    parse_data_spec(cfg.data)
+    return cfg
+
+
+@contextlib.contextmanager
+def stop_on_signals(event: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``event`` (a second SIGINT interrupts at once); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_local(
+    config: dict,
+    *,
+    stop_event: threading.Event | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train a one-worker run in this process (no Ray start-up); same storage and resume."""
+    cfg = check_config(config)
+    if cfg.training.workers != 1:
+        raise UsageError(
+            f"training.workers: running without Ray takes exactly 1 worker, got "
+            f"{cfg.training.workers}; drop --no-ray to use Ray Train"
+        )
+    open_run_store(cfg).write_run_config(config)
+    device = torch.device("cpu")
+    if cfg.training.gpus_per_worker > 0:
+        if not torch.cuda.is_available():
+            raise UsageError("training.gpusPerWorker: > 0 but this machine has no CUDA device")
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+    event = stop_event or threading.Event()
+    try:
+        with stop_on_signals(event):
+            return run_worker(config, device=device, should_stop=event.is_set, on_record=on_progress)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _control_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RunControl:
+        """Driver <-> rank 0: stop requests one way, progress and the summary the other."""
+
+        def __init__(self) -> None:
+            self.stop = False
+            self.latest: dict | None = None
+            self.summary: dict | None = None
+
+        def request_stop(self) -> None:
+            self.stop = True
+
+        def should_stop(self) -> bool:
+            return self.stop
+
+        def report(self, record: dict) -> None:
+            self.latest = record
+
+        def finish(self, summary: dict) -> None:
+            self.summary = summary
+
+        def state(self) -> dict:
+            return {"stop": self.stop, "latest": self.latest, "summary": self.summary}
+
+    return RunControl
+
+
+class _Throttled:
+    """Rank 0's view of the control actor, asking at most every POLL_S seconds."""
+
+    def __init__(self, control) -> None:
+        self.control = control
+        self.stop = False
+        self._asked = self._told = 0.0
+
+    def should_stop(self) -> bool:
+        import ray
+
+        now = time.monotonic()
+        if not self.stop and now - self._asked >= POLL_S:
+            self._asked = now
+            self.stop = bool(ray.get(self.control.should_stop.remote()))
+        return self.stop
+
+    def report(self, record: dict) -> None:
+        now = time.monotonic()
+        if now - self._told >= POLL_S:
+            self._told = now
+            self.control.report.remote(record)
+
+
+def _ray_worker(loop_config: dict) -> None:
+    """train_loop_per_worker: Ray Train has set up the process group already."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    control = loop_config["control"]
+    device = torch.device("cpu")
+    if loop_config["use_gpu"]:
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    throttled = _Throttled(control)
+    summary = run_worker(
+        loop_config["config"],
+        rank=rank,
+        world_size=world,
+        device=device,
+        should_stop=throttled.should_stop if rank == 0 else (lambda: False),
+        on_record=throttled.report if rank == 0 else None,
+    )
+    if rank == 0:
+        ray.get(control.report.remote(summary))
+        ray.get(control.finish.remote(summary))
+
+
+def run_training(
+    config: dict,
+    *,
+    ray_address: str | None = None,
+    stop_event: threading.Event | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train one run on Ray Train; return its summary.
+
+    ``ray_address``: None starts a local Ray (unless this process already joined one),
+    ``"auto"`` or ``"ray://..."``/``"HOST:PORT"`` joins a cluster. ``stop_event`` (set it
+    from any thread) or, in the main thread, SIGINT/SIGTERM stops the run cleanly after
+    the current step; its telemetry is flushed and the next start resumes from the last
+    complete checkpoint. ``on_progress`` receives the latest step record about every
+    half second (rank 0's, from the driver's thread). Summary keys: run, status
+    (completed | stopped | failed), step, steps, loss, attempt, resumed_from, error
+    (failed only), startup_s (seconds from call to the first step record, when seen).
+    """
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t0 = time.monotonic()
+    cfg = check_config(config)
+    open_run_store(cfg).write_run_config(config)
+    training = cfg.training
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        started_ray = True
+    use_gpu = training.gpus_per_worker > 0
+    resources = {"CPU": float(training.cpus_per_worker)}
+    if use_gpu:
+        resources["GPU"] = float(training.gpus_per_worker)
+    control = _control_class().remote()
+    event = stop_event or threading.Event()
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="polypythia-ray-") as scratch:
+                TorchTrainer(
+                    _ray_worker,
+                    train_loop_config={"config": config, "control": control, "use_gpu": use_gpu},
+                    torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                    scaling_config=ScalingConfig(
+                        num_workers=training.workers,
+                        use_gpu=use_gpu,
+                        resources_per_worker=resources,
+                    ),
+                    run_config=RunConfig(
+                        name=cfg.run,
+                        storage_path=scratch,
+                        failure_config=FailureConfig(max_failures=0),
+                    ),
+                ).fit()
+        except Exception as exc:  # reported in the summary: one failing run must not stop others
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    startup_s = None
+    try:
+        with stop_on_signals(event):
+            thread = threading.Thread(target=fit, name=f"fit-{cfg.run}", daemon=True)
+            thread.start()
+            asked_stop = False
+            while thread.is_alive():
+                thread.join(POLL_S)
+                if event.is_set() and not asked_stop:
+                    control.request_stop.remote()
+                    asked_stop = True
+                latest = ray.get(control.state.remote())["latest"]
+                if latest is not None and startup_s is None:
+                    startup_s = time.monotonic() - t0 - latest.get("step_time_s", 0.0)
+                if latest is not None and on_progress is not None:
+                    on_progress(latest)
+        summary = ray.get(control.state.remote())["summary"]
+    finally:
+        ray.kill(control)
+        if started_ray:
+            ray.shutdown()
+    if summary is None or "error" in outcome:
+        summary = {
+            "run": cfg.run,
+            "status": "failed",
+            "step": None,
+            "steps": training.steps,
+            "loss": None,
+            "error": outcome.get("error", "the workers ended without a summary"),
+        }
+    summary["startup_s"] = startup_s
+    return summary

@@ -1,0 +1,318 @@
+"""The stateful trainer of one run on one worker: `train_step`, `save_checkpoint`, `train`.
+
+Every rank runs the same code; rank 0 alone writes to storage. A start always resumes
+from the last complete checkpoint in storage (the source of truth), restoring model,
+optimiser, scheduler, RNG and data cursor, so a killed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from polypythia_trainer import checkpoint as ckpt
+from polypythia_trainer.config import RunConfig
+from polypythia_trainer.model import build_model, lm_loss
+from polypythia_trainer.parallel import build_engine
+from polypythia_trainer.schedule import pythia_scheduler
+from polypythia_trainer.telemetry import (
+    AttentionLogitProbe,
+    TelemetryBuffer,
+    device_peak_flops,
+    flops_per_token,
+)
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class Trainer:
+    """Builds model, engine, optimiser and schedule for ``cfg`` and runs its steps."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        data,
+        store,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        work_dir: Path,
+        instrument: bool = True,
+        on_record: Callable[[dict], None] | None = None,
+    ) -> None:
+        from polypythia_trainer.data import batch_index
+
+        self.cfg = cfg
+        self.data = data
+        self.store = store
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self.work_dir = Path(work_dir)
+        self.instrument = instrument
+        self.on_record = on_record
+        self._batch_index = batch_index
+        self.skips = [list(r) for r in cfg.data.get("skipBatches") or []]
+        training = cfg.training
+        self.precision = training.resolved_precision(device.type == "cuda")
+        self.stop_requested = False
+
+        ckpt.seed_everything(cfg.weight_seed)
+        self.attempt = self._broadcast(store.next_attempt() if rank == 0 else None)
+        resume_step = self._broadcast(self._last_checkpoint() if rank == 0 else None)
+        model = build_model(cfg.model, cfg.weight_seed)
+        ckpt_dir = None
+        if resume_step is not None:
+            ckpt_dir = self._fetch(resume_step)
+            model.load_state_dict(ckpt.read_model_state(ckpt_dir), strict=True)
+        self.engine = build_engine(model, training, self.precision, device)
+        self.module = self.engine.module
+        self.scheduler = pythia_scheduler(
+            self.engine.base_optimizer,
+            peak=training.learning_rate,
+            minimum=training.min_learning_rate,
+            warmup_steps=training.warmup_steps,
+            total_steps=training.steps,
+        )
+        self.step = 0
+        self.resumed_from = resume_step
+        if ckpt_dir is not None:
+            self._restore(ckpt_dir)
+
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self._prev = [torch.empty_like(p) for p in self.params] if instrument else []
+        self.probe = (
+            AttentionLogitProbe(self.module.gpt_neox.layers[0].attention) if instrument else None
+        )
+        self.tokens_per_step = training.global_batch_size * training.sequence_length
+        self.flops_per_token = flops_per_token(self.module.config, training.sequence_length)
+        self.peak_flops = device_peak_flops(device)
+        self.buffer = TelemetryBuffer(self._write_telemetry, cfg.flush_every)
+
+    # collectives
+
+    def _broadcast(self, obj):
+        if self.world_size == 1 or not _dist():
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _gather(self, obj) -> list | None:
+        if self.world_size == 1 or not _dist():
+            return [obj]
+        out = [None] * self.world_size if self.rank == 0 else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    # resume
+
+    def _last_checkpoint(self) -> int | None:
+        steps = [s for s in self.store.complete_checkpoints() if s <= self.cfg.training.steps]
+        return steps[-1] if steps else None
+
+    def _fetch(self, step: int) -> Path:
+        local = self.store.local_path(step)
+        if local is not None:
+            return local
+        target = self.work_dir / f"resume-step{step}-rank{self.rank}"
+        shutil.rmtree(target, ignore_errors=True)
+        return self.store.fetch_checkpoint(step, target)
+
+    def _restore(self, ckpt_dir: Path) -> None:
+        state = ckpt.read_state(ckpt_dir)
+        sharded = self.engine.sharded_optimizer
+        if sharded and state.get("world_size") != self.world_size:
+            raise RuntimeError(
+                f"checkpoint step{state['step']} was written by {state.get('world_size')} "
+                f"ZeRO workers; resume needs the same number, got {self.world_size}"
+            )
+        self.engine.load_optimizer_state(
+            ckpt.read_optimizer_states(ckpt_dir, self.world_size, sharded)
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        self.step = int(state["step"])
+
+    # one step
+
+    def _loss_fn(self, targets: torch.Tensor):
+        z_loss = self.cfg.model.z_loss
+        return lambda logits: lm_loss(logits, targets, z_loss)
+
+    def train_step(self) -> dict:
+        """One optimiser step over the global batch; returns its telemetry record."""
+        training = self.cfg.training
+        t0 = time.perf_counter()
+        batch_id = self._batch_index(self.step, self.skips)
+        rows = self.data.batch(
+            batch_id, training.global_batch_size, rank=self.rank, world_size=self.world_size
+        )
+        batch = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        micro = batch.split(training.micro_batch_size)
+        accumulation = len(micro)
+        if self.probe is not None:
+            self.probe.armed, self.probe.value = True, None
+        ce_sum = torch.zeros((), device=self.device)
+        lz_sum = torch.zeros((), device=self.device)
+        for i, chunk in enumerate(micro):
+            inputs, targets = chunk[:, :-1], chunk[:, 1:]
+            ce, log_z = self.engine.micro_step(
+                inputs, self._loss_fn(targets), accumulation, last=i == accumulation - 1
+            )
+            ce_sum += ce
+            lz_sum += log_z
+        lr = self.scheduler.get_last_lr()[0]
+        if self.instrument:
+            torch._foreach_copy_(self._prev, [p.detach() for p in self.params])
+        result = self.engine.step()
+        if result.applied:
+            self.scheduler.step()
+        self.step += 1
+
+        stop_flag = torch.tensor(float(self.stop_requested), device=self.device)
+        stats = torch.stack([ce_sum / accumulation, lz_sum / accumulation, stop_flag])
+        if self.world_size > 1 and _dist():
+            torch.distributed.all_reduce(stats)
+        loss, log_z, stop = stats.tolist()
+        loss /= self.world_size
+        log_z /= self.world_size
+        self.stop_requested = stop > 0
+
+        param_norm = update_ratio = None
+        if self.instrument:
+            torch._foreach_sub_(self._prev, [p.detach() for p in self.params])
+            delta = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._prev)))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
+            param_norm, delta_norm = (float(x) for x in torch.stack([norm, delta]).tolist())
+            update_ratio = delta_norm / param_norm if param_norm > 0 else None
+        step_time = time.perf_counter() - t0
+        tokens_per_s = self.tokens_per_step / step_time
+        mfu = None
+        if self.peak_flops:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
+        return {
+            "step": self.step,
+            "loss": loss,
+            "grad_norm": result.grad_norm,
+            "clipped": result.clipped,
+            "lr": lr,
+            "param_norm": param_norm,
+            "update_ratio": update_ratio,
+            "max_attn_logit": self.probe.value if self.probe is not None else None,
+            "logit_lognorm": log_z,
+            "loss_scale": result.loss_scale,
+            "nonfinite": not (math.isfinite(loss) and math.isfinite(result.grad_norm)),
+            "tokens_per_s": tokens_per_s,
+            "step_time_s": step_time,
+            "mfu": mfu,
+            "attempt": self.attempt,
+            "time": time.time(),
+        }
+
+    # checkpoints
+
+    def state_dict(self) -> dict:
+        """This rank's resumable state besides model and optimiser."""
+        return {
+            "step": self.step,
+            "next_batch_index": self._batch_index(self.step, self.skips),
+            "scheduler": self.scheduler.state_dict(),
+            "world_size": self.world_size,
+            "strategy": self.cfg.training.strategy,
+            "zero_stage": self.cfg.training.zero_stage,
+            "precision": self.precision,
+            "attempt": self.attempt,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Collective: gather shards and RNG states to rank 0, which writes and commits."""
+        sharded = self.engine.sharded_optimizer
+        optimizer = ckpt.to_cpu(self.engine.optimizer_state())
+        optimizers = self._gather(optimizer) if sharded else [optimizer]
+        rngs = self._gather(ckpt.rng_state())
+        if self.rank != 0:
+            return
+        step = self.step
+        out_dir = self._staging_dir(step)
+        ckpt.write_checkpoint(
+            out_dir,
+            model=self.module,
+            save_tokenizer=self.data.save_tokenizer,
+            state={**self.state_dict(), "rng": rngs},
+            optimizer_states=optimizers,
+            sharded=sharded,
+            config=self.cfg.raw,
+        )
+        self.store.commit_checkpoint(step, out_dir)
+        if self.store.local_path(step) != out_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        self._prune(step)
+
+    def _staging_dir(self, step: int) -> Path:
+        """Write in place on a local store (commit then only adds COMPLETE), else in work_dir."""
+        self.store.delete_checkpoint(step)
+        root = getattr(self.store.store, "root", None)
+        if root is not None:
+            return Path(root) / self.store.checkpoint_key(step)
+        out = self.work_dir / f"stage-step{step}"
+        shutil.rmtree(out, ignore_errors=True)
+        return out
+
+    def _prune(self, newest: int) -> None:
+        """Keep the last ``keepResume`` resume-only checkpoints; planned ones stay forever."""
+        plan = self.cfg.checkpoints
+        extra = [s for s in self.store.complete_checkpoints() if not plan.is_planned(s)]
+        for step in extra[: -plan.keep_resume]:
+            if step != newest:
+                self.store.delete_checkpoint(step)
+
+    # the loop
+
+    def _write_telemetry(self, records: list[dict]) -> None:
+        if self.rank == 0:
+            self.store.append_telemetry(records, self.attempt)
+
+    def train(self, should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """Run to ``training.steps`` or until a stop is requested (on any rank)."""
+        total = self.cfg.training.steps
+        plan = self.cfg.checkpoints
+        if self.step == 0 and self.resumed_from is None and plan.is_planned(0):
+            self.save_checkpoint()
+        last: dict | None = None
+        while self.step < total and not self.stop_requested:
+            self.stop_requested = bool(should_stop())
+            last = self.train_step()
+            if self.rank == 0:
+                self.buffer.add(last)
+                if self.on_record is not None:
+                    self.on_record(last)
+            if plan.wants(self.step) or self.step == total:
+                self.buffer.flush()
+                self.save_checkpoint()
+        self.buffer.flush()
+        done = self.step >= total
+        return {
+            "run": self.cfg.run,
+            "status": "completed" if done else "stopped",
+            "step": self.step,
+            "steps": total,
+            "loss": last["loss"] if last else None,
+            "attempt": self.attempt,
+            "resumed_from": self.resumed_from,
+        }
+
+    def close(self) -> None:
+        """Flush telemetry and drop hooks; the process group belongs to the caller."""
+        self.buffer.flush()
+        if self.probe is not None:
+            self.probe.remove()
