@@ -47,7 +47,14 @@ FORMATS = {
     "double",
 }  # fmt: skip
 INT_OR_STRING_JUNCTOR = [{"type": "integer"}, {"type": "string"}]
-VALIDATION_RULE_KEYS = {"rule", "message", "messageExpression", "reason", "fieldPath", "optionalOldSelf"}
+VALIDATION_RULE_KEYS = {
+    "rule",
+    "message",
+    "messageExpression",
+    "reason",
+    "fieldPath",
+    "optionalOldSelf",
+}
 PRINTER_TYPES = {"integer": {"integer"}, "number": {"number", "integer"}, "string": {"string"},
                  "boolean": {"boolean"}, "date": {"string"}}  # fmt: skip
 
@@ -235,7 +242,11 @@ def _extension_errors(node: dict, path: str, errors: list[str], in_junctor: bool
             return
         for i, rule in enumerate(rules):
             where = f"{path}.x-kubernetes-validations[{i}]"
-            if not isinstance(rule, dict) or not isinstance(rule.get("rule"), str) or not rule["rule"]:
+            if (
+                not isinstance(rule, dict)
+                or not isinstance(rule.get("rule"), str)
+                or not rule["rule"]
+            ):
                 errors.append(f"{where}.rule: a non-empty CEL expression is required")
             elif set(rule) - VALIDATION_RULE_KEYS:
                 errors.append(f"{where}: unknown keys {sorted(set(rule) - VALIDATION_RULE_KEYS)}")

@@ -13,13 +13,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
 from polypythia.errors import UsageError
 from polypythia.storage import RunStore, StorageNotFound
+
 from polypythia_eval.offline_tasks import (
     OfflineItems,
     expand_tasks,
@@ -90,9 +90,9 @@ def parse_tasks(text: str | None) -> list[str]:
         return list(DEFAULT_TASKS)
     if text.strip() == "none":
         return []
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
     if text.strip() == "polypythias":
         return list(POLYPYTHIAS_TASKS)
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in tasks if not re.fullmatch(r"[A-Za-z0-9_.\-]+", t)]
     if not tasks or bad:
         raise UsageError(
@@ -195,7 +195,12 @@ def _identity(store: RunStore) -> dict:
     except StorageNotFound:
         cfg = {}
     name = cfg.get("run") or store.uri.rstrip("/").rsplit("/", 1)[-1]
-    return {"run": name, "sweep": cfg.get("sweep"), "size": cfg.get("size"), "seed": cfg.get("seed")}
+    return {
+        "run": name,
+        "sweep": cfg.get("sweep"),
+        "size": cfg.get("size"),
+        "seed": cfg.get("seed"),
+    }
 
 
 def evaluate_run(
@@ -246,7 +251,7 @@ def evaluate_run(
                 "step": step,
                 "tasks": list(options.tasks),
                 "limit": options.limit,
-                "items": vars(options.items),
+                "items": asdict(options.items),
                 "checkpoint": f"{store.uri}/checkpoints/step{step}",
                 "started": started,
                 "finished": time.time(),

@@ -107,8 +107,7 @@ MALE_NAMES = _words(
     "Kevin Brian Eric"
 )
 FEMALE_NAMES = _words(
-    "Mary Sarah Emma Laura Anna Lisa Julia Helen Alice Susan Rachel Karen Nancy Diana "
-    "Grace Clara"
+    "Mary Sarah Emma Laura Anna Lisa Julia Helen Alice Susan Rachel Karen Nancy Diana Grace Clara"
 )
 
 
@@ -237,11 +236,7 @@ def _predicate(rng: random.Random, plural: bool) -> tuple[str, str, str]:
 
 
 def _subject_noun(rng: random.Random) -> Noun:
-    return (
-        rng.choice(HUMANS + ANIMALS + THINGS)
-        if rng.random() < 0.2
-        else rng.choice(HUMANS)
-    )
+    return rng.choice(HUMANS + ANIMALS + THINGS) if rng.random() < 0.2 else rng.choice(HUMANS)
 
 
 def simple_agreement(rng: random.Random) -> Built:
@@ -352,9 +347,7 @@ def fact(rng: random.Random) -> str:
     return f"{name} lives in {NAME_CITY[name]}."
 
 
-def protagonist_sentence(
-    rng: random.Random, name: str, pronoun: str, gender: str
-) -> Built:
+def protagonist_sentence(rng: random.Random, name: str, pronoun: str, gender: str) -> Built:
     """A sentence about the protagonist, with a gender-agreeing pronoun or reflexive."""
     subject = name if rng.random() < 0.4 else pronoun
     choice = rng.random()
@@ -447,9 +440,7 @@ def minimal_pairs(phenomenon: str, n: int, seed: int) -> list[dict]:
     Good sentences are held out from training (see the module docstring); pairs are distinct.
     """
     if phenomenon not in TEMPLATES:
-        raise ValueError(
-            f"phenomenon {phenomenon!r}: must be one of {', '.join(PHENOMENA)}"
-        )
+        raise ValueError(f"phenomenon {phenomenon!r}: must be one of {', '.join(PHENOMENA)}")
     rng = random.Random(f"eval:{phenomenon}:{seed}")
     seen: set[str] = set()
     pairs: list[dict] = []
@@ -457,9 +448,7 @@ def minimal_pairs(phenomenon: str, n: int, seed: int) -> list[dict]:
     while len(pairs) < n:
         attempts += 1
         if attempts > 200 * (n + 10):
-            raise ValueError(
-                f"{phenomenon}: the grammar has fewer than {n} held-out pairs"
-            )
+            raise ValueError(f"{phenomenon}: the grammar has fewer than {n} held-out pairs")
         sentence, slot = _pair_sentence(rng, phenomenon)
         if sentence in seen:
             continue
@@ -479,9 +468,10 @@ def minimal_pairs(phenomenon: str, n: int, seed: int) -> list[dict]:
 def cloze_items(n: int, seed: int) -> list[dict]:
     """``n`` last-word prediction items: a held-out context ending in a fact sentence.
 
-    Keys: ``context`` (text up to, not including, the last word, ending in a space-free
-    prefix such as ``"... The farmer works at the"``), ``target`` (``" farm"``, with its
-    leading space, as lm-eval's loglikelihood expects), ``kind`` (which fact).
+    Keys: ``context`` (the text before the last word, without a trailing space:
+    ``"<held-out sentence> The farmer works at the"``), ``target`` (``" farm"``: the
+    last word with its leading space, as lm-eval's loglikelihood expects; no full stop),
+    ``kind`` (``place``, ``colour``, ``sound`` or ``city``).
     """
     rng = random.Random(f"eval:cloze:{seed}")
     items: list[dict] = []

@@ -8,7 +8,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import (
+from chartkit import (
     CHART,
     KUBE_VERSIONS,
     NAMESPACE,
@@ -68,7 +68,9 @@ def _value_entries(text: str) -> list[tuple[int, int, str, bool, bool]]:
         elif stripped and not stripped.startswith("- "):
             key, _, rest = stripped.partition(":")
             documented = any(c.startswith("# --") for c in comment)
-            entries.append((number, len(line) - len(line.lstrip()), key, not rest.strip(), documented))
+            entries.append(
+                (number, len(line) - len(line.lstrip()), key, not rest.strip(), documented)
+            )
             comment = []
         else:
             comment = []
@@ -184,8 +186,9 @@ def test_cluster_wide_rbac_binds_the_rules_file_to_the_service_account(chart, ch
                                   "kind": "ClusterRole", "name": role["metadata"]["name"]}  # fmt: skip
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": NAMESPACE}]  # fmt: skip
-    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == (
-        account["metadata"]["name"]
+    assert (
+        one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+        == (account["metadata"]["name"])
     )
 
 
@@ -246,9 +249,9 @@ def test_metrics_service_selects_the_operator_pod(chart) -> None:
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics",
                                          "protocol": "TCP"}]  # fmt: skip
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][-5:] == ["--metrics-port", "9000", "--liveness-port", "9090",
-                                      "--verbose"]  # fmt: skip
-    assert {"name": "POLYPYTHIA_POLL_SECONDS", "value": "15"} in container["env"]
+    assert container["args"][-6:] == ["--metrics-port", "9000", "--liveness-port", "9090",
+                                      "--poll-interval", "15"]  # fmt: skip
+    assert {"name": "POLYPYTHIA_POLL_INTERVAL", "value": "20"} in container["env"]
 
 
 def test_monitoring_objects_off_by_default_and_labelled_for_the_prometheus_release(chart) -> None:
@@ -258,7 +261,9 @@ def test_monitoring_objects_off_by_default_and_labelled_for_the_prometheus_relea
     for kind in ("ServiceMonitor", "PrometheusRule"):
         assert one(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import helm_python
 import pytest
-from conftest import NAMESPACE, SCENARIOS
+from chartkit import NAMESPACE, SCENARIOS
 
 WRONG = {
     "unknown top-level key": ({"replicaCount": 2}, "replicaCount"),
@@ -32,8 +32,14 @@ WRONG = {
         "drop",
     ),
     "bad quantity": ({"operator": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
-    "bad scrape interval": ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
-    "label value not a string": ({"metrics": {"prometheusRule": {"labels": {"release": 1}}}}, "release"),
+    "bad scrape interval": (
+        {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
+        "interval",
+    ),
+    "label value not a string": (
+        {"metrics": {"prometheusRule": {"labels": {"release": 1}}}},
+        "release",
+    ),
     "env without name": ({"operator": {"extraEnv": [{"value": "x"}]}}, "extraEnv"),
 }
 

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import yaml
+from chartkit import CHART, REPO
 from check_structural import check_files, crd_errors, main, schema_errors
-from conftest import CHART, REPO
 
 CRD_FILE = REPO / "crds" / "polypythiasweeps.polypythia.io.yaml"
 
@@ -90,8 +90,11 @@ NEGATIVE = {
     ),
     "set of objects": (
         lambda c: _spec_schema(c)["properties"].update(
-            pools={"type": "array", "x-kubernetes-list-type": "set",
-                   "items": {"type": "object", "properties": {"n": {"type": "string"}}}}
+            pools={
+                "type": "array",
+                "x-kubernetes-list-type": "set",
+                "items": {"type": "object", "properties": {"n": {"type": "string"}}},
+            }
         ),  # fmt: skip
         "set needs scalar or atomic items",
     ),

@@ -38,7 +38,10 @@ from kmock._internal import apps, rendering
 
 from support.k8s_schema import StructuralSchema, crd_versions, load_crd_file
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _SELECTOR_TERM = re.compile(
@@ -167,7 +170,9 @@ def _validate_job(obj: dict[str, Any]) -> list[str]:
     if not tmpl.get("containers"):
         errs.append("spec.template.spec.containers: Required value")
     if tmpl.get("restartPolicy") not in ("Never", "OnFailure"):
-        errs.append("spec.template.spec.restartPolicy: Unsupported value: must be Never or OnFailure")
+        errs.append(
+            "spec.template.spec.restartPolicy: Unsupported value: must be Never or OnFailure"
+        )
     for i, c in enumerate(tmpl.get("containers") or []):
         if not c.get("name") or not c.get("image"):
             errs.append(f"spec.template.spec.containers[{i}]: name and image are required")
@@ -210,7 +215,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     watch_timeout: float = 1800.0
     types: dict[str, ResourceType] = attrs.field(factory=dict, init=False)
     store: dict[str, dict[tuple[str, str], dict[str, Any]]] = attrs.field(factory=dict, init=False)
-    calls: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
+    calls: set[tuple[str, str, str, str]] = attrs.field(factory=set, init=False)
     warnings: list[str] = attrs.field(factory=list, init=False)
     rejected: list[str] = attrs.field(factory=list, init=False)
     _rv: itertools.count = attrs.field(factory=lambda: itertools.count(100), init=False)
@@ -263,7 +268,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                         schema=schemas[version["name"]],
                     )
                 )
-                info = self.resources[kmock.resource(spec["group"], version["name"], spec["names"]["plural"])]
+                info = self.resources[
+                    kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
+                ]
                 info.shortnames = set(spec["names"].get("shortNames") or [])
                 info.categories = set(spec["names"].get("categories") or [])
 
@@ -307,12 +314,29 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Serve without keeping the request history (see the module docstring)."""
         self._loop = asyncio.get_running_loop()
         try:
-            request = await rendering.Request._parse(raw_request)
+            found = _NAMESPACE_PATH.match(raw_request.path)
+            if found:  # kmock's parser cannot read /api/v1/namespaces[/x]
+                body = await raw_request.read()
+                request = rendering.Request(
+                    method=raw_request.method,
+                    url=raw_request.url,
+                    params=dict(raw_request.query),
+                    headers=dict(raw_request.headers),
+                    body=body,
+                    data=json.loads(body) if body else None,
+                    resource=kmock.resource("", "v1", "namespaces"),
+                    name=found.group(1),
+                    raw_request=raw_request,
+                )
+            else:
+                request = await rendering.Request._parse(raw_request)
             return await self._handle(request)
         except ApiError as exc:
             return self._status(exc)
         except Exception as exc:  # surfaced to the client like a server bug would be
-            return self._status(ApiError(500, "InternalError", f"{exc!r}\n{traceback.format_exc()}"))
+            return self._status(
+                ApiError(500, "InternalError", f"{exc!r}\n{traceback.format_exc()}")
+            )
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         res = request.resource
@@ -321,10 +345,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             rt = self.types.get(f"{res.group}/{res.version}/{res.plural}")
         if rt is None:
             if res is not None and res.plural:
-                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")
-            return await apps.RawHandler._handle(self, request)
+                raise ApiError(
+                    404,
+                    "NotFound",
+                    f"the server could not find the requested resource ({request.url.path})",
+                )
+            # kmock's reactions match a request by finding it in the history: keep it there
+            # only while discovery is served.
+            self._requests.append(request)
+            try:
+                return await apps.RawHandler._handle(self, request)
+            finally:
+                self._requests.clear()
         if request.subresource and request.subresource not in rt.subresources:
-            raise ApiError(404, "NotFound", f"{rt.plural} has no subresource {request.subresource!r}")
+            raise ApiError(
+                404, "NotFound", f"{rt.plural} has no subresource {request.subresource!r}"
+            )
         return await self._serve(rt, request)
 
     async def _serve(self, rt: ResourceType, req: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -348,7 +384,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             verb = "watch"
         if verb is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on {req.url.path}")
-        self.calls.add((verb, rt.group, rt.plural + sub))
+        auth = req.headers.get("Authorization", "")
+        user = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else "anonymous"
+        self.calls.add((user, verb, rt.group, rt.plural + sub))
         if watching:
             return await self._watch(rt, req)
         if verb == "list":
@@ -363,7 +401,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if verb in ("update", "patch"):
             ctype = req.headers.get("Content-Type", "application/json").split(";")[0]
             strict = params.get("fieldValidation") == "Strict"
-            return self._json(self._update(rt, ns, name, req.subresource, verb, ctype, req.data, strict))
+            return self._json(
+                self._update(rt, ns, name, req.subresource, verb, ctype, req.data, strict)
+            )
         if verb == "delete":
             opts = req.data if isinstance(req.data, dict) else {}
             policy = params.get("propagationPolicy") or opts.get("propagationPolicy")
@@ -377,8 +417,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # --- reads --------------------------------------------------------------------------------
 
     def _select(self, rt: ResourceType, ns: str | None, params: dict[str, str]) -> Iterator[dict]:
-        labels = parse_label_selector(params["labelSelector"]) if params.get("labelSelector") else None
-        fields = parse_field_selector(params["fieldSelector"]) if params.get("fieldSelector") else None
+        labels = (
+            parse_label_selector(params["labelSelector"]) if params.get("labelSelector") else None
+        )
+        fields = (
+            parse_field_selector(params["fieldSelector"]) if params.get("fieldSelector") else None
+        )
         for (ons, _), obj in sorted(self.store[rt.key].items()):
             if ns is not None and ons != ns:
                 continue
@@ -455,7 +499,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if rt.namespaced:
             body_ns = meta.get("namespace")
             if ns and body_ns and body_ns != ns:
-                raise ApiError(400, "BadRequest", "the namespace of the object does not match the URL")
+                raise ApiError(
+                    400, "BadRequest", "the namespace of the object does not match the URL"
+                )
             ns = ns or body_ns
             if not ns:
                 raise ApiError(400, "BadRequest", "a namespace is required")
@@ -513,7 +559,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 try:
                     new = jsonpatch.apply_patch(old, body)
                 except jsonpatch.JsonPatchTestFailed as exc:
-                    raise ApiError(422, "Invalid", f"the server rejected our request: {exc}") from exc
+                    raise ApiError(
+                        422, "Invalid", f"the server rejected our request: {exc}"
+                    ) from exc
                 except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                     raise ApiError(422, "Invalid", f"invalid JSON patch: {exc}") from exc
                 wanted_rv = None
@@ -537,7 +585,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
             meta = new.setdefault("metadata", {})
-            for k in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+            ):
                 if k in old["metadata"]:
                     meta[k] = old["metadata"][k]
                 else:
@@ -545,9 +600,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = old["metadata"]["resourceVersion"]
             new["apiVersion"], new["kind"] = rt.api_version, rt.kind
             if old["metadata"].get("deletionTimestamp"):
-                added = set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
+                added = set(meta.get("finalizers") or []) - set(
+                    old["metadata"].get("finalizers") or []
+                )
                 if added:
-                    raise ApiError(422, "Forbidden", "no new finalizers can be added if the object is being deleted")
+                    raise ApiError(
+                        422,
+                        "Forbidden",
+                        "no new finalizers can be added if the object is being deleted",
+                    )
             new = self._admit(rt, new, strict)
             if new == old:
                 return copy.deepcopy(old)
@@ -561,7 +622,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 self._emit(rt, "MODIFIED", new)
             return copy.deepcopy(new)
 
-    def _delete(self, rt: ResourceType, ns: str | None, name: str, policy: str | None) -> dict[str, Any]:
+    def _delete(
+        self, rt: ResourceType, ns: str | None, name: str, policy: str | None
+    ) -> dict[str, Any]:
         with self._mutex:
             key = (ns or "", name)
             obj = self.store[rt.key].get(key)
@@ -582,7 +645,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self._remove(rt, key, obj, orphan=policy == "Orphan")
             return obj
 
-    def _remove(self, rt: ResourceType, key: tuple[str, str], obj: dict[str, Any], orphan: bool = False) -> None:
+    def _remove(
+        self, rt: ResourceType, key: tuple[str, str], obj: dict[str, Any], orphan: bool = False
+    ) -> None:
         """Drop an object for good, then collect what it owned (background cascading)."""
         self.store[rt.key].pop(key, None)
         self._emit(rt, "DELETED", obj)
@@ -638,14 +703,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _watch(self, rt: ResourceType, req: rendering.Request) -> aiohttp.web.StreamResponse:
         params = req.params
         ns = req.namespace
-        labels = parse_label_selector(params["labelSelector"]) if params.get("labelSelector") else None
-        fields = parse_field_selector(params["fieldSelector"]) if params.get("fieldSelector") else None
-        if req.name:
-            name = req.name
-            fields = (lambda o, f=fields: (f is None or f(o)) and o["metadata"]["name"] == name)
+        labels = (
+            parse_label_selector(params["labelSelector"]) if params.get("labelSelector") else None
+        )
+        fields = (
+            parse_field_selector(params["fieldSelector"]) if params.get("fieldSelector") else None
+        )
+        only = req.name
 
         def match(obj: dict[str, Any]) -> bool:
             if ns is not None and obj["metadata"].get("namespace") != ns:
+                return False
+            if only and obj["metadata"]["name"] != only:
                 return False
             if labels and not labels(obj["metadata"].get("labels") or {}):
                 return False
@@ -659,7 +728,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if params.get("sendInitialEvents") == "true" or not since or since == "0":
                 for obj in self._select(rt, ns, params):
                     if match(obj):
-                        backlog.append(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+                        backlog.append(
+                            json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
+                        )
                 if params.get("sendInitialEvents") == "true":
                     mark = {
                         "kind": rt.kind,
@@ -669,7 +740,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                             "annotations": {"k8s.io/initial-events-end": "true"},
                         },
                     }
-                    backlog.append(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+                    backlog.append(
+                        json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n"
+                    )
             else:
                 history = self._history[rt.key]
                 rv = int(since)
@@ -734,7 +807,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return ApiError(
             404,
             "NotFound",
-            f'{rt.plural}.{rt.group} "{name}" not found' if rt.group else f'{rt.plural} "{name}" not found',
+            f'{rt.plural}.{rt.group} "{name}" not found'
+            if rt.group
+            else f'{rt.plural} "{name}" not found',
             {"name": name, "group": rt.group, "kind": rt.plural},
         )
 
@@ -807,17 +882,17 @@ class EmulatorThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
 
-    def kubeconfig(self, path: str, namespace: str = "default") -> str:
-        """Write a kubeconfig pointing at this server (what an operator process reads)."""
+    def kubeconfig(self, path: str, namespace: str = "default", token: str = "operator") -> str:
+        """Write a kubeconfig pointing at this server; calls are recorded under ``token``."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+            "users": [{"name": "operator", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "emulator",
-                    "context": {"cluster": "emulator", "user": "tester", "namespace": namespace},
+                    "context": {"cluster": "emulator", "user": "operator", "namespace": namespace},
                 }
             ],
             "current-context": "emulator",

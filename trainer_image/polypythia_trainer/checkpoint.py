@@ -99,12 +99,3 @@ def read_optimizer_states(ckpt_dir: Path, world_size: int, sharded: bool) -> lis
             "same number of workers as the run that wrote it"
         )
     return [torch.load(f, weights_only=False) for f in files]
-
-
-def read_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(ckpt_dir.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    return state

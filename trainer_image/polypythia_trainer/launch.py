@@ -93,6 +93,7 @@ def _control_class():
         def __init__(self) -> None:
             self.stop = False
             self.latest: dict | None = None
+            self.first: dict | None = None
             self.summary: dict | None = None
 
         def request_stop(self) -> None:
@@ -102,13 +103,19 @@ def _control_class():
             return self.stop
 
         def report(self, record: dict) -> None:
+            self.first = self.first or record
             self.latest = record
 
         def finish(self, summary: dict) -> None:
             self.summary = summary
 
         def state(self) -> dict:
-            return {"stop": self.stop, "latest": self.latest, "summary": self.summary}
+            return {
+                "stop": self.stop,
+                "latest": self.latest,
+                "first": self.first,
+                "summary": self.summary,
+            }
 
     return RunControl
 
@@ -160,7 +167,6 @@ def _ray_worker(loop_config: dict) -> None:
         on_record=throttled.report if rank == 0 else None,
     )
     if rank == 0:
-        ray.get(control.report.remote(summary))
         ray.get(control.finish.remote(summary))
 
 
@@ -186,7 +192,7 @@ def run_training(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    t0 = time.monotonic()
+    t0 = time.time()
     cfg = check_config(config)
     open_run_store(cfg).write_run_config(config)
     training = cfg.training
@@ -223,7 +229,7 @@ def run_training(
         except Exception as exc:  # reported in the summary: one failing run must not stop others
             outcome["error"] = f"{type(exc).__name__}: {exc}"
 
-    startup_s = None
+    state: dict = {}
     try:
         with stop_on_signals(event):
             thread = threading.Thread(target=fit, name=f"fit-{cfg.run}", daemon=True)
@@ -234,12 +240,11 @@ def run_training(
                 if event.is_set() and not asked_stop:
                     control.request_stop.remote()
                     asked_stop = True
-                latest = ray.get(control.state.remote())["latest"]
-                if latest is not None and startup_s is None:
-                    startup_s = time.monotonic() - t0 - latest.get("step_time_s", 0.0)
-                if latest is not None and on_progress is not None:
-                    on_progress(latest)
-        summary = ray.get(control.state.remote())["summary"]
+                state = ray.get(control.state.remote())
+                if state["latest"] is not None and on_progress is not None:
+                    on_progress(state["latest"])
+        state = ray.get(control.state.remote())
+        summary = state["summary"]
     finally:
         ray.kill(control)
         if started_ray:
@@ -253,5 +258,6 @@ def run_training(
             "loss": None,
             "error": outcome.get("error", "the workers ended without a summary"),
         }
-    summary["startup_s"] = startup_s
+    first = state.get("first")
+    summary["startup_s"] = first["time"] - first["step_time_s"] - t0 if first else None
     return summary

@@ -136,16 +136,27 @@ def load_model(path: str | Path) -> nn.Module:
     config = GPTNeoXConfig.from_pretrained(path)
     if not getattr(config, QK_NORM_FLAG, False):
         return GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32)
-    from safetensors.torch import load_file
-
     config._attn_implementation = "sdpa"
     net = GPTNeoXForCausalLM(config)
     apply_qk_layernorm(net)
+    load_weights(net, path)
+    return net
+
+
+# Checkpoint names transformers writes (the GPT-NeoX release's) -> this version's modules.
+_SAVED_NAMES = {"embed_out.weight": "lm_head.weight"}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the safetensors weights of a checkpoint folder into ``model`` exactly (strict)."""
+    from safetensors.torch import load_file
+
+    own = set(model.state_dict())
     state = {}
     for file in sorted(Path(path).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    net.load_state_dict(state, strict=True)
-    return net
+        for key, value in load_file(str(file)).items():
+            state[key if key in own else _SAVED_NAMES.get(key, key)] = value
+    model.load_state_dict(state, strict=True)
 
 
 def lm_loss(

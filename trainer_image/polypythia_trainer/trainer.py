@@ -17,7 +17,7 @@ import torch
 
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
-from polypythia_trainer.model import build_model, lm_loss
+from polypythia_trainer.model import build_model, lm_loss, load_weights
 from polypythia_trainer.parallel import build_engine
 from polypythia_trainer.schedule import pythia_scheduler
 from polypythia_trainer.telemetry import (
@@ -72,7 +72,7 @@ class Trainer:
         ckpt_dir = None
         if resume_step is not None:
             ckpt_dir = self._fetch(resume_step)
-            model.load_state_dict(ckpt.read_model_state(ckpt_dir), strict=True)
+            load_weights(model, ckpt_dir)
         self.engine = build_engine(model, training, self.precision, device)
         self.module = self.engine.module
         self.scheduler = pythia_scheduler(

@@ -70,6 +70,9 @@ def render_eval_job(
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
-            "template": {"metadata": {"labels": {L.SWEEP: sweep.name, L.RUN: run.name}}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": {L.SWEEP: sweep.name, L.RUN: run.name}},
+                "spec": pod_spec,
+            },
         },
     }

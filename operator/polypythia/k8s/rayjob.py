@@ -68,7 +68,9 @@ def render_rayjob(
     trainer finds the last complete checkpoint itself.
     """
     if not trainer_image:
-        raise ValueError("trainer_image: required (spec.images.trainer or POLYPYTHIA_TRAINER_IMAGE)")
+        raise ValueError(
+            "trainer_image: required (spec.images.trainer or POLYPYTHIA_TRAINER_IMAGE)"
+        )
     res = resources_for(sweep.spec, run.size)
     name = L.rayjob_name(run.name, attempt)
     meta_labels = {**L.run_labels(sweep, run, L.TRAINER), L.ATTEMPT: str(attempt)}
@@ -101,7 +103,11 @@ def render_rayjob(
                 )
             ],
             "volumes": [SHM],
-            **({"priorityClassName": res["priorityClassName"]} if res.get("priorityClassName") else {}),
+            **(
+                {"priorityClassName": res["priorityClassName"]}
+                if res.get("priorityClassName")
+                else {}
+            ),
         },
     }
     worker_pod = {

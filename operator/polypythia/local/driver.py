@@ -155,7 +155,7 @@ class LocalDriver:
             config_path = write_config(
                 self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
             )
-            env = {"POLYPYTHIA_CACHE_DIR": str(self.options.workdir / "cache")}
+            env = {"POLYPYTHIA_CACHE": str(self.options.workdir / "cache")}
             run.process = RunProcess(
                 name=run.plan.name,
                 config_path=config_path,

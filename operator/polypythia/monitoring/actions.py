@@ -8,8 +8,9 @@ run config's ``data.skipBatches``) and records it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from polypythia.monitoring.settings import RewindSettings
 from polypythia.monitoring.spikes import SpikeEvent

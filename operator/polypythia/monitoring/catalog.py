@@ -117,9 +117,13 @@ METRICS: tuple[Metric, ...] = (
         "metric",
     ),
     _run("polypythia_eval_step", "gauge", "Step of the latest evaluated checkpoint."),
-    _run("polypythia_run_phase", "gauge", "1 for the run's current phase, 0 for the others.", "phase"),
+    _run(
+        "polypythia_run_phase", "gauge", "1 for the run's current phase, 0 for the others.", "phase"
+    ),
     _run("polypythia_checkpoints_total", "counter", "Complete checkpoints written by the run."),
-    _run("polypythia_checkpoint_last_step", "gauge", "Step of the run's latest complete checkpoint."),
+    _run(
+        "polypythia_checkpoint_last_step", "gauge", "Step of the run's latest complete checkpoint."
+    ),
     _run("polypythia_evaluations_total", "counter", "Checkpoint evaluations completed."),
     _run(
         "polypythia_evaluation_failures_total",

@@ -16,14 +16,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = OutlierSettings()
     parser.add_argument("file", metavar="FILE", help="CSV, TSV or JSONL: step, seed or run, value")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    parser.add_argument("--value-column", default=None,
-                        help="column to compare (default: the first of value, score, loss)")
+    parser.add_argument(
+        "--value-column",
+        default=None,
+        help="column to compare (default: the first of value, score, loss)",
+    )
     parser.add_argument("--run-column", default=None, help="default: run, else seed")
-    parser.add_argument("--group-column", default=None,
-                        help="runs are compared within a group (default: size if present)")
+    parser.add_argument(
+        "--group-column",
+        default=None,
+        help="runs are compared within a group (default: size if present)",
+    )
     parser.add_argument("--step-column", default="step")
-    parser.add_argument("--direction", choices=["low", "high", "both"], default=None,
-                        help="which side is bad (default: high for loss-like columns, else low)")
+    parser.add_argument(
+        "--direction",
+        choices=["low", "high", "both"],
+        default=None,
+        help="which side is bad (default: high for loss-like columns, else low)",
+    )
     parser.add_argument("--threshold", type=float, default=d.threshold)
     parser.add_argument("--consecutive", type=int, default=d.consecutive)
     parser.add_argument("--min-runs", type=int, default=d.min_runs)
@@ -37,7 +47,9 @@ def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], wha
     for c in candidates:
         if c in present:
             return c
-    raise UsageError(f"no {what}: expected one of {list(candidates)}; columns are {sorted(present)}")
+    raise UsageError(
+        f"no {what}: expected one of {list(candidates)}; columns are {sorted(present)}"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,8 +88,13 @@ def main(args: argparse.Namespace) -> int:
         print("no outlier runs")
         return 0
     header = ["GROUP", "RUN", "SIGNAL", "FIRST_STEP", "SCORE", "CHECKPOINTS"]
-    print(format_table(header, [
-        [v.group, v.run, v.signal, str(v.first_step), f"{v.score:.1f}", str(v.checkpoints)]
-        for v in verdicts
-    ]))
+    print(
+        format_table(
+            header,
+            [
+                [v.group, v.run, v.signal, str(v.first_step), f"{v.score:.1f}", str(v.checkpoints)]
+                for v in verdicts
+            ],
+        )
+    )
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.common_mode import label_common_mode
-from polypythia.monitoring.spikes import SIGNALS, RunSpikeDetector, SpikeEvent, SpikeSettings
+from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
 from polypythia.monitoring.tables import format_table, integer, number, read_rows, text
 
 
@@ -17,14 +17,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = SpikeSettings()
     parser.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV or JSONL (telemetry)")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    parser.add_argument("--run-column", default="run", help="column naming the run (default: run; "
-                        "without it each file is one run named after the file)")
+    parser.add_argument(
+        "--run-column",
+        default="run",
+        help="column naming the run (default: run; "
+        "without it each file is one run named after the file)",
+    )
     parser.add_argument("--step-column", default="step")
     parser.add_argument("--loss-column", default="loss")
     parser.add_argument("--grad-norm-column", default="grad_norm", help="used when present")
-    parser.add_argument("--data-order-column", default=None,
-                        help="column giving each run's data order: spikes shared by most runs "
-                        "of one data order are labelled data-driven")
+    parser.add_argument(
+        "--data-order-column",
+        default=None,
+        help="column giving each run's data order: spikes shared by most runs "
+        "of one data order are labelled data-driven",
+    )
     parser.add_argument("--signals", default=",".join(d.signals), help="loss,grad_norm")
     parser.add_argument("--window", type=int, default=d.window)
     parser.add_argument("--threshold", type=float, default=d.threshold)
@@ -40,9 +47,13 @@ def _settings(args: argparse.Namespace) -> SpikeSettings:
     signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
     try:
         return SpikeSettings(
-            signals=signals, window=args.window, threshold=args.threshold,
-            min_history=args.min_history, score_window=args.score_window,
-            score_threshold=args.score_threshold, recovery_steps=args.recovery_steps,
+            signals=signals,
+            window=args.window,
+            threshold=args.threshold,
+            min_history=args.min_history,
+            score_window=args.score_window,
+            score_threshold=args.score_threshold,
+            recovery_steps=args.recovery_steps,
             common_mode_fraction=args.common_mode_fraction,
             common_mode_tolerance=args.common_mode_tolerance,
         )
@@ -106,16 +117,18 @@ def main(args: argparse.Namespace) -> int:
     header = ["RUN", "SIGNAL", "ONSET", "PEAK_STEP", "PEAK", "MAGNITUDE", "RECOVERY", "KIND"]
     rows = [
         [
-            e.run, e.signal, str(e.onset_step), str(e.peak_step), f"{e.peak_value:.4g}",
+            e.run,
+            e.signal,
+            str(e.onset_step),
+            str(e.peak_step),
+            f"{e.peak_value:.4g}",
             f"{e.magnitude:.1f}",
-            str(e.recovery_step) if e.recovery_step is not None else (
-                "not recovered" if e.status == "unrecovered" else "open"),
+            str(e.recovery_step)
+            if e.recovery_step is not None
+            else ("not recovered" if e.status == "unrecovered" else "open"),
             e.kind,
         ]
         for e in events
     ]
     print(format_table(header, rows))
     return 0
-
-
-__all__ = ["configure", "main", "SIGNALS"]

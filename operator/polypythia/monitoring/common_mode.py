@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Mapping
 
 from polypythia.monitoring.spikes import SpikeEvent, with_kind
 
@@ -85,10 +85,10 @@ class CommonModeTracker:
         """Record a run's new events and progress; return the spikes now settled."""
         for e in events:
             key = (e.run, e.signal, e.onset_step)
-            if e.status == "open" and key not in self._released:
-                if all((p.run, p.signal, p.onset_step) != key for p in self._pending):
-                    self._pending.append(e)
-                    self._all.append(e)
+            pending = any((p.run, p.signal, p.onset_step) == key for p in self._pending)
+            if e.status == "open" and key not in self._released and not pending:
+                self._pending.append(e)
+                self._all.append(e)
         self._reached[run] = max(self._reached.get(run, -math.inf), last_step)
         return self._settle()
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,7 +76,9 @@ class SweepExporter:
         duration = catalog.metric("polypythia_reconcile_duration_seconds")
         errors = catalog.metric("polypythia_reconcile_errors_total")
         self._reconcile = Histogram(
-            duration.name, duration.help, registry=self.registry,
+            duration.name,
+            duration.help,
+            registry=self.registry,
             buckets=catalog.RECONCILE_BUCKETS,
         )
         self._errors = Counter(
@@ -230,9 +233,7 @@ class SweepExporter:
 
     def _collect(self) -> Iterator[Metric]:
         with self._lock:
-            families = {
-                m.name: _family(m) for m in catalog.METRICS if m.name not in _DIRECT
-            }
+            families = {m.name: _family(m) for m in catalog.METRICS if m.name not in _DIRECT}
             for run, st in self._runs.items():
                 for name, values in st.gauges.items():
                     for extra, value in values.items():
@@ -252,9 +253,7 @@ class SweepExporter:
                         [*run, signal], 1.0 if active else 0.0
                     )
                     lost = sum(1 for k in st.unrecovered if k[0] == signal)
-                    families["polypythia_spikes_unrecovered_total"].add_metric(
-                        [*run, signal], lost
-                    )
+                    families["polypythia_spikes_unrecovered_total"].add_metric([*run, signal], lost)
                 if st.phase is not None:
                     for phase in _phases(st.phase):
                         families["polypythia_run_phase"].add_metric(

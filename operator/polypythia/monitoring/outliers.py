@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping, NamedTuple
+from typing import Literal, NamedTuple
 
 Direction = Literal["high", "low", "both"]
 # Which side is bad, per known signal: a high loss, a low evaluation score.

@@ -6,8 +6,10 @@ value raises UsageError naming ``spec.instability.<field>``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.outliers import OutlierSettings
@@ -38,6 +40,15 @@ class InstabilitySettings:
     rewind: RewindSettings = field(default_factory=RewindSettings)
 
 
+def _camel(message: str) -> str:
+    """Name fields the way the CRD spells them (``min_history`` -> ``minHistory``)."""
+    return re.sub(
+        r"\b([a-z]+)_([a-z_]+)\b",
+        lambda m: m.group(1) + "".join(w.title() for w in m.group(2).split("_")),
+        message,
+    )
+
+
 def _get(block: Mapping[str, Any], key: str, kind: type, path: str, default: Any) -> Any:
     value = block.get(key, default)
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
@@ -58,7 +69,9 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
     """Typed settings from ``spec.instability`` (missing fields take the CRD defaults)."""
     block = dict(instability or {})
     d = SpikeSettings()
-    signals = _signals(block.get("signals", ["loss", "gradNorm"]), f"{_PATH}.signals", _SIGNAL_NAMES)
+    signals = _signals(
+        block.get("signals", ["loss", "gradNorm"]), f"{_PATH}.signals", _SIGNAL_NAMES
+    )
     try:
         spikes = SpikeSettings(
             signals=signals,
@@ -76,7 +89,7 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
             ),
         )
     except ValueError as exc:
-        raise UsageError(f"{_PATH}: {exc}") from None
+        raise UsageError(f"{_PATH}: {_camel(str(exc))}") from None
     out_block = block.get("outliers", {}) or {}
     if not isinstance(out_block, Mapping):
         raise UsageError(f"{_PATH}.outliers: must be an object, got {out_block!r}")
@@ -87,11 +100,13 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
             threshold=_get(out_block, "threshold", float, opath, o.threshold),
             consecutive=_get(out_block, "consecutive", int, opath, o.consecutive),
             signals=_signals(
-                out_block.get("signals", list(o.signals)), f"{opath}.signals", {"loss": "loss", "eval": "eval"}
+                out_block.get("signals", list(o.signals)),
+                f"{opath}.signals",
+                {"loss": "loss", "eval": "eval"},
             ),
         )
     except ValueError as exc:
-        raise UsageError(f"{opath}: {exc}") from None
+        raise UsageError(f"{opath}: {_camel(str(exc))}") from None
     action = block.get("action", "observe")
     if action not in ACTIONS:
         raise UsageError(f"{_PATH}.action: must be one of {list(ACTIONS)}, got {action!r}")
@@ -105,8 +120,11 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
         skip_batches=_get(rw_block, "skipBatches", int, rpath, r.skip_batches),
         max_rewinds=_get(rw_block, "maxRewinds", int, rpath, r.max_rewinds),
     )
-    for key, value in (("stepsBefore", rewind.steps_before), ("skipBatches", rewind.skip_batches),
-                       ("maxRewinds", rewind.max_rewinds)):
+    for key, value in (
+        ("stepsBefore", rewind.steps_before),
+        ("skipBatches", rewind.skip_batches),
+        ("maxRewinds", rewind.max_rewinds),
+    ):
         if value < 0:
             raise UsageError(f"{rpath}.{key}: must be >= 0, got {value}")
     return InstabilitySettings(spikes=spikes, outliers=outliers, action=action, rewind=rewind)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -194,6 +195,16 @@ def _scale_floor(center: float, sd: float) -> float:
     return max(sd, 1e-9 * max(1.0, abs(center)))
 
 
+def _window_diff(c: np.ndarray, offset: int, n: int, window: int) -> np.ndarray:
+    """c[e] - c[max(e - window, 0)] for e in offset .. offset + n - 1 (slices, no gather)."""
+    ends = c[offset : offset + n]
+    k0 = min(max(window - offset, 0), n)
+    starts = np.empty(n)
+    starts[:k0] = c[0]
+    starts[k0:] = c[offset + k0 - window : offset + n - window]
+    return ends - starts
+
+
 def _rolling_stats(
     prev: np.ndarray, xs: np.ndarray, window: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -205,28 +216,28 @@ def _rolling_stats(
     allv = np.concatenate([prev, xs])
     ref = float(prev.mean()) if len(prev) else float(xs[np.isfinite(xs)][:1].sum())
     allv -= ref
-    end = np.arange(len(prev), len(allv))
-    start = np.maximum(end - window, 0)
+    lp, n = len(prev), len(xs)
     finite = np.isfinite(allv)
+    c = np.zeros(len(allv) + 1)
     if finite.all():
-        cnt = end - start
+        cnt = np.minimum(np.arange(lp, lp + n), window).astype(float)
     else:
         allv[~finite] = 0.0
-        c0 = np.concatenate([[0], np.cumsum(finite)])
-        cnt = c0[end] - c0[start]
-    c1 = np.empty(len(allv) + 1)
-    c1[0] = 0.0
-    np.cumsum(allv, out=c1[1:])
+        np.cumsum(finite, out=c[1:])
+        cnt = _window_diff(c, lp, n, window)
+    np.cumsum(allv, out=c[1:])
+    s1 = _window_diff(c, lp, n, window)
     np.square(allv, out=allv)
-    c2 = np.empty(len(allv) + 1)
-    c2[0] = 0.0
-    np.cumsum(allv, out=c2[1:])
-    s1 = c1[end] - c1[start]
-    s2 = c2[end] - c2[start]
+    np.cumsum(allv, out=c[1:])
+    s2 = _window_diff(c, lp, n, window)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s1 / cnt
-        var = np.maximum((s2 - s1 * mean) / (cnt - 1), 0.0)
-    return cnt, mean + ref, np.sqrt(var)
+        s2 -= s1 * mean
+        s2 /= cnt - 1
+        np.maximum(s2, 0.0, out=s2)
+        np.sqrt(s2, out=s2)
+    mean += ref
+    return cnt, mean, s2
 
 
 @dataclass
@@ -503,7 +514,9 @@ class RunSpikeDetector:
                 self._last_gn_onset = gn_onsets[k - 1] if k else prior_gn
             if st.open is not None or st.ring.n < s.min_history:
                 # Inside a spike or still learning the baseline: step by step (short stretches).
-                found.extend((step, e) for e in self._step_one(st, step, float(xs[i]), float(raw[i])))
+                found.extend(
+                    (step, e) for e in self._step_one(st, step, float(xs[i]), float(raw[i]))
+                )
                 i += 1
                 continue
             chunk = xs[i : min(n, i + _CHUNK)]
@@ -521,7 +534,9 @@ class RunSpikeDetector:
                     k = bisect.bisect_right(gn_onsets, step)
                     self._last_gn_onset = gn_onsets[k - 1] if k else prior_gn
                 center, scale = float(mean[stop]), float(floor[stop])
-                found.append((step, self._open(st, step, float(xs[i]), float(raw[i]), center, scale)))
+                found.append(
+                    (step, self._open(st, step, float(xs[i]), float(raw[i]), center, scale))
+                )
                 i += 1
         return found
 

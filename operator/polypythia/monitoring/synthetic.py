@@ -40,11 +40,13 @@ def make_history(
     first_spike: int = 2_000,
     lead: int = 3,
     data_spike_steps: tuple[int, ...] = (),
+    heights: tuple[float, float] = (0.3, 1.5),
 ) -> History:
     """A realistic loss/grad-norm history of ``steps`` steps with ``spikes`` planted spikes.
 
     ``data_spike_steps`` adds spikes at fixed steps (the same in every run that
-    shares them), as a bad batch in a shared data order would.
+    shares them), as a bad batch in a shared data order would. Spike heights are
+    drawn uniformly from ``heights`` (loss units; the late-training noise sd is about 0.02).
     """
     rng = np.random.default_rng(seed)
     t = np.arange(1, steps + 1, dtype=float)
@@ -54,12 +56,13 @@ def make_history(
     log_gn += rng.normal(0.0, 0.08, steps)
     chosen: list[int] = []
     if spikes and steps > first_spike + 1_000:
-        chosen = sorted(
-            rng.choice(np.arange(first_spike, steps - 1_000, 1_500), size=spikes, replace=False)
-        )
+        # a grid keeps spikes apart; the jitter keeps other runs' spikes off the same steps
+        grid = np.arange(first_spike, steps - 1_000, 1_500)
+        picked = rng.choice(grid, size=min(spikes, len(grid)), replace=False)
+        chosen = sorted(int(p) + int(rng.integers(0, 500)) for p in picked)
     planted: list[PlantedSpike] = []
     for onset in [*chosen, *data_spike_steps]:
-        height = float(rng.uniform(0.3, 1.5))
+        height = float(rng.uniform(*heights))
         decay = float(rng.uniform(10.0, 60.0))
         after = np.arange(steps - onset)
         loss[onset:] += height * np.exp(-after / decay)

@@ -53,10 +53,8 @@ def read_rows(path: str | Path) -> list[Row]:
         if not cells:
             continue
         if len(cells) != len(header):
-            raise UsageError(
-                f"{path}:{no}: {len(cells)} fields, the header has {len(header)}"
-            )
-        row = Row(zip(header, cells))
+            raise UsageError(f"{path}:{no}: {len(cells)} fields, the header has {len(header)}")
+        row = Row(zip(header, cells, strict=True))
         row.where = f"{path}:{no}"
         rows.append(row)
     return rows
@@ -101,7 +99,9 @@ def text(row: Row, column: str) -> str:
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Plain aligned columns."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from polypythia import corpus
+from tokenizers import Tokenizer
 
 from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
 from polypythia_trainer.data.tokenizer import EOD, save_hf, train_bpe
@@ -48,6 +51,33 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# The grammar writes letters, single spaces and full stops only; on such text the byte-level
+# pre-tokenizer splits exactly here, and BPE never merges across pieces.
+_PIECE = re.compile(r" ?[A-Za-z]+|\.")
+
+
+def _piece_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
+    """Encode grammar text piece by piece with a cache: several times faster than encoding.
+
+    Any text the pieces do not cover exactly goes to the tokenizer itself.
+    """
+    cache: dict[str, list[int]] = {}
+
+    def encode(text: str) -> list[int]:
+        pieces = _PIECE.findall(text)
+        if sum(map(len, pieces)) != len(text):
+            return tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = []
+        for piece in pieces:
+            found = cache.get(piece)
+            if found is None:
+                found = cache[piece] = tokenizer.encode(piece, add_special_tokens=False).ids
+            ids.extend(found)
+        return ids
+
+    return encode
+
+
 def build(out_dir: Path, documents: int = DOCUMENTS) -> dict:
     """Generate, tokenise and write the corpus into ``out_dir``; returns its statistics."""
     started = time.perf_counter()
@@ -56,12 +86,13 @@ def build(out_dir: Path, documents: int = DOCUMENTS) -> dict:
     eod = tokenizer.token_to_id(EOD)
     builder = IndexedDatasetBuilder(out_dir / PREFIX, best_dtype(VOCAB_SIZE))
     tokens = 0
-    for start in range(0, len(docs), 4096):
-        for enc in tokenizer.encode_batch(docs[start : start + 4096], add_special_tokens=False):
-            ids = np.asarray(enc.ids + [eod], dtype=np.int64)
-            builder.add_item(ids)
-            builder.end_document()
-            tokens += ids.size
+    encode = _piece_encoder(tokenizer)
+    for doc in docs:
+        ids = encode(doc)
+        ids.append(eod)
+        builder.add_item(np.asarray(ids, dtype=np.int64))
+        builder.end_document()
+        tokens += len(ids)
     builder.finalize()
     save_hf(tokenizer, out_dir / TOKENIZER_DIR)
     stats = {
@@ -84,6 +115,8 @@ def ensure(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
     with _locked(final.parent / f".{final.name}.lock"):
         if final.is_dir():  # another process built it while we waited
             return final
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; other users of the cache read it

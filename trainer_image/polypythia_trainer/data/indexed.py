@@ -186,6 +186,11 @@ class IndexedDataset:
         return end // self.dtype.itemsize
 
     @property
+    def remote(self) -> bool:
+        """Whether token reads go over the network (then batches read samples in parallel)."""
+        return self._data.remote
+
+    @property
     def num_docs(self) -> int:
         return max(self.num_doc_idx - 1, 0)
 

@@ -17,6 +17,7 @@ from polypythia.storage import ObjectStore, StorageNotFound, open_store
 class ByteSource(Protocol):
     name: str
     size: int
+    remote: bool  # reads cost a network round trip: worth issuing in parallel
 
     def read(self, offset: int, length: int) -> bytes | memoryview:
         """Up to ``length`` bytes from ``offset``."""
@@ -28,11 +29,17 @@ class ByteSource(Protocol):
 class LocalFile:
     """A local file, mapped read-only; the OS pages in what is read."""
 
+    remote = False
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.size = self.path.stat().st_size
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if self.size else None
+
+    def __reduce__(self):
+        """Pickle the path, not the mapped bytes (Ray ships readers between processes)."""
+        return (LocalFile, (self.path,))
 
     def read(self, offset: int, length: int) -> memoryview:
         if self._map is None:
@@ -50,6 +57,8 @@ class LocalFile:
 
 class StoreObject:
     """An object in S3/MinIO (or any ObjectStore), read by byte ranges."""
+
+    remote = True
 
     def __init__(self, store: ObjectStore, key: str, name: str) -> None:
         self.store = store

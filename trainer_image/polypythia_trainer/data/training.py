@@ -22,7 +22,7 @@ from polypythia.errors import UsageError
 
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
-from polypythia_trainer.data.sources import LocalFile, StoreObject
+from polypythia_trainer.data.sources import LocalFile
 from polypythia_trainer.data.tokenizer import copy_hf
 
 _REMOTE_READERS = 8
@@ -62,7 +62,6 @@ class TrainingData:
                 f"{self.sample_length} tokens"
             )
         self.stored_order = stored_order
-        self._remote = isinstance(getattr(dataset, "_data", None), StoreObject)
 
     def sample_ids(
         self, batch_index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
@@ -92,7 +91,7 @@ class TrainingData:
     ) -> np.ndarray:
         """int64 ``(batch_size // world_size, sequence_length + 1)``: rank's share of a batch."""
         ids = self.sample_ids(batch_index, batch_size, rank=rank, world_size=world_size)
-        if self._remote:
+        if self.dataset.remote:
             with ThreadPoolExecutor(min(_REMOTE_READERS, len(ids))) as pool:
                 rows = list(pool.map(self.sample, ids))
         else:

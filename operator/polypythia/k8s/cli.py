@@ -1,0 +1,78 @@
+"""`polypythia operator`: run the kopf operator (one active replica) with /metrics and /healthz."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from polypythia.errors import UsageError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", help="watch only this namespace")
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=8000, help="port of /metrics (0: off)")
+    parser.add_argument("--liveness-port", type=int, default=8080, help="port of /healthz (0: off)")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(os.environ.get("POLYPYTHIA_POLL_INTERVAL", "10")),
+        help="seconds between passes over a sweep (storage polling) [10]",
+    )
+    parser.add_argument("--bind", default="0.0.0.0", help="address of /metrics and /healthz")
+
+
+def main(args: argparse.Namespace) -> int:
+    import kopf
+    import kubernetes
+
+    from polypythia.k8s.handlers import Operator, OperatorConfig
+    from polypythia.monitoring.exporter import SweepExporter
+
+    if args.poll_interval <= 0:
+        raise UsageError(f"--poll-interval: must be > 0 seconds, got {args.poll_interval}")
+    for flag in ("metrics_port", "liveness_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise UsageError(f"--{flag.replace('_', '-')}: must be 0-65535")
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, FileNotFoundError) as exc:
+            raise UsageError(
+                f"no Kubernetes configuration (in-cluster or kubeconfig): {exc}"
+            ) from None
+    client_config = kubernetes.client.Configuration.get_default_copy()
+    client_config.connection_pool_maxsize = 16
+    config = OperatorConfig(
+        trainer_image=os.environ.get("POLYPYTHIA_TRAINER_IMAGE", ""),
+        eval_image=os.environ.get("POLYPYTHIA_EVAL_IMAGE", ""),
+        storage_endpoint=os.environ.get("POLYPYTHIA_S3_ENDPOINT") or None,
+        poll_interval=args.poll_interval,
+        exporter=SweepExporter(),
+    )
+    operator = Operator(config, kubernetes.client.ApiClient(client_config))
+    registry = kopf.OperatorRegistry()
+    operator.register(registry)
+    server = config.exporter.serve(args.metrics_port, addr=args.bind) if args.metrics_port else None
+    liveness = f"http://{args.bind}:{args.liveness_port}/healthz" if args.liveness_port else None
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=not args.namespace,
+                namespaces=[args.namespace] if args.namespace else [],
+                liveness_endpoint=liveness,
+            )
+        )
+    finally:
+        if server is not None:
+            server.close()
+        operator.pool.shutdown(wait=False, cancel_futures=True)
+    return 0

@@ -1,0 +1,580 @@
+"""Desired vs observed for one sweep -> actions and the new status. Pure: no I/O, no clock.
+
+Everything comes in as plain data (the sweep, its plan, the RayJobs and eval Jobs that
+exist, what storage holds, the previous status), so a restarted operator computes the
+same answer from the same world and never creates a child twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from polypythia.k8s import labels as L
+from polypythia.k8s.evaljob import render_eval_job
+from polypythia.k8s.rayjob import config_of, render_rayjob
+from polypythia.planner import RunPlan, evaluation_steps
+from polypythia.spec import Sweep
+
+ACTIVE = ("Queued", "Running", "Suspended")
+ENDED = ("Succeeded", "Failed")
+EVAL_MAX_TRIES = 3
+EVAL_BATCH_MAX = 8
+MAX_DIFFS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class RunObservation:
+    """What storage says about one run (read by the handler, judged here)."""
+
+    checkpoints: tuple[int, ...] = ()
+    evaluated: tuple[int, ...] = ()
+    step: int | None = None
+    spikes: int = 0
+    outlier: bool = False
+
+
+@dataclass(frozen=True)
+class CreateRayJob:
+    run: str
+    attempt: int
+    body: dict
+
+
+@dataclass(frozen=True)
+class DeleteRayJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class SuspendRayJob:
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class CreateEvalJob:
+    run: str
+    steps: tuple[int, ...]
+    body: dict
+
+
+@dataclass(frozen=True)
+class DeleteEvalJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+Action = CreateRayJob | DeleteRayJob | SuspendRayJob | CreateEvalJob | DeleteEvalJob | Event
+
+
+@dataclass
+class Outcome:
+    actions: list[Action] = field(default_factory=list)
+    status: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Images:
+    trainer: str
+    eval: str
+    storage_endpoint: str | None = None
+
+
+def rayjob_state(job: dict) -> str:
+    """KubeRay's two status axes -> one attempt state (Queued..Succeeded/Failed)."""
+    status = job.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    job_status = status.get("jobStatus") or ""
+    if deployment in ("Failed", "ValidationFailed"):
+        return "Failed"
+    if deployment == "Complete":
+        return "Succeeded" if job_status == "SUCCEEDED" else "Failed"
+    if job_status == "FAILED" and deployment not in ("Retrying",):
+        return "Failed"
+    if job.get("spec", {}).get("suspend") or deployment in ("Suspended", "Suspending"):
+        queued = L.QUEUE in (job.get("metadata", {}).get("labels") or {})
+        return "Queued" if queued and deployment != "Suspended" else "Suspended"
+    if deployment == "Running":
+        return "Running"
+    return "Queued"
+
+
+def job_state(job: dict) -> str:
+    """A batch/v1 Job -> Active / Succeeded / Failed."""
+    status = job.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "Succeeded"
+        if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
+            return "Failed"
+    return "Active"
+
+
+def job_steps(job: dict) -> list[int]:
+    text = (job.get("metadata", {}).get("annotations") or {}).get(L.STEPS, "")
+    return [int(s) for s in text.split(",") if s.strip().isdigit()]
+
+
+def _label(obj: dict, key: str) -> str | None:
+    return (obj.get("metadata", {}).get("labels") or {}).get(key)
+
+
+def _attempt(job: dict) -> int:
+    try:
+        return int(_label(job, L.ATTEMPT) or 0)
+    except ValueError:
+        return 0
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, sub in value.items():
+            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Paths of the run config that differ (`training.steps`)."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def condition(kind: str, ok: bool, reason: str, message: str, previous: dict, now: str) -> dict:
+    """A condition that keeps its lastTransitionTime while its status does not change."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous.get("conditions", []) if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def invalid_status(message: str, generation: int | None, previous: dict, now: str) -> dict:
+    """The status of a sweep whose spec cannot run: a condition with the message, no children."""
+    return {
+        **{k: v for k, v in previous.items() if k not in ("conditions", "phase")},
+        "observedGeneration": generation,
+        "phase": "Invalid",
+        "conditions": [
+            condition("Ready", False, "InvalidSpec", message, previous, now),
+            condition("Progressing", False, "InvalidSpec", "the spec must be fixed", previous, now),
+            condition("Degraded", True, "InvalidSpec", message, previous, now),
+        ],
+    }
+
+
+def _size_text(sizes: list[str]) -> str:
+    return ",".join(sizes)
+
+
+@dataclass
+class _Run:
+    plan: RunPlan
+    row: dict
+    jobs: list[dict]
+    latest: dict | None
+    state: str = "Pending"
+    attempt: int = 0
+    needs: int | None = None  # attempt to create when a slot frees up
+
+
+def reconcile(
+    sweep: Sweep,
+    plan: list[RunPlan],
+    rayjobs: list[dict],
+    eval_jobs: list[dict],
+    previous: dict,
+    observations: dict[str, RunObservation],
+    images: Images,
+    now: str,
+) -> Outcome:
+    """One level-based pass over a sweep (see the module docstring)."""
+    spec = sweep.spec
+    out = Outcome()
+    prev_rows = {r.get("name"): r for r in previous.get("runs") or []}
+    planned = {r.name: r for r in plan}
+    by_run: dict[str, list[dict]] = {}
+    for job in rayjobs:
+        by_run.setdefault(_label(job, L.RUN) or "", []).append(job)
+
+    # Runs no longer asked for: their RayJobs and eval Jobs go.
+    for name, jobs in sorted(by_run.items()):
+        if name not in planned:
+            for job in jobs:
+                out.actions.append(DeleteRayJob(job["metadata"]["name"]))
+            out.actions.append(Event("RunRemoved", f"run {name} left the sweep; RayJobs deleted"))
+    for job in eval_jobs:
+        if _label(job, L.RUN) not in planned:
+            out.actions.append(DeleteEvalJob(job["metadata"]["name"]))
+
+    # Changes that would alter the meaning of a run that already has RayJobs are refused.
+    changed: dict[str, list[str]] = {}
+    for name, jobs in by_run.items():
+        if name in planned:
+            latest = max(jobs, key=_attempt)
+            old = config_of(latest)
+            if old is not None and old != planned[name].config:
+                changed[name] = config_diff(old, planned[name].config)
+    rejected = ""
+    if changed:
+        fields = sorted({f for diffs in changed.values() for f in diffs})
+        runs = sorted(changed)
+        rejected = (
+            f"spec change alters {len(runs)} run(s) that already started "
+            f"({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): run config fields "
+            f"{', '.join(fields[:MAX_DIFFS_SHOWN])}{', ...' if len(fields) > MAX_DIFFS_SHOWN else ''}"
+            " would change; revert them or create a new sweep (adding or removing sizes and "
+            "seeds is allowed)"
+        )
+
+    runs = [
+        _run_state(p, prev_rows.get(p.name, {}), by_run.get(p.name, []), observations, spec)
+        for p in plan
+    ]
+    suspended = bool(spec.get("suspend"))
+    frozen = bool(rejected)
+
+    # Suspend / resume running RayJobs.
+    for run in runs:
+        for job in run.jobs:
+            if rayjob_state(job) in ENDED:
+                continue
+            kueue = _label(job, L.QUEUE) is not None
+            name = job["metadata"]["name"]
+            if suspended and not kueue and not job["spec"].get("suspend"):
+                out.actions.append(SuspendRayJob(name, True))
+                run.state = "Suspended"
+            elif suspended and kueue:
+                out.actions.append(DeleteRayJob(name))  # Kueue owns spec.suspend
+                run.state = "Suspended"
+            elif not suspended and not kueue and job["spec"].get("suspend"):
+                out.actions.append(SuspendRayJob(name, False))
+                run.state = "Queued"
+
+    # Start runs and retries within maxConcurrentRuns, in the planner's order.
+    active = sum(1 for r in runs if r.state in ACTIVE and r.latest is not None)
+    slots = max(0, int(spec["maxConcurrentRuns"]) - active)
+    candidates = sorted(
+        (r for r in runs if r.needs is not None),
+        key=lambda r: (0 if r.needs else 1, r.plan.order),
+    )
+    done_runs = {r.plan.name for r in runs if r.state == "Succeeded"}
+    for run in candidates:
+        if suspended or frozen or slots <= 0:
+            break
+        if run.plan.requires and run.plan.requires not in done_runs:
+            continue
+        attempt = run.needs or 0
+        resume = max(run.row.get("lastCheckpoint", -1), -1)
+        body = render_rayjob(
+            sweep,
+            run.plan,
+            attempt=attempt,
+            trainer_image=images.trainer,
+            resume_from=resume if attempt and resume >= 0 else None,
+            storage_endpoint=images.storage_endpoint,
+        )
+        out.actions.append(CreateRayJob(run.plan.name, attempt, body))
+        if attempt:
+            where = f"step {resume}" if resume >= 0 else "the start"
+            out.actions.append(
+                Event(
+                    "RunRetried",
+                    f"run {run.plan.name}: attempt {attempt} of {spec['maxRetries']} retries, "
+                    f"resuming from {where}",
+                    "Warning",
+                )
+            )
+        else:
+            out.actions.append(
+                Event(
+                    "RunStarted", f"run {run.plan.name}: RayJob {body['metadata']['name']} created"
+                )
+            )
+        run.state, run.attempt, run.latest = "Queued", attempt, body
+        slots -= 1
+
+    eval_actions, eval_rows = _evaluations(sweep, runs, eval_jobs, observations, images)
+    out.actions += eval_actions
+    rows = []
+    for run in runs:
+        row = _row(run, observations.get(run.plan.name), eval_rows.get(run.plan.name))
+        out.actions += _transition_events(run.row, row)
+        rows.append(row)
+    out.status = _status(sweep, rows, previous, rejected, now, eval_jobs)
+    return out
+
+
+def _run_state(
+    plan: RunPlan,
+    row: dict,
+    jobs: list[dict],
+    observations: dict[str, RunObservation],
+    spec: dict,
+) -> _Run:
+    run = _Run(plan, row, jobs, max(jobs, key=_attempt) if jobs else None)
+    if run.latest is None:
+        obs = observations.get(plan.name)
+        final = spec["training"]["steps"]
+        if row.get("phase") in ENDED:
+            run.state, run.attempt = row["phase"], int(row.get("attempt", 0))
+        elif obs is not None and final in obs.checkpoints:
+            run.state, run.attempt = "Succeeded", int(row.get("attempt", 0))
+        else:
+            run.attempt = int(row.get("attempt", 0))
+            run.state, run.needs = "Pending", run.attempt
+        return run
+    run.attempt = _attempt(run.latest)
+    state = rayjob_state(run.latest)
+    if state == "Failed":
+        if run.attempt < int(spec["maxRetries"]):
+            run.state, run.needs = "Retrying", run.attempt + 1
+        else:
+            run.state = "Failed"
+    else:
+        run.state = state
+    return run
+
+
+def _evaluations(
+    sweep: Sweep,
+    runs: list[_Run],
+    eval_jobs: list[dict],
+    observations: dict[str, RunObservation],
+    images: Images,
+) -> tuple[list[Action], dict[str, dict]]:
+    """New eval Jobs for complete, selected, not yet evaluated checkpoints (never twice)."""
+    spec = sweep.spec
+    actions: list[Action] = []
+    rows: dict[str, dict] = {}
+    jobs_by_run: dict[str, list[dict]] = {}
+    for job in eval_jobs:
+        jobs_by_run.setdefault(_label(job, L.RUN) or "", []).append(job)
+    active_total = sum(1 for j in eval_jobs if job_state(j) == "Active")
+    free = max(0, int(spec["evaluation"]["concurrency"]) - active_total)
+    for run in runs:
+        name = run.plan.name
+        jobs = jobs_by_run.get(name, [])
+        obs = observations.get(name)
+        prev = run.row
+        if obs is None:
+            rows[name] = {
+                k: prev[k]
+                for k in ("evaluated", "lastEvaluated", "evalFailed", "evaluationDone")
+                if k in prev
+            }
+            continue
+        done = set(obs.evaluated)
+        covered: set[int] = set()
+        failures: dict[int, int] = {}
+        active = 0
+        for job in jobs:
+            state = job_state(job)
+            steps = set(job_steps(job))
+            if state == "Active":
+                covered |= steps
+                active += 1
+            elif state == "Succeeded":
+                covered |= steps & done or steps
+            else:
+                for step in steps - done:
+                    failures[step] = failures.get(step, 0) + 1
+        gave_up = sorted(s for s, n in failures.items() if n >= EVAL_MAX_TRIES)
+        selected = evaluation_steps(spec, list(obs.checkpoints))
+        pending = [s for s in selected if s not in done and s not in covered and s not in gave_up]
+        names = {j["metadata"]["name"] for j in jobs}
+        while pending and free > 0:
+            batch, pending = pending[:EVAL_BATCH_MAX], pending[EVAL_BATCH_MAX:]
+            attempt = max(failures.get(s, 0) for s in batch)
+            while L.eval_job_name(name, batch[0], attempt) in names:
+                attempt += 1
+            body = render_eval_job(
+                sweep,
+                run.plan,
+                batch,
+                attempt=attempt,
+                eval_image=images.eval,
+                storage_endpoint=images.storage_endpoint,
+            )
+            names.add(body["metadata"]["name"])
+            actions.append(CreateEvalJob(name, tuple(batch), body))
+            free -= 1
+            active += 1
+        newly_failed = sorted(set(gave_up) - set(prev.get("evalFailed") or []))
+        if newly_failed:
+            actions.append(
+                Event(
+                    "EvaluationFailed",
+                    f"run {name}: evaluation of steps {newly_failed} failed {EVAL_MAX_TRIES} times",
+                    "Warning",
+                )
+            )
+        rows[name] = {
+            "evaluated": len(done),
+            "lastEvaluated": max(done) if done else None,
+            "evalFailed": gave_up,
+            "evaluationDone": run.state in ENDED and not pending and active == 0,
+        }
+    return actions, rows
+
+
+def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
+    prev = run.row
+    latest = run.latest
+    row = {
+        "name": run.plan.name,
+        "size": run.plan.size,
+        "seed": run.plan.seed,
+        "phase": run.state,
+        "attempt": run.attempt,
+        "retries": run.attempt,
+        "rayJob": latest["metadata"]["name"] if latest else None,
+        "step": obs.step if obs and obs.step is not None else prev.get("step"),
+        "lastCheckpoint": max(obs.checkpoints)
+        if obs and obs.checkpoints
+        else prev.get("lastCheckpoint"),
+        "spikes": obs.spikes if obs else prev.get("spikes", 0),
+        "outlier": obs.outlier if obs else prev.get("outlier", False),
+    }
+    if latest is not None:
+        message = (latest.get("status") or {}).get("message")
+        if message and run.state in ("Failed", "Retrying"):
+            row["message"] = message[:300]
+    row.update(evals or {})
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _transition_events(prev: dict, row: dict) -> list[Event]:
+    events = []
+    name, phase, old = row["name"], row["phase"], prev.get("phase")
+    if phase != old:
+        if phase == "Running":
+            events.append(Event("RunRunning", f"run {name}: training (attempt {row['attempt']})"))
+        elif phase == "Succeeded":
+            events.append(Event("RunSucceeded", f"run {name}: finished"))
+        elif phase in ("Failed", "Retrying"):
+            detail = f": {row['message']}" if row.get("message") else ""
+            final = " after the last retry" if phase == "Failed" else ""
+            events.append(
+                Event(
+                    "RunFailed",
+                    f"run {name}: attempt {row['attempt']} failed{final}{detail}",
+                    "Warning",
+                )
+            )
+    if row.get("evaluated", 0) > prev.get("evaluated", 0):
+        events.append(
+            Event(
+                "CheckpointEvaluated",
+                f"run {name}: {row['evaluated']} checkpoint(s) evaluated, last step {row.get('lastEvaluated')}",
+            )
+        )
+    if row.get("spikes", 0) > prev.get("spikes", 0):
+        events.append(
+            Event("LossSpike", f"run {name}: {row['spikes']} loss spike(s) so far", "Warning")
+        )
+    if row.get("outlier") and not prev.get("outlier"):
+        events.append(
+            Event(
+                "OutlierDetected",
+                f"run {name}: off the other seeds of size {row['size']}",
+                "Warning",
+            )
+        )
+    return events
+
+
+def _status(
+    sweep: Sweep, rows: list[dict], previous: dict, rejected: str, now: str, eval_jobs: list[dict]
+) -> dict:
+    spec = sweep.spec
+    count = {p: sum(1 for r in rows if r["phase"] == p) for p in ("Succeeded", "Failed")}
+    running = sum(1 for r in rows if r["phase"] in ("Queued", "Running"))
+    suspended = sum(1 for r in rows if r["phase"] == "Suspended")
+    pending = len(rows) - running - suspended - count["Succeeded"] - count["Failed"]
+    ended = count["Succeeded"] + count["Failed"] == len(rows)
+    if spec.get("suspend") and not ended:
+        phase = "Suspended"
+    elif ended:
+        phase = "Complete"
+    elif running or count["Succeeded"] or count["Failed"]:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    failed = [r["name"] for r in rows if r["phase"] == "Failed"]
+    if rejected:
+        ready = condition("Ready", False, "SpecChangeRejected", rejected, previous, now)
+    else:
+        ready = condition("Ready", True, "Reconciled", f"{len(rows)} run(s) planned", previous, now)
+    if phase == "Suspended":
+        progressing = condition(
+            "Progressing", False, "Suspended", "spec.suspend is true", previous, now
+        )
+    elif ended:
+        progressing = condition(
+            "Progressing", False, "Complete", "every run has ended", previous, now
+        )
+    else:
+        progressing = condition(
+            "Progressing",
+            True,
+            "RunsActive",
+            f"{running} running, {pending} waiting",
+            previous,
+            now,
+        )
+    if failed:
+        degraded = condition(
+            "Degraded",
+            True,
+            "RunsFailed",
+            f"{len(failed)} run(s) failed after {spec['maxRetries']} retries: {', '.join(failed[:5])}",
+            previous,
+            now,
+        )
+    else:
+        degraded = condition("Degraded", False, "AsPlanned", "no run has failed", previous, now)
+    return {
+        "observedGeneration": sweep.generation,
+        "phase": phase,
+        "sizesText": _size_text(sweep.sizes()),
+        "seedCount": len(sweep.seeds()),
+        "runsRunning": running,
+        "runsSucceeded": count["Succeeded"],
+        "runsFailed": count["Failed"],
+        "runsPending": pending + suspended,
+        "spikes": sum(int(r.get("spikes", 0)) for r in rows),
+        "outliers": sum(1 for r in rows if r.get("outlier")),
+        "evaluations": {
+            "done": sum(int(r.get("evaluated", 0)) for r in rows),
+            "failed": sum(len(r.get("evalFailed", [])) for r in rows),
+            "running": sum(1 for j in eval_jobs if job_state(j) == "Active"),
+        },
+        "conditions": [ready, progressing, degraded],
+        "runs": rows,
+    }
+
+
+def runs_to_poll(plan: list[RunPlan], previous: dict) -> list[str]:
+    """Runs whose storage is worth listing this pass: started and not fully evaluated."""
+    rows = {r.get("name"): r for r in previous.get("runs") or []}
+    out = []
+    for run in plan:
+        row = rows.get(run.name)
+        if row is None or row.get("phase") == "Pending":
+            continue
+        if not row.get("evaluationDone"):
+            out.append(run.name)
+    return out

@@ -1,0 +1,48 @@
+"""Fixtures for the evaluation tests: offline Hugging Face settings and a tiny run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hf(tmp_path_factory):
+    """No hub: lm-eval and transformers must work from local files only."""
+    home = tmp_path_factory.mktemp("hf_home")
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from polypythia_eval.tiny import build_tokenizer
+
+    return build_tokenizer(256, docs=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tokenizer) -> Path:
+    """A run folder with two complete checkpoints (steps 0 and 8) and a run config."""
+    from polypythia.storage import RunStore
+    from polypythia_eval.tiny import save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("store") / "sw" / "sw-nano-s0"
+    store = RunStore.open(str(root))
+    store.write_run_config({"sweep": "sw", "run": "sw-nano-s0", "size": "nano", "seed": 0})
+    for step, seed in ((0, 0), (8, 1)):
+        folder = tmp_path_factory.mktemp(f"ck{step}")
+        save_tiny_checkpoint(folder, seed=seed, tokenizer=tokenizer)
+        store.commit_checkpoint(step, folder)
+    # An incomplete checkpoint must be invisible to the evaluator.
+    (root / "checkpoints" / "step16").mkdir(parents=True)
+    (root / "checkpoints" / "step16" / "config.json").write_text("{}")
+    return root

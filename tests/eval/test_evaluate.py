@@ -1,0 +1,82 @@
+"""`polypythia evaluate` on a tiny checkpoint with the real lm-eval harness and offline tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from polypythia import cli
+from polypythia.storage import RunStore
+from polypythia_eval.evaluate import EvaluateOptions, evaluate_run
+from polypythia_eval.offline_tasks import OfflineItems
+
+TASKS = ["pp_subject_verb_agreement", "pp_cloze"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    options = EvaluateOptions(
+        tasks=TASKS,
+        limit=12,
+        batch_size=16,
+        items=OfflineItems(pairs_per_phenomenon=20, cloze=20),
+        workdir=tmp_path_factory.mktemp("work"),
+    )
+    summary = evaluate_run(str(tiny_run), "all", options, log=lambda _: None)
+    return summary, options
+
+
+def test_evaluates_every_complete_checkpoint_with_lm_eval(tiny_run, evaluated):
+    summary, _ = evaluated
+    assert summary.evaluated == [0, 8] and not summary.failed
+    store = RunStore.open(str(tiny_run))
+    assert store.evaluated_steps() == [0, 8]
+    raw = (tiny_run / "evals" / "step8.json").read_text()
+    result = json.loads(raw)
+    json.dumps(result, allow_nan=False)  # strictly JSON, no NaN
+    # lm-eval's own structure is kept.
+    for key in ("results", "versions", "configs", "config", "n-shot", "n-samples"):
+        assert key in result, key
+    assert set(result["results"]) == set(TASKS)
+    assert 0.0 <= result["results"]["pp_subject_verb_agreement"]["acc,none"] <= 1.0
+    assert result["results"]["pp_cloze"]["perplexity,none"] > 1.0
+    assert result["n-samples"]["pp_cloze"]["effective"] == 12
+    # Per-item predictions for kappa: one per item, in doc order.
+    pairs = result["predictions"]["pp_subject_verb_agreement"]
+    assert pairs["doc_id"] == list(range(12))
+    assert set(pairs["pred"]) <= {0, 1} and set(pairs["target"]) == {0}
+    acc = sum(p == t for p, t in zip(pairs["pred"], pairs["target"])) / 12
+    assert acc == pytest.approx(result["results"]["pp_subject_verb_agreement"]["acc,none"])
+    # Weight statistics of that checkpoint and who it is.
+    kinds = result["weight_stats"]["kinds"]
+    assert {"embedding", "attn_qkv", "mlp_in", "unembedding", "layernorm"} <= set(kinds)
+    assert result["polypythia"]["step"] == 8 and result["polypythia"]["run"] == "sw-nano-s0"
+
+
+def test_second_run_skips_and_force_redoes(tiny_run, evaluated, tmp_path, capsys):
+    _, options = evaluated
+    path = tiny_run / "evals" / "step0.json"
+    before = path.read_text()
+    again = evaluate_run(str(tiny_run), "all", options, log=lambda _: None)
+    assert again.evaluated == [] and again.skipped == [0, 8]
+    assert path.read_text() == before
+    argv = ["evaluate", str(tiny_run), "--steps", "0", "--force", "--tasks", "none"]
+    assert cli.main(argv) == 0
+    redone = json.loads(path.read_text())
+    assert "results" not in redone and "weight_stats" in redone
+    assert redone["polypythia"]["started"] > json.loads(before)["polypythia"]["started"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "1,x"], "--steps '1,x'"),
+        (["--steps", "16"], "no complete checkpoint for step 16; complete checkpoints: 0, 8"),
+        (["--tasks", "pp_nonsense"], "unknown project task 'pp_nonsense'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tiny_run, argv, message, capsys):
+    assert cli.main(["evaluate", str(tiny_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

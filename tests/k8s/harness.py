@@ -1,0 +1,214 @@
+"""The cluster the k8s tests run against: emulated API server, moto S3, the real operator.
+
+The operator runs as a child process (`polypythia operator`) reading a kubeconfig, as it
+would in a pod; the test plays KubeRay and the trainer by moving RayJob status and
+writing checkpoints into the S3 bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import kubernetes
+
+from support.k8s_emulator import ClusterEmulator, EmulatorThread
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
+RAYJOB_CRD = (
+    Path(os.environ.get("POLYPYTHIA_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+    / "ray.io_rayjobs.yaml"
+)
+GROUP, VERSION, PLURAL = "polypythia.io", "v1alpha1", "polypythiasweeps"
+TRAINER_IMAGE = "registry.example/polypythia-trainer:test"
+EVAL_IMAGE = "registry.example/polypythia-eval:test"
+
+
+def make_emulator() -> ClusterEmulator:
+    emulator = ClusterEmulator()
+    emulator.load_crds(str(CRD))
+    emulator.load_crds(str(RAYJOB_CRD))
+    return emulator
+
+
+class Cluster:
+    """An emulated cluster plus a handle on the operator process."""
+
+    def __init__(self, s3) -> None:  # type: ignore[no-untyped-def]
+        self.s3 = s3
+        self.server = EmulatorThread(make_emulator())
+        self.emulator = self.server.emulator
+        self.tmp = tempfile.TemporaryDirectory(prefix="pp-k8s-")
+        self.operator: subprocess.Popen | None = None
+        self.log = Path(self.tmp.name) / "operator.log"
+
+    def __enter__(self) -> Cluster:
+        self.server.__enter__()
+        cfg = kubernetes.client.Configuration()
+        cfg.host = self.server.url
+        self.api = kubernetes.client.ApiClient(cfg)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.batch = kubernetes.client.BatchV1Api(self.api)
+        self.kubeconfig = self.server.kubeconfig(str(Path(self.tmp.name) / "kubeconfig"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_operator()
+        self.server.__exit__(*exc)
+        self.tmp.cleanup()
+
+    # --- operator process -------------------------------------------------------------------
+
+    def start_operator(self, poll_interval: float = 0.5) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "PYTHONPATH": os.pathsep.join(
+                str(ROOT / p) for p in ("operator", "trainer_image", "eval_image")
+            ),
+            "POLYPYTHIA_TRAINER_IMAGE": TRAINER_IMAGE,
+            "POLYPYTHIA_EVAL_IMAGE": EVAL_IMAGE,
+            "POLYPYTHIA_S3_ENDPOINT": self.s3.url,
+        }
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            env.pop(key, None)
+        with self.log.open("ab") as log:
+            self.operator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "polypythia.cli",
+                    "operator",
+                    "--all-namespaces",
+                    "--poll-interval",
+                    str(poll_interval),
+                    "--metrics-port",
+                    "0",
+                    "--liveness-port",
+                    "0",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill_operator(self) -> None:
+        """SIGKILL: no clean shutdown, as when a node dies."""
+        if self.operator and self.operator.poll() is None:
+            self.operator.send_signal(signal.SIGKILL)
+            self.operator.wait(10)
+        self.operator = None
+
+    def stop_operator(self) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait(5)
+        self.operator = None
+
+    def operator_log(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    # --- cluster state ----------------------------------------------------------------------
+
+    def create_namespace(self, name: str) -> None:
+        self.core.create_namespace({"metadata": {"name": name}})
+
+    def create_secret(self, ns: str, name: str) -> None:
+        data = {
+            "AWS_ACCESS_KEY_ID": self.s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+        }
+        self.core.create_namespaced_secret(
+            ns,
+            {
+                "metadata": {"name": name},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            },
+        )
+
+    def apply_sweep(self, ns: str, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+    def patch_sweep(self, ns: str, name: str, patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch)
+
+    def sweep(self, ns: str, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+    def rayjobs(self, ns: str, sweep: str) -> list[dict]:
+        return self.emulator.list_objects("ray.io/v1/rayjobs", ns, f"polypythia.io/sweep={sweep}")
+
+    def eval_jobs(self, ns: str, sweep: str) -> list[dict]:
+        return self.emulator.list_objects(
+            "batch/v1/jobs",
+            ns,
+            f"polypythia.io/sweep={sweep},app.kubernetes.io/component=evaluator",
+        )
+
+    def set_rayjob_status(self, ns: str, name: str, deployment: str, job: str) -> None:
+        """Play KubeRay: move a RayJob's status over real HTTP."""
+        self.custom.patch_namespaced_custom_object_status(
+            "ray.io",
+            "v1",
+            ns,
+            "rayjobs",
+            name,
+            {"status": {"jobDeploymentStatus": deployment, "jobStatus": job}},
+        )
+
+    def set_job_status(self, ns: str, name: str, succeeded: bool) -> None:
+        """Play the Job controller: finish an eval Job."""
+        kind = "Complete" if succeeded else "Failed"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.batch.patch_namespaced_job_status(
+            name,
+            ns,
+            {
+                "status": {
+                    "conditions": [{"type": kind, "status": "True", "lastTransitionTime": now}],
+                    ("succeeded" if succeeded else "failed"): 1,
+                }
+            },
+        )
+
+    def wait_for(self, what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(
+            f"timed out waiting for {what}\n--- operator log ---\n{self.operator_log()}"
+        )
+
+
+def sweep_body(
+    name: str, seeds: int = 5, sizes: tuple[str, ...] = ("nano", "micro"), **spec: object
+) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PolyPythiaSweep",
+        "metadata": {"name": name},
+        "spec": {
+            "sizes": list(sizes),
+            "seeds": {"range": {"count": seeds}},
+            "training": {"steps": 20, "globalBatchSize": 8, "sequenceLength": 64},
+            "checkpoints": {"schedule": "every", "every": 5},
+            "evaluation": {"concurrency": 2},
+            **spec,
+        },
+    }

@@ -1,0 +1,118 @@
+"""`polypythia spikes` and `polypythia outliers` on files, as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from polypythia.cli import main
+from polypythia.monitoring.synthetic import make_history
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPS = ROOT.parent / "shared/data/polypythias/training_maps.tsv"
+
+
+def _write_csv(path: Path, runs: dict[str, object]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "step", "loss", "grad_norm"])
+        for run, h in runs.items():
+            for s, loss, g in zip(h.steps, h.loss, h.grad_norm, strict=True):
+                w.writerow([run, int(s), f"{loss:.6f}", f"{g:.6f}"])
+
+
+def test_spikes_json_from_csv_with_several_runs(tmp_path, capsys):
+    runs = {"a": make_history(6_000, 1, spikes=2), "b": make_history(6_000, 2, spikes=0)}
+    path = tmp_path / "log.csv"
+    _write_csv(path, runs)
+    assert main(["spikes", str(path), "-o", "json", "--signals", "loss"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["run"], o["onset_step"]) for o in out] == [("a", p.step) for p in runs["a"].planted]
+    assert set(out[0]) >= {
+        "run",
+        "signal",
+        "onset_step",
+        "peak_step",
+        "magnitude",
+        "recovery_step",
+        "kind",
+    }
+    assert all(o["recovery_step"] and o["kind"] == "seed-specific" for o in out)
+
+
+def test_spikes_table_from_telemetry_jsonl_takes_the_latest_attempt(tmp_path, capsys):
+    h = make_history(3_000, 4, spikes=0)
+    lines = [
+        {"step": int(s), "loss": float(v), "grad_norm": float(g), "attempt": 0}
+        for s, v, g in zip(h.steps, h.loss, h.grad_norm, strict=True)
+    ]
+    # attempt 0 blew up at 2000-2010; the rewound attempt 1 replaced those steps
+    bad = [dict(r, loss=r["loss"] + 5.0) for r in lines[1999:2010]]
+    redo = [dict(r, attempt=1) for r in lines[1999:2010]]
+    path = tmp_path / "000000001-000003000.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines[:1999] + bad + redo + lines[2010:]))
+    assert main(["spikes", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "no spikes found"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "run,step,loss\na,1,2.5\na,2,abc\n",
+            "log.csv:3: column 'loss': must be a number, got 'abc'",
+        ),
+        ("run,step,loss\na,1,2.5\na,,2.0\n", "log.csv:3: column 'step' is missing or empty"),
+        ("run,step,loss\na,1,2.5,7\n", "log.csv:2: 4 fields, the header has 3"),
+    ],
+)
+def test_bad_files_name_line_and_column_and_exit_2(tmp_path, content, message):
+    path = tmp_path / "log.csv"
+    path.write_text(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "polypythia.cli", "spikes", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "operator"), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_outliers_on_polypythias_training_maps(capsys):
+    if not MAPS.exists():
+        pytest.skip("training maps not present")
+    assert main(["outliers", str(MAPS), "-o", "json", "--value-column", "score"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["run"], o["signal"], o["first_step"]) for o in out] == [
+        ("3", "score", 83000),
+        ("4", "score", 123000),
+    ]
+    assert main(["outliers", str(MAPS)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["GROUP", "RUN", "SIGNAL", "FIRST_STEP"] and len(table) == 3
+
+
+def test_outliers_jsonl_loss_direction_and_bad_column(tmp_path, capsys):
+    rows = [
+        {
+            "size": "70m",
+            "run": f"s{seed}",
+            "step": step,
+            "loss": 3.0 + 0.01 * seed + (1.0 if seed == 2 and step >= 2000 else 0.0),
+        }
+        for seed in range(6)
+        for step in (1000, 2000, 3000)
+    ]
+    path = tmp_path / "evals.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["outliers", str(path), "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["group"], o["run"], o["first_step"]) for o in out] == [("70m", "s2", 2000)]
+    assert main(["outliers", str(path), "--value-column", "acc"]) == 2
+    assert "--value-column 'acc': no such column" in capsys.readouterr().err
