@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= cpu
 WORKDIR ?= polypythia-work
 
-.PHONY: help demo test lint format bench install-dev install-local prometheus images clean
+.PHONY: help demo test lint format bench install-dev install-local prometheus images clean generate
 
 help:
 	@echo "make demo    run the tiny sweep on this machine (creates .venv)"
@@ -69,3 +69,10 @@ bench: install-dev
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) bench-results .pytest_cache
+
+# Regenerate what is derived from the CRD, the chart and the metric catalogue.
+generate: install-dev
+	$(PY) tools/sync_chart_crd.py
+	$(PY) tools/gen_sweep_reference.py
+	$(PY) tools/render_kustomize_base.py
+	$(PY) -m polypythia.monitoring.catalog --markdown > docs/metrics.md

@@ -349,9 +349,9 @@ def fact(rng: random.Random) -> str:
 
 def protagonist_sentence(rng: random.Random, name: str, pronoun: str, gender: str) -> Built:
     """A sentence about the protagonist, with a gender-agreeing pronoun or reflexive."""
-    subject = name if rng.random() < 0.4 else pronoun
+    subject = name if rng.random() < 0.6 else pronoun
     choice = rng.random()
-    if choice < 0.35:
+    if choice < 0.5:
         verb = rng.choice(PERSON_VERBS)
         good = _reflexive(gender, False)
         bad = "herself" if good == "himself" else "himself"
@@ -372,7 +372,7 @@ TEMPLATES: dict[str, tuple[Callable[[random.Random], Built], ...]] = {
     "determiner_noun_agreement": (determiner_noun,),
 }
 _ALL_TEMPLATES = tuple(t for ts in TEMPLATES.values() for t in ts)
-_WEIGHTS = (3, 3, 2, 3, 2)
+_WEIGHTS = (3, 3, 2, 6, 2)
 
 
 def _training_sentence(rng: random.Random) -> str:

@@ -164,6 +164,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "workers": workers,
             "gpusPerWorker": resources["gpusPerWorker"],
             "cpusPerWorker": resources["cpusPerWorker"],
+            "perturbations": [dict(p) for p in training.get("perturbations", [])],
         },
         "data": {
             "format": data["format"],

@@ -145,6 +145,12 @@ def semantic_errors(spec: dict) -> list[str]:
         errors.append(
             f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}"
         )
+    for index, shock in enumerate(training.get("perturbations", [])):
+        if shock["step"] >= steps:
+            errors.append(
+                f"spec.training.perturbations[{index}].step: {shock['step']} is not below "
+                f"spec.training.steps ({steps})"
+            )
     checkpoints = spec["checkpoints"]
     errors += _companion(checkpoints, "spec.checkpoints", {"every": "every", "list": "steps"})
     for step in checkpoints.get("steps", []):

@@ -7,14 +7,15 @@ operator process; each uses its own namespace so they do not see each other.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import yaml
-
-from k8s.harness import ROOT, RAYJOB_CRD, sweep_body
 from polypythia.k8s.rayjob import config_of, kuberay_rule_errors
 from support.k8s_schema import schema_for
+
+from k8s.harness import RAYJOB_CRD, ROOT, sweep_body
 
 RULES = ROOT / "charts" / "polypythia" / "files" / "operator-rbac-rules.yaml"
 
@@ -111,18 +112,14 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     assert len(active) <= 2
 
 
-def _write_checkpoint(cluster, bucket: str, run: str, step: int) -> None:  # type: ignore[no-untyped-def]
+def _write_checkpoint(cluster, bucket: str, run: str, step: int, sweep: str = "ev") -> None:  # type: ignore[no-untyped-def]
     client = cluster.s3.client()
-    import io
-
-    base = f"sweeps/ev/{run}/checkpoints/step{step}"
+    base = f"sweeps/{sweep}/{run}/checkpoints/step{step}"
     for key, data in ((f"{base}/model.safetensors", b"x"), (f"{base}/COMPLETE", b'{"files": []}')):
         client.put_object(bucket, key, io.BytesIO(data), len(data))
 
 
 def _write_eval(cluster, bucket: str, run: str, step: int) -> None:  # type: ignore[no-untyped-def]
-    import io
-
     data = json.dumps({"step": step, "scores": {"pp_cloze": {"acc": 0.5}}}).encode()
     cluster.s3.client().put_object(
         bucket, f"sweeps/ev/{run}/evals/step{step}.json", io.BytesIO(data), len(data)
@@ -195,10 +192,13 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
             and not any(j["spec"].get("suspend") for j in cluster.rayjobs("ops", "ops"))
         ),
     )
+    _write_checkpoint(cluster, storage["bucket"], "ops-nano-s2", 5, sweep="ops")
+    cluster.wait_for("eval Job of s2", lambda: cluster.eval_jobs("ops", "ops"))
     cluster.patch_sweep("ops", "ops", {"spec": {"seeds": {"range": {"count": 1}}}})
     cluster.wait_for(
         "scaled down", lambda: _names(cluster.rayjobs("ops", "ops")) == ["ops-nano-s0"]
     )
+    cluster.wait_for("eval Job of s2 gone", lambda: not cluster.eval_jobs("ops", "ops"))
     # Changing what a started run means is refused with a condition, nothing is touched.
     cluster.patch_sweep("ops", "ops", {"spec": {"training": {"steps": 40}}})
     status = cluster.wait_for(

@@ -242,16 +242,20 @@ class LocalDriver:
             run.eval_future = self._evaluator.submit(self._evaluate, run, steps)
 
     def _evaluate(self, run: RunState, steps: list[int]) -> None:
-        from polypythia_eval.evaluate import evaluate_run
+        from polypythia_eval.evaluate import EvaluateOptions, evaluate_run
 
         evaluation = self.sweep.spec["evaluation"]
-        evaluate_run(
-            run.store,
-            steps=steps,
+        options = EvaluateOptions(
             tasks=list(evaluation["tasks"]),
             limit=evaluation.get("limit"),
-            work_dir=self.options.workdir / "eval-work",
+            workdir=self.options.workdir / "eval-work" / run.plan.name,
         )
+        summary = evaluate_run(
+            run.store.uri, steps, options, store=run.store, log=lambda message: None
+        )
+        if summary.failed:
+            step, reason = next(iter(summary.failed.items()))
+            raise RuntimeError(f"step{step}: {reason}")
 
 
 def _store_kwargs(run: RunPlan) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,13 +71,36 @@ class RunProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def error_summary(self, lines: int = 6) -> str:
-        """The last meaningful lines of the log: what a user needs to see first."""
-        if not self.log_path.exists():
-            return "no log"
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        tail = [line for line in text if line.strip()][-lines:]
-        return "\n".join(tail)
+    def error_summary(self) -> str:
+        """The exception that ended the run, in one line, and where the full log is."""
+        return f"{last_error(self.log_path)} (log: {self.log_path})"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b.*")
+
+
+def last_error(log_path: Path) -> str:
+    """The trainer's own error (its closing JSON line), else the last exception line."""
+    if not log_path.exists():
+        return "no log"
+    lines = [ANSI.sub("", line) for line in log_path.read_text(errors="replace").splitlines()]
+    for line in reversed(lines):
+        if line.startswith("{") and '"error"' in line:
+            try:
+                error = json.loads(line).get("error")
+            except ValueError:
+                continue
+            if error:
+                found = [e for e in error.splitlines() if EXCEPTION_LINE.match(e.strip())]
+                return (found[-1] if found else error.splitlines()[-1]).strip()
+    for line in reversed(lines):
+        text = re.sub(r"^\(\w+ pid=\d+\)\s*", "", line).strip()
+        text = re.sub(r"\s*\[repeated .*$", "", text)
+        if EXCEPTION_LINE.match(text):
+            return text
+    tail = [line.strip() for line in lines if line.strip()]
+    return tail[-1] if tail else "no output"
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from polypythia.errors import UsageError
 
 
-def _positive(text: str) -> int:
+def _vocab(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -30,15 +30,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
             "Use it in a sweep as data: {format: megatron, path: PREFIX}."
         ),
     )
-    build.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
-    build.add_argument("--out", required=True, type=Path, metavar="PREFIX")
+    build.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="text files and .jsonl files"
+    )
+    build.add_argument(
+        "--out", required=True, type=Path, metavar="PREFIX", help="output path without .bin/.idx"
+    )
     which = build.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--tokenizer", type=Path, metavar="PATH", help="HF tokenizer folder or tokenizer.json"
     )
     which.add_argument(
         "--train-tokenizer",
-        type=_positive,
+        type=_vocab,
         metavar="VOCAB",
         help="train a byte-level BPE with VOCAB entries on the inputs",
     )

@@ -1,0 +1,44 @@
+"""``polypythia report SWEEP_URI_OR_DIR``: render the HTML report of a sweep."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from polypythia.errors import UsageError
+
+from polypythia_eval.report import render_report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="SWEEP_URI_OR_DIR",
+        help="sweep folder (local path or s3://bucket/prefix/<sweep>) or a folder of "
+        "lm-eval result files (<model>/.../*step<N>.json)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument(
+        "--pythia-evals", default=None, help="folder of Pythia lm-eval files to show alongside"
+    )
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
+    parser.add_argument("--region", default="us-east-1")
+
+
+def main(args: argparse.Namespace) -> int:
+    source = str(args.source)
+    if not source.startswith("s3://") and not Path(source).exists():
+        raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no such folder")
+    if args.pythia_evals and not Path(args.pythia_evals).is_dir():
+        raise UsageError(f"--pythia-evals {args.pythia_evals!r}: no such folder")
+    store_kwargs = {}
+    if source.startswith("s3://"):
+        store_kwargs = {"endpoint": args.endpoint, "secure": not args.insecure,
+                        "region": args.region}  # fmt: skip
+    index = render_report(
+        source, args.out, pythia_evals=args.pythia_evals, title=args.title, **store_kwargs
+    )
+    print(index)
+    return 0

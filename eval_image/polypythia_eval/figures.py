@@ -1,0 +1,194 @@
+"""The report's PNG figures (matplotlib, Agg): one function per figure, each writes one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from polypythia.monitoring.outliers import OutlierVerdict  # noqa: E402
+from polypythia.monitoring.spikes import SpikeEvent  # noqa: E402
+
+from polypythia_eval.analysis import loss_history  # noqa: E402
+from polypythia_eval.sources import RunData  # noqa: E402
+from polypythia_eval.trainingmaps import TrainingMap  # noqa: E402
+
+KIND_ORDER = ("embedding", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "layernorm", "unembedding")
+OUTLIER_COLOUR = "#d62728"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _step_axis(ax, steps) -> None:
+    """Pythia's checkpoints are log-spaced early and linear later: symlog shows both."""
+    if len(steps) and max(steps) > 100:
+        ax.set_xscale("symlog", linthresh=max(10, max(steps) / 1000))
+    ax.set_xlabel("step")
+
+
+def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: Path) -> Path:
+    """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: data-driven)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for run in runs:
+        steps, loss, _ = loss_history(run)
+        if len(steps) == 0:
+            continue
+        (line,) = ax.plot(steps, loss, lw=0.8, label=run.name)
+        for e in spikes:
+            if e.run == run.name and e.signal == "loss":
+                marker = "o" if e.kind == "data-driven" else "x"
+                ax.plot(e.peak_step, e.peak_value, marker, color=line.get_color(), ms=9, mew=2)
+    ax.set_title(f"{size}: training loss, all seeds (x = spike, o = data-driven spike)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def eval_scores(
+    size: str,
+    table: dict[str, dict[str, dict[int, float]]],
+    tasks: list[str],
+    outliers: list[OutlierVerdict],
+    path: Path,
+) -> Path:
+    """Per task: every seed's score over checkpoints, the seed band, outlier runs in red."""
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, tasks, strict=False):
+        runs = table[key]
+        flagged = {v.run for v in outliers if v.signal == f"eval:{key}"}
+        steps = sorted({s for by in runs.values() for s in by})
+        if len(runs) > 1:
+            grid = np.array([[runs[r].get(s, np.nan) for s in steps] for r in runs])
+            with np.errstate(all="ignore"):
+                lo, hi = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+                med = np.nanmedian(grid, axis=0)
+            ax.fill_between(steps, lo, hi, color="0.85", label="seed range")
+            ax.plot(steps, med, color="0.3", lw=1.5, label="median")
+        for run, by in sorted(runs.items()):
+            xs = sorted(by)
+            bad = run in flagged
+            ax.plot(
+                xs,
+                [by[s] for s in xs],
+                lw=2 if bad else 0.8,
+                alpha=1 if bad else 0.6,
+                color=OUTLIER_COLOUR if bad else None,
+                label=f"{run} (outlier)" if bad else None,
+            )
+        _step_axis(ax, steps)
+        ax.set_title(key, fontsize=9)
+        if flagged or len(runs) > 1:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle(f"{size}: evaluation scores over checkpoints")
+    return _save(fig, path)
+
+
+def _kind_series(runs: list[RunData], getter) -> dict[str, dict[str, tuple[list, list]]]:
+    out: dict[str, dict[str, tuple[list, list]]] = {}
+    for run in runs:
+        for step in sorted(run.evals):
+            kinds = (run.evals[step].get("weight_stats") or {}).get("kinds", {})
+            for kind, entry in kinds.items():
+                value = getter(entry)
+                if value is None:
+                    continue
+                xs, ys = out.setdefault(kind, {}).setdefault(run.name, ([], []))
+                xs.append(step)
+                ys.append(value)
+    return out
+
+
+def _student_df(entry: dict) -> float | None:
+    return ((entry.get("fit") or {}).get("families") or {}).get("student_t", {}).get("df")
+
+
+PANELS = (
+    ("excess kurtosis", lambda e: e.get("kurtosis"), "linear"),
+    ("Student-t ν (fitted)", _student_df, "log"),
+    ("L2 (Frobenius) norm", lambda e: e.get("l2"), "log"),
+    ("spectral norm (mean per matrix)", lambda e: e.get("spectral_norm"), "log"),
+)
+
+
+def weight_trajectories(size: str, runs: list[RunData], path: Path) -> Path:
+    """Kurtosis, Student-t ν and norms by matrix kind over steps; one line per seed."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, getter, scale) in zip(axes.flat, PANELS, strict=True):
+        series = _kind_series(runs, getter)
+        all_steps: list[int] = []
+        for i, kind in enumerate(k for k in KIND_ORDER if k in series):
+            for j, (xs, ys) in enumerate(series[kind].values()):
+                ax.plot(
+                    xs, ys, color=colours[i % len(colours)], lw=0.9, alpha=0.8,
+                    label=kind if j == 0 else None,
+                )  # fmt: skip
+                all_steps.extend(xs)
+        _step_axis(ax, all_steps)
+        ax.set_yscale(scale)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{size}: weight statistics by matrix kind (one line per seed)")
+    return _save(fig, path)
+
+
+def state_paths(size: str, tmap: TrainingMap, path: Path) -> Path:
+    """Each run's HMM state per checkpoint; a black bar marks where a run departs."""
+    runs = list(tmap.paths)
+    steps = sorted({s for r in runs for s in tmap.steps[r]})
+    col = {s: i for i, s in enumerate(steps)}
+    grid = np.full((len(runs), len(steps)), np.nan)
+    for i, run in enumerate(runs):
+        for step, state in zip(tmap.steps[run], tmap.paths[run], strict=True):
+            grid[i, col[step]] = state
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(steps) + 2), 0.45 * len(runs) + 1.6))
+    cmap = plt.get_cmap("viridis", tmap.n_states)
+    im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=tmap.n_states - 0.5)
+    for i, run in enumerate(runs):
+        if tmap.departures.get(run) is not None:
+            x = col[tmap.departures[run]] - 0.5
+            ax.plot([x, x], [i - 0.5, i + 0.5], color="black", lw=3)
+    ax.set_yticks(range(len(runs)), runs, fontsize=7)
+    ticks = list(range(0, len(steps), max(1, len(steps) // 12)))
+    ax.set_xticks(ticks, [str(steps[t]) for t in ticks], rotation=45, fontsize=7)
+    ax.set_xlabel("checkpoint step")
+    fig.colorbar(im, ax=ax, ticks=range(tmap.n_states), label="state")
+    ax.set_title(f"{size}: training-map state paths ({tmap.n_states} states by BIC)")
+    return _save(fig, path)
+
+
+def kappa_curves(size: str, agreement: dict, path: Path) -> Path:
+    """Mean kappa over tasks: vs the final checkpoint (solid) and vs the reference seed (dashed)."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for label, block, style in (
+        ("vs final", agreement["self_consistency"], "-"),
+        (f"vs {agreement['reference']}", agreement["inter_seed"], "--"),
+    ):
+        for run, tasks in sorted(block.items()):
+            by_step: dict[int, list[float]] = {}
+            for series in tasks.values():
+                for step, k in series.items():
+                    if k is not None:
+                        by_step.setdefault(step, []).append(k)
+            xs = sorted(by_step)
+            if xs:
+                ys = [float(np.mean(by_step[s])) for s in xs]
+                ax.plot(xs, ys, style, lw=1, label=f"{run} {label}")
+    ax.set_ylabel("Cohen's kappa (mean over tasks)")
+    ax.set_xlabel("step")
+    ax.set_title(f"{size}: per-item agreement")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
