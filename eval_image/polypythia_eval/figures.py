@@ -137,9 +137,12 @@ def weight_trajectories(size: str, runs: list[RunData], path: Path) -> Path:
                     label=kind if j == 0 else None,
                 )  # fmt: skip
                 all_steps.extend(xs)
+        ax.set_title(title, fontsize=10)
+        if not all_steps:
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes)
+            continue
         _step_axis(ax, all_steps)
         ax.set_yscale(scale)
-        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6)
     fig.suptitle(f"{size}: weight statistics by matrix kind (one line per seed)")
     return _save(fig, path)

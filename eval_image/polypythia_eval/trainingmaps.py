@@ -80,8 +80,11 @@ def _fit_hmm(x: np.ndarray, lengths: list[int], n: int, seeds: Iterable[int]):
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.fit(x, lengths)
-            score = model.score(x, lengths)
+            try:
+                model.fit(x, lengths)
+                score = model.score(x, lengths)
+            except ValueError:  # a degenerate start (e.g. a state never left): next seed
+                continue
         if np.isfinite(score) and (best is None or score > best[0]):
             best = (score, model)
     return best
@@ -113,16 +116,32 @@ def majority_path(steps: Mapping[str, Sequence[int]], paths: Mapping[str, Sequen
 
 
 def departure(
-    steps: Sequence[int], path: Sequence[int], majority: Mapping[int, int | None], min_run: int
+    steps: Sequence[int],
+    path: Sequence[int],
+    majority: Mapping[int, int | None],
+    min_run: int,
+    lag: int = 1,
 ) -> int | None:
-    """First step from which the path is off the majority for ``min_run`` checkpoints in a
-    row (a step without a majority counts as on it); None if it never is."""
-    off = [
-        majority.get(s) is not None and state != majority[s]
-        for s, state in zip(steps, path, strict=True)
-    ]
-    for i in range(len(off) - min_run + 1):
-        if all(off[i : i + min_run]):
+    """First step from which the path is off the majority for ``min_run`` checkpoints in a row;
+    None if it never is.
+
+    Off means: in none of the majority states of the ``lag`` checkpoints either side,
+    so a seed that passes a phase boundary one checkpoint late is not a departure.
+    A step without a majority counts as on it.
+    """
+    order = sorted(majority)
+    index = {s: i for i, s in enumerate(order)}
+
+    def off(step: int, state: int) -> bool:
+        if majority.get(step) is None:
+            return False
+        i = index[step]
+        near = {majority[s] for s in order[max(0, i - lag) : i + lag + 1]}
+        return state not in near
+
+    flags = [off(s, state) for s, state in zip(steps, path, strict=True)]
+    for i in range(len(flags) - min_run + 1):
+        if all(flags[i : i + min_run]):
             return int(steps[i])
     return None
 
@@ -134,6 +153,7 @@ def fit_training_map(
     max_components: int = 4,
     n_init: int = 3,
     min_run: int = 2,
+    lag: int = 1,
     seed: int = 0,
 ) -> TrainingMap:
     """Fit one Gaussian HMM to all runs' checkpoint statistics; choose states by BIC.
@@ -162,7 +182,11 @@ def fit_training_map(
         if fitted is None:
             notes.append(f"{n} states: the HMM did not converge")
             continue
-        bic[n] = float(fitted[1].bic(x, lengths))
+        try:
+            bic[n] = float(fitted[1].bic(x, lengths))
+        except ValueError as exc:
+            notes.append(f"{n} states: {exc}")
+            continue
         models[n] = fitted[1]
     if not models:
         raise ValueError("training map: no HMM could be fitted")
@@ -173,7 +197,7 @@ def fit_training_map(
     majority = majority_path(steps, paths)
     if len(runs) < 3:
         notes.append("fewer than 3 runs: no majority path, no departures")
-    departures = {r: departure(steps[r], paths[r], majority, min_run) for r in runs}
+    departures = {r: departure(steps[r], paths[r], majority, min_run, lag) for r in runs}
     return TrainingMap(
         n_states=best_n,
         bic=bic,

@@ -219,3 +219,26 @@ def _resource_errors(spec: dict, size: str) -> list[str]:
             "gpusPerWorker 0; use fp32 or auto"
         )
     return errors
+
+
+STORAGE_DEFAULT_FIELDS = ("endpoint", "bucket", "secretName")
+
+
+def with_storage_defaults(sweep: Sweep, defaults: dict) -> Sweep:
+    """The sweep with the operator's object-store defaults in the fields it leaves unset.
+
+    A sweep that names no bucket and meets an operator without a default one cannot
+    run: that is a SpecError naming `spec.storage.bucket`.
+    """
+    spec = copy.deepcopy(sweep.spec)
+    storage = spec["storage"]
+    for name in STORAGE_DEFAULT_FIELDS:
+        if not storage.get(name) and defaults.get(name):
+            storage[name] = defaults[name]
+    if not storage.get("bucket"):
+        raise SpecError(
+            ["spec.storage.bucket: is required (the operator has no default bucket; "
+             "set it here or the chart's storage.bucket)"],
+            f"{crd.KIND} {sweep.namespace}/{sweep.name}",
+        )
+    return Sweep(sweep.name, sweep.namespace, spec, sweep.generation, sweep.uid, sweep.labels)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from polypythia import cli
 from polypythia.storage import RunStore
 from polypythia_eval.evaluate import EvaluateOptions, evaluate_run
@@ -46,7 +45,7 @@ def test_evaluates_every_complete_checkpoint_with_lm_eval(tiny_run, evaluated):
     pairs = result["predictions"]["pp_subject_verb_agreement"]
     assert pairs["doc_id"] == list(range(12))
     assert set(pairs["pred"]) <= {0, 1} and set(pairs["target"]) == {0}
-    acc = sum(p == t for p, t in zip(pairs["pred"], pairs["target"])) / 12
+    acc = sum(p == t for p, t in zip(pairs["pred"], pairs["target"], strict=True)) / 12
     assert acc == pytest.approx(result["results"]["pp_subject_verb_agreement"]["acc,none"])
     # Weight statistics of that checkpoint and who it is.
     kinds = result["weight_stats"]["kinds"]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from polypythia import cli
 from polypythia.storage import RunStore
 from polypythia_eval.report import render_report
@@ -79,9 +78,7 @@ def sweep_dir(tmp_path_factory) -> Path:
 
 
 def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
-    index = render_report(
-        str(sweep_dir), tmp_path, run_errors={"sw-nano-s0": "worker OOM-killed"}
-    )
+    index = render_report(str(sweep_dir), tmp_path, run_errors={"sw-nano-s0": "worker OOM-killed"})
     page = index.read_text()
     for png in ("loss-micro.png", "evals-micro.png", "weights-micro.png", "map-micro.png",
                 "kappa-micro.png"):  # fmt: skip
@@ -99,7 +96,7 @@ def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
     assert all(tmap["departures"][f"sw-micro-s{s}"] is None for s in (0, 1, 2, 4))
     # The failed run and the missing pieces are said, not crashed on.
     assert "FAILED: worker OOM-killed" in page
-    assert "no telemetry yet" in page and "no evaluation results yet" in page
+    assert "No training telemetry yet" in page and "No evaluation results yet" in page
 
 
 def test_report_of_an_empty_sweep_says_what_is_missing(tmp_path):

@@ -138,7 +138,11 @@ class DeepSpeedEngine:
         )
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
         import deepspeed
+
+        if device.type == "cpu" and not os.environ.get(CPU_SHM_ENV):
+            _skip_cpu_shm_build()
 
         self.training = training
         self.own_clipping = precision == "fp32" and training.zero_stage == 0
@@ -215,6 +219,18 @@ class DeepSpeedEngine:
             )
         else:
             self.optimizer.load_state_dict(states[0]["optimizer"])
+
+
+CPU_SHM_ENV = "POLYPYTHIA_DS_CPU_SHM"
+
+
+def _skip_cpu_shm_build() -> None:
+    """On CPU, DeepSpeed compiles a shared-memory all-reduce op at every fresh start (minutes
+    on a small machine); gloo's all-reduce serves instead. Set $POLYPYTHIA_DS_CPU_SHM=1 to
+    let DeepSpeed build and use it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _init_single_process_group(device) -> None:

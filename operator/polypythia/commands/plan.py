@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
 
-from polypythia import planner
+from polypythia import __version__, planner
 from polypythia.spec import load_sweep_file
 from polypythia.tables import render_table
+
+# The chart's default trainer image (charts/polypythia/values.yaml, tag = appVersion).
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/polypythia/polypythia-trainer:{__version__}"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +55,12 @@ def main(args: argparse.Namespace) -> int:
     if args.output == "yaml":
         from polypythia.k8s import rayjob
 
-        image = args.trainer_image or sweep.spec.get("images", {}).get("trainer")
+        image = (
+            args.trainer_image
+            or sweep.spec.get("images", {}).get("trainer")
+            or os.environ.get("POLYPYTHIA_TRAINER_IMAGE")
+            or DEFAULT_TRAINER_IMAGE
+        )
         objects = [rayjob.render_rayjob(sweep, run, trainer_image=image) for run in runs]
         yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
         return 0

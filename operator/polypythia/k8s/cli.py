@@ -53,6 +53,11 @@ def main(args: argparse.Namespace) -> int:
         trainer_image=os.environ.get("POLYPYTHIA_TRAINER_IMAGE", ""),
         eval_image=os.environ.get("POLYPYTHIA_EVAL_IMAGE", ""),
         storage_endpoint=os.environ.get("POLYPYTHIA_S3_ENDPOINT") or None,
+        storage_defaults={
+            "endpoint": os.environ.get("POLYPYTHIA_S3_ENDPOINT"),
+            "bucket": os.environ.get("POLYPYTHIA_S3_BUCKET"),
+            "secretName": os.environ.get("POLYPYTHIA_S3_SECRET_NAME"),
+        },
         poll_interval=args.poll_interval,
         exporter=SweepExporter(),
     )

@@ -29,7 +29,7 @@ from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
-from polypythia.spec import SpecError, sweep_from_object
+from polypythia.spec import SpecError, sweep_from_object, with_storage_defaults
 
 RAY = ("ray.io", "v1", "rayjobs")
 AGGREGATE_EVENTS_OVER = 5
@@ -42,6 +42,7 @@ class OperatorConfig:
     trainer_image: str = ""
     eval_image: str = ""
     storage_endpoint: str | None = None
+    storage_defaults: dict = field(default_factory=dict)
     poll_interval: float = 10.0
     api_workers: int = 8
     exporter: SweepExporter = field(default_factory=SweepExporter)
@@ -149,6 +150,7 @@ class Operator:
         spec_obj = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj}
         try:
             sweep = sweep_from_object(spec_obj, source=f"{crd.KIND} {ns}/{name}", namespace=ns)
+            sweep = with_storage_defaults(sweep, self.config.storage_defaults)
             images = self._images(sweep.spec)
         except SpecError as exc:
             message = "; ".join(exc.errors)
