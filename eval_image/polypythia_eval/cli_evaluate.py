@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from polypythia.errors import UsageError
 from polypythia.storage import RunStore
 
 from polypythia_eval.evaluate import (
@@ -81,8 +80,6 @@ def main(args: argparse.Namespace) -> int:
     store = RunStore.open(
         args.run_uri, endpoint=args.endpoint, secure=not args.insecure, region=args.region
     )
-    if not store.complete_checkpoints() and args.steps != "all":
-        raise UsageError(f"{args.run_uri}: no complete checkpoints")
     summary = evaluate_run(
         args.run_uri, steps, options, store=store, log=lambda m: print(m, file=sys.stderr)
     )

@@ -79,3 +79,22 @@ def test_bad_input_exits_2_with_a_message(tiny_run, argv, message, capsys):
     assert cli.main(["evaluate", str(tiny_run), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_evaluates_and_reports_a_run_in_s3(s3_endpoint, tokenizer, tmp_path):
+    from polypythia_eval.report import render_report
+    from polypythia_eval.tiny import save_tiny_checkpoint
+
+    run_uri = f"{s3_endpoint.uri}/sw/sw-nano-s0"
+    store = RunStore.open(run_uri, **s3_endpoint.store_kwargs())
+    store.write_run_config({"sweep": "sw", "run": "sw-nano-s0", "size": "nano", "seed": 0})
+    store.commit_checkpoint(4, save_tiny_checkpoint(tmp_path / "ck", tokenizer=tokenizer))
+    argv = ["evaluate", run_uri, "--tasks", "none", "--endpoint", s3_endpoint.url, "--insecure"]
+    assert cli.main(argv) == 0
+    result = store.read_eval(4)
+    assert result["weight_stats"]["kinds"]["embedding"]["numel"] == 1024 * 64
+    assert result["polypythia"]["checkpoint"] == f"{run_uri}/checkpoints/step4"
+    index = render_report(
+        f"{s3_endpoint.uri}/sw", tmp_path / "report", **s3_endpoint.store_kwargs()
+    )
+    assert "sw-nano-s0" in index.read_text()
