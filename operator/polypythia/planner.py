@@ -188,26 +188,59 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
     }
 
 
+def init_block(sweep: Sweep, init: dict | None, size: str, base_uri: str) -> dict:
+    """The run config's `init`: strategy plus where its reference checkpoint lives."""
+    if init is None:
+        return {"strategy": "pythia", "name": None, "reference": None}
+    reference = init.get("reference")
+    block = {"strategy": init["strategy"], "name": init["name"], "reference": None}
+    if not reference:
+        return block
+    if "checkpoint" in reference:
+        checkpoint = reference["checkpoint"].replace("{size}", dns_label(size))
+        match = re.match(r"^(?P<run>.+)/checkpoints/step(?P<step>\d+)/?$", checkpoint)
+        block["reference"] = (
+            {"uri": match["run"], "step": int(match["step"])}
+            if match
+            else {"path": checkpoint}
+        )
+        return block
+    run = reference["run"]
+    name = run_name(sweep.name, run.get("size", size), run["seed"], run["init"])
+    step = reference.get("step", sweep.spec["training"]["steps"])
+    block["reference"] = {"uri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}", "step": step, "run": name}
+    return block
+
+
 def plan_sweep(sweep: Sweep, *, base_uri: str | None = None) -> list[RunPlan]:
     """All runs of a sweep in scheduling order: seed-major, so every size gets several
-    seeds early (the cross-seed comparison is the point of a sweep)."""
+    seeds early (the cross-seed comparison is the point of a sweep). With `inits`, a
+    run is (size, seed, init) and runs that need a reference run's checkpoint say so
+    in `requires`."""
     base_uri = base_uri or storage_uri(sweep)
     sizes = sweep.sizes()
+    inits = sweep.spec.get("inits") or [None]
     runs = []
-    for seed_index, seed in enumerate(sweep.seeds()):
-        for size_index, size in enumerate(sizes):
-            name = run_name(sweep.name, size, seed)
-            weight_seed, data_seed = seed_pair(sweep.spec["seeds"], seed)
-            runs.append(
-                RunPlan(
-                    name=name,
-                    size=size,
-                    seed=seed,
-                    weight_seed=weight_seed,
-                    data_seed=data_seed,
-                    init="pythia",
-                    order=seed_index * len(sizes) + size_index,
-                    config=run_config(sweep, size, seed, name, base_uri),
+    for seed in sweep.seeds():
+        for init in inits:
+            for size in sizes:
+                init_name = init["name"] if init else None
+                name = run_name(sweep.name, size, seed, init_name)
+                weight_seed, data_seed = seed_pair(sweep.spec["seeds"], seed)
+                config = run_config(sweep, size, seed, name, base_uri)
+                config["init"] = init_block(sweep, init, size, base_uri)
+                reference = config["init"]["reference"] or {}
+                runs.append(
+                    RunPlan(
+                        name=name,
+                        size=size,
+                        seed=seed,
+                        weight_seed=weight_seed,
+                        data_seed=data_seed,
+                        init=init_name or "pythia",
+                        order=len(runs),
+                        config=config,
+                        requires=reference.get("run"),
+                    )
                 )
-            )
     return runs

@@ -145,6 +145,7 @@ def semantic_errors(spec: dict) -> list[str]:
         errors.append(
             f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}"
         )
+    errors += _init_errors(spec)
     for index, shock in enumerate(training.get("perturbations", [])):
         if shock["step"] >= steps:
             errors.append(
@@ -172,6 +173,49 @@ def semantic_errors(spec: dict) -> list[str]:
             )
     if training["strategy"] == "ddp" and training.get("zeroStage", 0) not in (0, 1):
         errors.append("spec.training.zeroStage: only applies to strategy deepspeed")
+    return errors
+
+
+def _init_errors(spec: dict) -> list[str]:
+    """Init strategies: every non-pythia one needs a reference; a reference run must be a
+    `pythia` run of this sweep, so no run waits on a run that waits on it."""
+    errors: list[str] = []
+    inits = {init["name"]: init for init in spec.get("inits", [])}
+    one_of = ("list" in spec["seeds"]) != ("range" in spec["seeds"])
+    seeds = set(seed_list(spec["seeds"])) if one_of else set()
+    for index, init in enumerate(spec.get("inits", [])):
+        path = f"spec.inits[{index}]"
+        reference = init.get("reference")
+        if init["strategy"] == "pythia":
+            if reference:
+                errors.append(f"{path}.reference: the pythia strategy takes no reference")
+            continue
+        if not reference or ("checkpoint" in reference) == ("run" in reference):
+            errors.append(
+                f"{path}.reference: strategy {init['strategy']} needs exactly one of "
+                "`checkpoint` or `run`"
+            )
+            continue
+        run = reference.get("run")
+        if run is None:
+            continue
+        target = inits.get(run["init"])
+        if target is None:
+            errors.append(
+                f"{path}.reference.run.init: {run['init']!r} is not in spec.inits; "
+                f"allowed: {', '.join(inits)}"
+            )
+        elif target["strategy"] != "pythia":
+            errors.append(
+                f"{path}.reference.run.init: {run['init']!r} must use the pythia strategy "
+                "(a reference run cannot itself wait for a reference)"
+            )
+        if seeds and run["seed"] not in seeds:
+            errors.append(f"{path}.reference.run.seed: {run['seed']} is not in spec.seeds")
+        if "size" in run and run["size"] not in spec["sizes"]:
+            errors.append(f"{path}.reference.run.size: {run['size']!r} is not in spec.sizes")
+        if reference.get("step", 0) > spec["training"]["steps"]:
+            errors.append(f"{path}.reference.step: beyond spec.training.steps")
     return errors
 
 

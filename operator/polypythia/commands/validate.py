@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     sweep = load_sweep_file(args.sweep)
-    runs = len(sweep.seeds()) * len(sweep.sizes())
+    runs = len(planner.plan_sweep(sweep, base_uri="s3://plan"))
+    inits = len(sweep.spec.get("inits") or [None])
     if args.show_defaults:
         obj = {
             "apiVersion": "polypythia.io/v1alpha1",
@@ -32,7 +33,8 @@ def main(args: argparse.Namespace) -> int:
     steps = len(planner.checkpoint_steps(sweep.spec))
     print(
         f"{args.sweep}: valid {sweep.name}: {len(sweep.sizes())} size(s) x "
-        f"{len(sweep.seeds())} seed(s) = {runs} run(s), {steps} checkpoints each",
+        f"{len(sweep.seeds())} seed(s)" + (f" x {inits} inits" if inits > 1 else "")
+        + f" = {runs} run(s), {steps} checkpoints each",
         file=sys.stderr if args.show_defaults else sys.stdout,
     )
     return 0
