@@ -200,15 +200,17 @@ def init_block(sweep: Sweep, init: dict | None, size: str, base_uri: str) -> dic
         checkpoint = reference["checkpoint"].replace("{size}", dns_label(size))
         match = re.match(r"^(?P<run>.+)/checkpoints/step(?P<step>\d+)/?$", checkpoint)
         block["reference"] = (
-            {"uri": match["run"], "step": int(match["step"])}
-            if match
-            else {"path": checkpoint}
+            {"uri": match["run"], "step": int(match["step"])} if match else {"path": checkpoint}
         )
         return block
     run = reference["run"]
     name = run_name(sweep.name, run.get("size", size), run["seed"], run["init"])
     step = reference.get("step", sweep.spec["training"]["steps"])
-    block["reference"] = {"uri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}", "step": step, "run": name}
+    block["reference"] = {
+        "uri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}",
+        "step": step,
+        "run": name,
+    }
     return block
 
 

@@ -142,9 +142,7 @@ def semantic_errors(spec: dict) -> list[str]:
             )
     min_lr, peak = training.get("minLearningRate"), training.get("learningRate")
     if min_lr is not None and peak is not None and min_lr > peak:
-        errors.append(
-            f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}"
-        )
+        errors.append(f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}")
     errors += _init_errors(spec)
     for index, shock in enumerate(training.get("perturbations", [])):
         if shock["step"] >= steps:
@@ -281,8 +279,10 @@ def with_storage_defaults(sweep: Sweep, defaults: dict) -> Sweep:
             storage[name] = defaults[name]
     if not storage.get("bucket"):
         raise SpecError(
-            ["spec.storage.bucket: is required (the operator has no default bucket; "
-             "set it here or the chart's storage.bucket)"],
+            [
+                "spec.storage.bucket: is required (the operator has no default bucket; "
+                "set it here or the chart's storage.bucket)"
+            ],
             f"{crd.KIND} {sweep.namespace}/{sweep.name}",
         )
     return Sweep(sweep.name, sweep.namespace, spec, sweep.generation, sweep.uid, sweep.labels)

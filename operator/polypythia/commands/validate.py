@@ -33,7 +33,8 @@ def main(args: argparse.Namespace) -> int:
     steps = len(planner.checkpoint_steps(sweep.spec))
     print(
         f"{args.sweep}: valid {sweep.name}: {len(sweep.sizes())} size(s) x "
-        f"{len(sweep.seeds())} seed(s)" + (f" x {inits} inits" if inits > 1 else "")
+        f"{len(sweep.seeds())} seed(s)"
+        + (f" x {inits} inits" if inits > 1 else "")
         + f" = {runs} run(s), {steps} checkpoints each",
         file=sys.stderr if args.show_defaults else sys.stdout,
     )

@@ -150,7 +150,7 @@ class LocalDriver:
         for run in sorted(self.runs, key=lambda r: r.plan.order):
             if active >= self.max_concurrent:
                 return
-            if run.phase != PENDING:
+            if run.phase != PENDING or not self._reference_ready(run):
                 continue
             config_path = write_config(
                 self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
@@ -167,6 +167,24 @@ class LocalDriver:
             run.phase = RUNNING
             active += 1
             log.info("started %s", run.plan.name)
+
+    def _reference_ready(self, run: RunState) -> bool:
+        """A run initialised from another run's weights waits for that checkpoint."""
+        if run.plan.requires is None:
+            return True
+        reference = run.plan.config["init"]["reference"]
+        required = next(r for r in self.runs if r.plan.name == run.plan.requires)
+        if reference["step"] in required.checkpoints:
+            return True
+        if required.phase in (FAILED, STOPPED) or (
+            required.phase == SUCCEEDED and required.finished
+        ):
+            run.phase = FAILED
+            run.error = (
+                f"reference run {required.plan.name} ended ({required.phase}) without "
+                f"checkpoint step{reference['step']}"
+            )
+        return False
 
     def _reap(self) -> None:
         for run in self.runs:
@@ -193,7 +211,9 @@ class LocalDriver:
     def _sync(self, run: RunState, full: bool = False) -> None:
         """Read new telemetry and checkpoints; feed the spike detector."""
         try:
-            records = run.store.read_telemetry() if full else run.store.read_telemetry_since(run.step)
+            records = (
+                run.store.read_telemetry() if full else run.store.read_telemetry_since(run.step)
+            )
             run.checkpoints = run.store.complete_checkpoints()
             run.evaluated = set(run.store.evaluated_steps())
         except StorageError as exc:

@@ -77,7 +77,9 @@ class RunProcess:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b.*")
+EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b.*"
+)
 
 
 def last_error(log_path: Path) -> str:

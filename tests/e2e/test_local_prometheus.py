@@ -1,0 +1,84 @@
+"""End to end: a real Prometheus scrapes `polypythia run` while a spike is injected.
+
+User story: a researcher watches a sweep in Prometheus/Grafana; when a run's loss
+spikes, the spike counter moves and the PolyPythiaLossSpike alert fires.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.prometheus import PrometheusServer, free_port, prometheus_binary
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "charts" / "polypythia" / "files" / "prometheus-rules.yaml"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(prometheus_binary() is None, reason="needs the Debian prometheus package"),
+]
+
+
+def test_injected_spike_reaches_prometheus_and_fires_the_alert(tmp_path: Path) -> None:
+    sweep = tmp_path / "spike.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "polypythia.io/v1alpha1",
+                "kind": "PolyPythiaSweep",
+                "metadata": {"name": "spike"},
+                "spec": {
+                    "sizes": ["nano"],
+                    "seeds": {"list": [0]},
+                    "training": {
+                        "steps": 500,
+                        "globalBatchSize": 8,
+                        "sequenceLength": 32,
+                        "precision": "fp32",
+                        # A learning-rate blow-up: 100x for 5 steps from step 120.
+                        "perturbations": [{"step": 120, "steps": 5, "learningRateFactor": 100}],
+                    },
+                    "checkpoints": {"schedule": "every", "every": 250},
+                    "evaluation": {"tasks": [], "schedule": "none"},
+                },
+            }
+        )
+    )
+    port = free_port()
+    env = {**os.environ, "POLYPYTHIA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "polypythia.cli", "run", str(sweep), "--workdir",
+        str(tmp_path / "work"), "--metrics-port", str(port), "--no-report",
+    ]  # fmt: skip
+    with PrometheusServer(f"127.0.0.1:{port}", rule_files=[RULES]) as prom:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        try:
+            up = prom.wait_for(lambda: prom.query('up{job="polypythia"} == 1'), timeout=240)
+            assert up
+            spikes = prom.wait_for(
+                lambda: prom.query('polypythia_spikes_total{sweep="spike",signal="loss"} > 0'),
+                timeout=400,
+            )
+            assert spikes[0]["metric"]["size"] == "nano"
+            alert = prom.wait_for(
+                lambda: [
+                    a for a in prom.alerts() if a["labels"]["alertname"] == "PolyPythiaLossSpike"
+                ],
+                timeout=60,
+            )
+            assert alert[0]["state"] in ("pending", "firing")
+            assert alert[0]["labels"]["sweep"] == "spike"
+            loss = prom.query('polypythia_run_loss{sweep="spike"}')
+            assert loss and float(loss[0]["value"][1]) > 0
+        finally:
+            out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "spike-nano-s0" in out
