@@ -7,8 +7,10 @@ Run: PYTHONPATH=operator:trainer_image:eval_image .venv/bin/python bench/bench_e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,9 +96,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="items per lm-eval task")
     parser.add_argument("--checkpoints", type=int, default=2)
     args = parser.parse_args()
-    for line in bench_weight_stats(args.fit_sample):
-        print(json.dumps(line), flush=True)
-    print(json.dumps(bench_lm_eval(args.limit, args.checkpoints)), flush=True)
+    # Libraries (and native code) print progress to stdout: point fd 1 at stderr while
+    # working and keep the real stdout for the JSON lines only.
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    with contextlib.redirect_stdout(sys.stderr):
+        for line in bench_weight_stats(args.fit_sample):
+            print(json.dumps(line), file=out, flush=True)
+        print(json.dumps(bench_lm_eval(args.limit, args.checkpoints)), file=out, flush=True)
 
 
 if __name__ == "__main__":

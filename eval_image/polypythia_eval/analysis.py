@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
-
 from polypythia_eval.results import headline, task_scores
 from polypythia_eval.sources import RunData, SweepData
 from polypythia_eval.trainingmaps import TrainingMap, agreement, fit_training_map

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from polypythia.storage import RunStore
-
 from polypythia_eval.evaluate import (
     EvaluateOptions,
     evaluate_run,

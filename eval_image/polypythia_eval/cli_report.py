@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from polypythia.errors import UsageError
-
 from polypythia_eval.report import render_report
 
 

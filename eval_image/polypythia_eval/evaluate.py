@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
 from polypythia.errors import UsageError
 from polypythia.storage import RunStore, StorageNotFound
-
 from polypythia_eval.offline_tasks import (
     OfflineItems,
     expand_tasks,
@@ -136,31 +136,49 @@ def _check_device(device: str) -> str:
     return device
 
 
-def run_lm_eval(
-    model, tokenizer, tasks: list[str], include_path: Path | None, options: EvaluateOptions
-) -> dict:
+def task_manager(tasks: list[str], workdir: Path, items: OfflineItems):
+    """An lm-eval TaskManager that knows the offline tasks; UsageError for unknown names.
+
+    Built-in tasks are indexed only when a non-project task is asked for (indexing
+    the ~15,000 built-ins takes seconds).
+    """
+    from lm_eval.tasks import TaskManager
+
+    include = prepare_offline_tasks(tasks, workdir, items)
+    manager = TaskManager(
+        include_path=str(include) if include else None,
+        include_defaults=not all(is_offline(t) for t in tasks),
+    )
+    known = set(manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise UsageError(
+            f"--tasks: lm-eval knows no task {', '.join(map(repr, unknown))} "
+            "(see `lm_eval ls tasks`; pp_* are the project's offline tasks)"
+        )
+    return manager
+
+
+def run_lm_eval(model, tokenizer, manager, options: EvaluateOptions) -> dict:
     """Run lm-eval's ``simple_evaluate`` on an already loaded model; raw result dict."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    only_offline = all(is_offline(t) for t in tasks)
-    manager = TaskManager(
-        include_path=str(include_path) if include_path else None,
-        include_defaults=not only_offline,
-    )
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size)
-    return lm_eval.simple_evaluate(
+    result = lm_eval.simple_evaluate(
         model=lm,
-        tasks=tasks,
+        tasks=options.tasks,
         task_manager=manager,
         limit=options.limit,
         log_samples=True,
         bootstrap_iters=100,
     )
+    if result is None:
+        raise RuntimeError("lm-eval returned no results")
+    return result
 
 
-def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path) -> dict:
+def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path, manager=None):
     """Load one HF checkpoint folder and evaluate it; the result without run identity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,12 +196,9 @@ def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path
         timing["weight_stats"] = time.perf_counter() - t0
     if options.tasks:
         t0 = time.perf_counter()
-        include = prepare_offline_tasks(options.tasks, workdir, options.items)
+        manager = manager or task_manager(options.tasks, workdir, options.items)
         model.to(options.device)
-        raw = run_lm_eval(model, tokenizer, options.tasks, include, options)
-        if raw is None:
-            raise RuntimeError("lm-eval returned no results")
-        out.update(compact_results(raw))
+        out.update(compact_results(run_lm_eval(model, tokenizer, manager, options)))
         timing["lm_eval"] = time.perf_counter() - t0
     out["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
     return out
@@ -226,9 +241,10 @@ def evaluate_run(
     if not todo:
         return summary
     identity = _identity(store)
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="polypythia-eval-") as tmp:
         workdir = Path(options.workdir) if options.workdir else Path(tmp)
+        manager = task_manager(options.tasks, workdir, options.items) if options.tasks else None
         for step in todo:
             started = time.time()
             fetched = None
@@ -237,7 +253,7 @@ def evaluate_run(
                 if model_dir is None:
                     fetched = Path(tmp) / f"step{step}"
                     model_dir = store.fetch_checkpoint(step, fetched)
-                result = evaluate_checkpoint(model_dir, options, workdir)
+                result = evaluate_checkpoint(model_dir, options, workdir, manager)
             except (OSError, RuntimeError, ValueError, StorageNotFound) as exc:
                 summary.failed[step] = f"{type(exc).__name__}: {exc}"
                 log(f"step{step}: FAILED {summary.failed[step]}")

@@ -9,9 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from polypythia.monitoring.outliers import OutlierVerdict  # noqa: E402
 from polypythia.monitoring.spikes import SpikeEvent  # noqa: E402
-
 from polypythia_eval.analysis import loss_history  # noqa: E402
 from polypythia_eval.sources import RunData  # noqa: E402
 from polypythia_eval.trainingmaps import TrainingMap  # noqa: E402

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
 from polypythia import corpus
 from polypythia.errors import UsageError
 

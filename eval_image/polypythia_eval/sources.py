@@ -80,7 +80,7 @@ def _run_from_store(store, name: str) -> RunData:
             run.problems.append(f"{what} unreadable ({exc})")
     if not run.telemetry:
         run.problems.append("no telemetry yet")
-    if not run.checkpoints:
+    if not run.checkpoints and not run.evals:
         run.problems.append("no complete checkpoint yet")
     if not run.evals:
         run.problems.append("no evaluation results yet")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from support.fixtures import s3_endpoint  # noqa: F401  (fixture)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from polypythia_eval.trainingmaps import agreement, cohen_kappa, fit_training_map
 from polypythia_eval.weightstats import (
     StatsConfig,

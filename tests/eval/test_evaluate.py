@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from polypythia import cli
 from polypythia.storage import RunStore
 from polypythia_eval.evaluate import EvaluateOptions, evaluate_run

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from polypythia import cli
 from polypythia.storage import RunStore
 from polypythia_eval.report import render_report

@@ -46,7 +46,7 @@ def test_killed_run_resumes_bit_identically(tmp_path) -> None:
     run = RunStore.open(str(store))
     deadline = time.monotonic() + 300
     try:
-        while not (store / "checkpoints").is_dir() or max(run.complete_checkpoints()) < 8:
+        while max(run.complete_checkpoints(), default=-1) < 8:
             assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint at step 8 within 300 s"
             time.sleep(0.05)

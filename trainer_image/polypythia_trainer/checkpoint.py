@@ -71,6 +71,9 @@ def write_checkpoint(
 ) -> None:
     """Write one checkpoint folder (rank 0 only); ``optimizer_states`` has one entry per rank
     when the optimiser is sharded (ZeRO 1/2), else one."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per checkpoint would flood the logs
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     save_tokenizer(out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -23,6 +24,15 @@ def pythia_lr(
     return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
 
 
+def shock(step: int, perturbations: Sequence[Mapping]) -> float:
+    """The learning-rate factor the perturbations apply to the update producing ``step``."""
+    factor = 1.0
+    for p in perturbations:
+        if p["step"] <= step < p["step"] + p.get("steps", 1):
+            factor *= p["learningRateFactor"]
+    return factor
+
+
 def pythia_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
@@ -30,8 +40,14 @@ def pythia_scheduler(
     minimum: float,
     warmup_steps: int,
     total_steps: int,
+    perturbations: Sequence[Mapping] = (),
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR over ``pythia_lr``; the optimiser's initial lr must be ``peak``."""
+    """A LambdaLR over ``pythia_lr``; the optimiser's initial lr must be ``peak``.
+
+    ``perturbations`` (the sweep's ``training.perturbations``) multiply the rate by
+    ``learningRateFactor`` for the updates that produce steps ``step`` to
+    ``step + steps - 1``: a deliberate shock for studying spike recovery.
+    """
     for group in optimizer.param_groups:
         group["lr"] = peak
         group["initial_lr"] = peak
@@ -42,6 +58,6 @@ def pythia_scheduler(
         lr = pythia_lr(
             step, peak=peak, minimum=minimum, warmup_steps=warmup_steps, total_steps=total_steps
         )
-        return lr / peak
+        return lr / peak * shock(step + 1, perturbations)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

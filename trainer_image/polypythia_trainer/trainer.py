@@ -19,6 +19,7 @@ from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
 from polypythia_trainer.model import build_model, lm_loss, load_weights
 from polypythia_trainer.parallel import build_engine
+from polypythia_trainer.inits import apply_init
 from polypythia_trainer.schedule import pythia_scheduler
 from polypythia_trainer.telemetry import (
     AttentionLogitProbe,
@@ -73,6 +74,14 @@ class Trainer:
         if resume_step is not None:
             ckpt_dir = self._fetch(resume_step)
             load_weights(model, ckpt_dir)
+        else:
+            apply_init(
+                model,
+                cfg.raw.get("init") or {},
+                cfg.weight_seed,
+                storage=cfg.raw.get("storage"),
+                work_dir=self.work_dir,
+            )
         self.engine = build_engine(model, training, self.precision, device)
         self.module = self.engine.module
         self.scheduler = pythia_scheduler(
@@ -81,6 +90,7 @@ class Trainer:
             minimum=training.min_learning_rate,
             warmup_steps=training.warmup_steps,
             total_steps=training.steps,
+            perturbations=cfg.raw["training"].get("perturbations") or (),
         )
         self.step = 0
         self.resumed_from = resume_step

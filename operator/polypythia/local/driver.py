@@ -20,6 +20,7 @@ from pathlib import Path
 from polypythia import planner
 from polypythia.errors import UsageError
 from polypythia.local.processes import RunProcess, write_config
+from polypythia.monitoring.outliers import OutlierVerdict, Point, cross_seed_z, find_outliers
 from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
@@ -51,6 +52,9 @@ class RunState:
     checkpoints: list[int] = field(default_factory=list)
     evaluated: set[int] = field(default_factory=set)
     spikes: list[SpikeEvent] = field(default_factory=list)
+    checkpoint_losses: dict[int, float] = field(default_factory=dict)
+    outlier: OutlierVerdict | None = None
+    outlier_z: float | None = None
     error: str | None = None
     process: RunProcess | None = None
     detector: RunSpikeDetector | None = None
@@ -224,8 +228,11 @@ class LocalDriver:
             run.spikes = []
         records = [r for r in records if full or r["step"] > run.step]
         events: list[SpikeEvent] = []
+        planned = set(run.plan.config["checkpoints"]["steps"])
         for record in records:
             events += run.detector.feed(record["step"], record["loss"], record.get("grad_norm"))
+            if record["step"] in planned:
+                run.checkpoint_losses[record["step"]] = record["loss"]
             run.step = record["step"]
             run.loss = record["loss"]
             run.tokens_per_s = record.get("tokens_per_s")
@@ -234,8 +241,25 @@ class LocalDriver:
             self.exporter.observe_records(run, records, events)
 
     def _export(self) -> None:
+        self._outliers()
         if self.exporter is not None:
             self.exporter.observe_sweep(self)
+
+    def _outliers(self) -> None:
+        """Cross-seed robust z-scores of the loss at checkpoints, per size and init."""
+        points = [
+            Point(f"{run.plan.size}/{run.plan.init}", run.plan.name, step, loss)
+            for run in self.runs
+            for step, loss in run.checkpoint_losses.items()
+        ]
+        settings = self.settings.outliers
+        latest: dict[str, tuple[int, float]] = {}
+        for (_, name), series in cross_seed_z(points, settings.min_runs).items():
+            latest[name] = max(series)
+        verdicts = {v.run: v for v in find_outliers(points, "loss", settings)}
+        for run in self.runs:
+            run.outlier = verdicts.get(run.plan.name)
+            run.outlier_z = latest[run.plan.name][1] if run.plan.name in latest else None
 
     # -- evaluation ------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class LocalExporter:
                 evaluations=len(run.evaluated),
                 evaluations_pending=len(driver.to_evaluate(run)),
             )
+            if run.outlier_z is not None:
+                self.metrics.set_outlier(labels, "loss", run.outlier_z, run.outlier is not None)
 
     def close(self) -> None:
         self.server.close()

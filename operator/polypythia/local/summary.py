@@ -25,12 +25,15 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
                 len(run.checkpoints),
                 len(run.evaluated),
                 len(run.spikes),
+                f"yes (z={run.outlier.score:.1f} from step {run.outlier.first_step})"
+                if run.outlier
+                else "no",
             ]
         )
     print()
     print(
         render_table(
-            ["RUN", "SIZE", "SEED", "PHASE", "STEP", "LOSS", "CKPTS", "EVALS", "SPIKES"], rows
+            ["RUN", "SIZE", "SEED", "PHASE", "STEP", "LOSS", "CKPTS", "EVALS", "SPIKES", "OUTLIER"], rows
         )
     )
     for run in driver.runs:

@@ -1,0 +1,273 @@
+"""Initialisation studies: start a run from a trained model's per-tensor weight distribution.
+
+Strategies (``init.strategy`` in the run config):
+
+- ``pythia``: the standard recipe; the trainer has already applied it, nothing to do here.
+- ``permute``: each reference tensor's entries in a random order (the exact multiset).
+- ``empirical``: i.i.d. draws from each reference tensor's empirical quantile function
+  (linear interpolation between sorted values).
+- ``studentt``: a Student-t (loc, scale, df) fitted by maximum likelihood (EM) to each tensor,
+  then sampled.
+- ``matched-gaussian``: a normal with each tensor's mean and standard deviation.
+
+Which tensors: every parameter of the model follows the same rule, LayerNorm weights and
+biases included (they are part of the trained distribution too). Buffers (rotary
+``inv_freq``, attention masks) are never touched. A constant tensor (e.g. an untrained
+LayerNorm weight of ones) is copied unchanged by every strategy: it has no spread to sample.
+
+Determinism: each tensor gets its own generator seeded from SHA-256 of (seed, tensor name),
+so the result does not depend on tensor order, Python's hash seed or the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from polypythia.errors import UsageError
+
+STRATEGIES = ("pythia", "permute", "empirical", "studentt", "matched-gaussian")
+DERIVED = STRATEGIES[1:]
+REFERENCE_FIELD = "spec.inits[].reference"
+FIT_SAMPLE = 100_000  # entries the Student-t fit sees at most
+
+# transformers renamed the GPT-NeoX output layer; seeds and lookups use the checkpoint name.
+_ALIASES = {"lm_head.weight": "embed_out.weight", "embed_out.weight": "lm_head.weight"}
+_CANONICAL = {"lm_head.weight": "embed_out.weight"}
+# Buffers older GPT-NeoX checkpoints (e.g. the Pythia release) stored with the weights.
+_LEGACY_BUFFERS = (".attention.bias", ".attention.masked_bias", ".inv_freq")
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed from (run seed, tensor name), stable across processes."""
+    canonical = _CANONICAL.get(name, name)
+    digest = hashlib.sha256(f"{int(seed)}\0{canonical}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _is_constant(flat: torch.Tensor) -> bool:
+    return flat.numel() == 0 or bool((flat == flat[0]).all())
+
+
+def derive_tensor(
+    strategy: str, reference: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """A new tensor of the reference's shape and dtype, drawn by ``strategy`` from its entries."""
+    if strategy not in DERIVED:
+        raise UsageError(f"init.strategy: {strategy!r} derives no tensors; use one of {DERIVED}")
+    flat = reference.detach().reshape(-1).to("cpu")
+    if not torch.isfinite(flat.float()).all():
+        raise UsageError(f"{REFERENCE_FIELD}: reference tensor holds NaN or infinite values")
+    if _is_constant(flat):
+        return reference.detach().to("cpu").clone()
+    if strategy == "permute":
+        out = flat[torch.randperm(flat.numel(), generator=generator)]
+    elif strategy == "empirical":
+        out = _sample_quantiles(flat, generator)
+    elif strategy == "matched-gaussian":
+        values = flat.double()
+        mean, std = values.mean(), values.std()
+        out = torch.randn(flat.numel(), generator=generator, dtype=torch.float64) * std + mean
+    else:
+        out = _sample_studentt(flat, generator)
+    return out.to(reference.dtype).reshape(reference.shape)
+
+
+def _sample_quantiles(flat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Inverse-CDF sampling: uniform u -> sorted[u (n-1)], linearly interpolated."""
+    ordered = torch.sort(flat.double()).values
+    n = ordered.numel()
+    pos = torch.rand(n, generator=generator, dtype=torch.float64) * (n - 1)
+    low = pos.floor().long().clamp_(max=n - 2)
+    frac = pos - low
+    return ordered[low] + frac * (ordered[low + 1] - ordered[low])
+
+
+def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy generator seeded from the torch one (numpy has a Student-t sampler)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return np.random.default_rng(seed)
+
+
+def _sample_studentt(flat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    rng = _numpy_rng(generator)
+    values = flat.double().numpy()
+    if values.size > FIT_SAMPLE:
+        values = values[rng.choice(values.size, FIT_SAMPLE, replace=False)]
+    loc, scale, df = fit_studentt(values)
+    draws = loc + scale * rng.standard_t(df, size=flat.numel())
+    return torch.from_numpy(draws)
+
+
+def fit_studentt(
+    values: np.ndarray, *, max_iter: int = 500, tol: float = 1e-7
+) -> tuple[float, float, float]:
+    """Maximum-likelihood (loc, scale, df) of a Student-t by EM (Liu & Rubin 1995).
+
+    Much faster than ``scipy.stats.t.fit`` at the same optimum; starts from the median,
+    the MAD and a kurtosis-based df. df is kept in [0.5, 1e4] (1e4 is as good as Gaussian).
+    """
+    from scipy.optimize import brentq
+    from scipy.special import digamma
+
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError("a Student-t fit needs at least two distinct values")
+    loc = float(np.median(x))
+    scale = float(1.4826 * np.median(np.abs(x - loc))) or float(x.std())
+    centred = x - x.mean()
+    kurt = float(np.mean(centred**4) / np.mean(centred**2) ** 2 - 3.0)
+    df = float(np.clip(6.0 / kurt + 4.0, 0.5, 1e4)) if kurt > 0 else 1e4
+    for _ in range(max_iter):
+        d2 = ((x - loc) / scale) ** 2
+        w = (df + 1.0) / (df + d2)
+        new_loc = float(np.sum(w * x) / np.sum(w))
+        new_scale = float(np.sqrt(np.mean(w * (x - new_loc) ** 2)))
+        c = 1.0 + np.mean(np.log(w) - w) + digamma((df + 1) / 2) - np.log((df + 1) / 2)
+
+        def score(v: float, c: float = c) -> float:
+            return float(np.log(v / 2) - digamma(v / 2) + c)
+
+        new_df = 1e4 if score(1e4) > 0 else (0.5 if score(0.5) < 0 else brentq(score, 0.5, 1e4))
+        done = (
+            abs(new_loc - loc) <= tol * new_scale
+            and abs(new_scale - scale) <= tol * new_scale
+            and abs(new_df - df) <= tol * max(new_df, 1.0)
+        )
+        loc, scale, df = new_loc, new_scale, float(new_df)
+        if done or scale == 0:
+            break
+    if not (np.isfinite(loc) and np.isfinite(scale) and scale > 0):
+        raise ValueError(f"Student-t fit did not converge (loc={loc}, scale={scale}, df={df})")
+    return loc, scale, df
+
+
+def derive_state(
+    strategy: str, reference_state: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """Every tensor of ``reference_state`` derived by ``strategy``, deterministic in ``seed``."""
+    out = {}
+    for name in sorted(reference_state):
+        gen = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, name))
+        try:
+            out[name] = derive_tensor(strategy, reference_state[name], gen)
+        except UsageError as exc:
+            raise UsageError(f"{exc} (tensor {name})") from None
+    return out
+
+
+def load_reference_state(
+    reference: dict, *, storage: dict | None = None, work_dir: Path
+) -> dict[str, torch.Tensor]:
+    """The tensors of a reference checkpoint: ``{"path": dir}`` or ``{"uri": run, "step": N}``."""
+    from polypythia.storage import RunStore
+    from polypythia.storage.base import StorageNotFound
+
+    if not isinstance(reference, dict):
+        raise UsageError(
+            f"{REFERENCE_FIELD}: expected {{path}} or {{uri, step}}, got {reference!r}"
+        )
+    if "path" in reference:
+        folder = Path(str(reference["path"]))
+    elif "uri" in reference and "step" in reference:
+        try:
+            step = int(reference["step"])
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{REFERENCE_FIELD}.step: expected an integer, got {reference['step']!r}"
+            ) from None
+        storage = storage or {}
+        runs = RunStore.open(
+            str(reference["uri"]),
+            endpoint=storage.get("endpoint"),
+            secure=storage.get("secure", True),
+            region=storage.get("region", "us-east-1"),
+        )
+        try:
+            folder = runs.local_path(step) or runs.fetch_checkpoint(
+                step, Path(work_dir) / "init-reference" / f"step{step}"
+            )
+        except StorageNotFound:
+            raise UsageError(
+                f"{REFERENCE_FIELD}: {runs.uri} has no complete checkpoint at step {step} "
+                f"(complete: {runs.complete_checkpoints() or 'none'})"
+            ) from None
+    else:
+        raise UsageError(
+            f"{REFERENCE_FIELD}: expected {{path: dir}} or {{uri: run URI, step: N}}, "
+            f"got keys {sorted(reference)}"
+        )
+    return _read_safetensors(folder)
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        raise UsageError(f"{REFERENCE_FIELD}: {folder} holds no *.safetensors checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as exc:  # safetensors raises its own untyped errors on bad files
+            raise UsageError(
+                f"{REFERENCE_FIELD}: {file}: not a readable safetensors file ({exc})"
+            ) from None
+    return state
+
+
+def match_reference(model: nn.Module, reference_state: dict[str, torch.Tensor]) -> dict:
+    """Reference tensors keyed by the model's parameter names; every shape checked."""
+    params = dict(model.named_parameters())
+    buffers = set(dict(model.named_buffers()))
+    matched, used = {}, set()
+    for name, param in params.items():
+        key = name if name in reference_state else _ALIASES.get(name)
+        if key not in reference_state:
+            raise UsageError(f"{REFERENCE_FIELD}: reference checkpoint lacks parameter {name}")
+        ref = reference_state[key]
+        if tuple(ref.shape) != tuple(param.shape):
+            raise UsageError(
+                f"{REFERENCE_FIELD}: tensor {name} has shape {tuple(ref.shape)} in the reference "
+                f"but {tuple(param.shape)} in this run's model"
+            )
+        matched[name] = ref
+        used.add(key)
+    extra = [
+        k
+        for k in sorted(set(reference_state) - used)
+        if k not in buffers and not k.endswith(_LEGACY_BUFFERS)
+    ]
+    if extra:
+        raise UsageError(
+            f"{REFERENCE_FIELD}: reference has tensors this run's model lacks: {', '.join(extra)}"
+        )
+    return matched
+
+
+@torch.no_grad()
+def apply_init(
+    model: nn.Module,
+    init: dict,
+    weight_seed: int,
+    *,
+    storage: dict | None = None,
+    work_dir: Path,
+) -> None:
+    """Overwrite the model's parameters in place with the run's init strategy (buffers untouched)."""
+    strategy = (init or {}).get("strategy", "pythia")
+    if strategy not in STRATEGIES:
+        raise UsageError(f"init.strategy: {strategy!r} is not one of {STRATEGIES}")
+    if strategy == "pythia":
+        return
+    if not init.get("reference"):
+        raise UsageError(f"{REFERENCE_FIELD}: strategy {strategy!r} needs a reference checkpoint")
+    state = load_reference_state(init["reference"], storage=storage, work_dir=work_dir)
+    derived = derive_state(strategy, match_reference(model, state), weight_seed)
+    for name, param in model.named_parameters():
+        param.copy_(derived[name].to(device=param.device, dtype=param.dtype))
