@@ -14,6 +14,7 @@ import time
 
 import psutil
 from k8s.harness import Cluster, sweep_body
+
 from support.moto_s3 import shared_s3_server
 
 POLL = 1.0

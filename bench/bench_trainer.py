@@ -60,21 +60,21 @@ def run_config(size: str, store: str, steps: int, workers: int = 1) -> dict:
     }
 
 
-def time_ours(cfg: RunConfig, data, store, steps: int, instrument: bool, work: Path) -> float:
-    """Seconds per step of Trainer.train_step plus telemetry buffering and flushing."""
+def our_step(cfg: RunConfig, data, store, instrument: bool, work: Path):
+    """One step of Trainer.train_step plus telemetry buffering (and its periodic flush)."""
     trainer = Trainer(
-        cfg, data=data, store=store, device=torch.device("cpu"), work_dir=work, instrument=instrument
+        cfg,
+        data=data,
+        store=store,
+        device=torch.device("cpu"),
+        work_dir=work,
+        instrument=instrument,
     )
-    trainer.buffer.add(trainer.train_step())  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        trainer.buffer.add(trainer.train_step())
-    trainer.close()
-    return (time.perf_counter() - t0) / steps
+    return lambda i: trainer.buffer.add(trainer.train_step())
 
 
-def time_plain(cfg: RunConfig, data, steps: int) -> float:
-    """Seconds per step of the textbook loop: same model, batches, AdamW, clipping, schedule."""
+def plain_step(cfg: RunConfig, data):
+    """One step of the textbook loop: same model, batches, AdamW, clipping and schedule."""
     t = cfg.training
     model = build_model(cfg.model, cfg.weight_seed)
     opt = torch.optim.AdamW(
@@ -106,26 +106,30 @@ def time_plain(cfg: RunConfig, data, steps: int) -> float:
         sched.step()
         return total
 
-    step(0)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i + 1)
-    return (time.perf_counter() - t0) / steps
+    return step
 
 
-def bench_preset(size: str, steps: int, rounds: int) -> dict:
+def bench_preset(size: str, steps: int) -> dict:
+    """Steps of the three loops taken in turn, so a busy neighbour slows all three alike."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = run_config(size, f"{tmp}/store", steps + 1)
         cfg = RunConfig.from_dict(raw)
         data = open_data(cfg, Path(os.environ.get("POLYPYTHIA_CACHE", Path(tmp) / "cache")))
         store = open_run_store(cfg)
-        plain, ours, bare = [], [], []
-        for r in range(rounds):  # interleaved, so a busy neighbour hits all three alike
-            plain.append(time_plain(cfg, data, steps))
-            ours.append(time_ours(cfg, data, store, steps, True, Path(tmp) / f"w{r}"))
-            bare.append(time_ours(cfg, data, store, steps, False, Path(tmp) / f"b{r}"))
+        loops = {
+            "plain": plain_step(cfg, data),
+            "ours": our_step(cfg, data, store, True, Path(tmp) / "ours"),
+            "bare": our_step(cfg, data, store, False, Path(tmp) / "bare"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in loops}
+        for i in range(steps + 1):
+            for name, step in loops.items():
+                t0 = time.perf_counter()
+                step(i)
+                if i:  # the first step of each warms up
+                    times[name].append(time.perf_counter() - t0)
     tokens = GLOBAL * SEQ
-    plain_s, ours_s, bare_s = (statistics.median(x) for x in (plain, ours, bare))
+    plain_s, ours_s, bare_s = (statistics.median(times[n]) for n in ("plain", "ours", "bare"))
     peak = device_peak_flops(torch.device("cpu"))
     model = build_model(cfg.model, 0)
     fpt = flops_per_token(model.config, SEQ)
@@ -141,7 +145,6 @@ def bench_preset(size: str, steps: int, rounds: int) -> dict:
         "mfu": round(tokens / ours_s * fpt / peak, 5) if peak else None,
         "threads": torch.get_num_threads(),
         "steps": steps,
-        "rounds": rounds,
     }
 
 
@@ -164,13 +167,12 @@ def bench_ray_startup(size: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sizes", default="nano,micro")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray start-up figure")
     args = parser.parse_args()
     for size in args.sizes.split(","):
-        print(json.dumps(bench_preset(size, args.steps, args.rounds)), flush=True)
+        print(json.dumps(bench_preset(size, args.steps)), flush=True)
     if not args.no_ray:
         print(json.dumps(bench_ray_startup(args.sizes.split(",")[0])), flush=True)
 

@@ -184,7 +184,8 @@ def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # float32 whatever the checkpoint was saved in (the dtype kwarg differs across versions).
+    model = AutoModelForCausalLM.from_pretrained(model_dir).float()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     timing["load"] = time.perf_counter() - t0

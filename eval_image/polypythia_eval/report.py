@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polypythia_eval import figures
 from polypythia_eval.analysis import Analysis, analyse, eval_table, loss_history, ordered_tasks
+from polypythia_eval.init_study import render_init_section, study
 from polypythia_eval.results import json_safe
 from polypythia_eval.sources import (
     SweepData,
@@ -186,6 +187,26 @@ def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "")
     return "\n".join(parts)
 
 
+def init_records(sweep: SweepData) -> list[dict]:
+    """Loss histories of the runs of an init study, in init_study's record format."""
+    records = []
+    for run in sweep.runs:
+        if run.init is None or not run.telemetry:
+            continue
+        records.append(
+            {
+                "run": run.name,
+                "size": run.size.removesuffix(f"-{run.init}"),
+                "seed": run.seed,
+                "init": run.init,
+                "strategy": run.strategy,
+                "steps": [r["step"] for r in run.telemetry],
+                "loss": [r["loss"] for r in run.telemetry],
+            }
+        )
+    return records
+
+
 def load_source(source: str, run_errors: dict[str, str] | None = None, **store_kwargs):
     """A sweep from storage, or a folder of lm-eval result files (auto-detected)."""
     if not source.startswith("s3://") and is_result_folder(source):
@@ -214,6 +235,11 @@ def render_report(
     result = analyse(sweep)
     body = [_sweep_body(sweep, result, out)]
     summary = _summary(sweep, result)
+    studied = init_records(sweep)
+    if len({r["init"] for r in studied}) > 1:
+        init_result = study(studied)
+        body.append(render_init_section(init_result, out))
+        summary["init_study"] = {size: part["rows"] for size, part in init_result["sizes"].items()}
     if pythia_evals:
         ref = load_result_files(pythia_evals)
         ref_result = analyse(ref)

@@ -28,6 +28,8 @@ class RunData:
     evals: dict[int, dict] = field(default_factory=dict)
     checkpoints: list[int] = field(default_factory=list)
     planned_steps: int | None = None
+    init: str | None = None
+    strategy: str | None = None
     problems: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -64,6 +66,11 @@ def _run_from_store(store, name: str) -> RunData:
     try:
         cfg = store.read_run_config()
         run.size = str(cfg.get("size", "?"))
+        init = cfg.get("init") or {}
+        if init.get("name"):
+            # A sweep with an init axis compares seeds within (size, init): one group each.
+            run.init, run.strategy = init["name"], init.get("strategy", "pythia")
+            run.size = f"{run.size}-{run.init}"
         run.seed = cfg.get("seed")
         run.data_seed = cfg.get("dataSeed", run.seed)
         run.planned_steps = (cfg.get("training") or {}).get("steps")

@@ -89,9 +89,7 @@ def get(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UnknownPresetError(
-            f"unknown size {name!r}; allowed: {', '.join(PRESETS)}"
-        ) from None
+        raise UnknownPresetError(f"unknown size {name!r}; allowed: {', '.join(PRESETS)}") from None
 
 
 def hf_config(preset: Preset, **overrides):

@@ -88,7 +88,10 @@ def test_resolved_config_follows_pythia_and_overrides() -> None:
     s = sweep(
         sizes=["70m"],
         training={"steps": 1000, "learningRate": 5e-4, "globalBatchSize": 64},
-        resources={"default": {"workers": 2, "gpusPerWorker": 1}, "perSize": {"70m": {"workers": 4}}},
+        resources={
+            "default": {"workers": 2, "gpusPerWorker": 1},
+            "perSize": {"70m": {"workers": 4}},
+        },
     )
     config = planner.plan_sweep(s, base_uri="s3://bucket/sweeps")[0].config
     assert config["model"]["hiddenSize"] == 512 and config["model"]["rotaryPct"] == 0.25

@@ -70,14 +70,26 @@ def test_explicit_values_are_kept() -> None:
         ({"training": {"steps": -5}}, "spec.training.steps: must be >= 1, got -5"),
         ({"training": {"steps": "many"}}, "spec.training.steps: must be of type integer"),
         ({"training": {"stepz": 3}}, "spec.training: unknown field(s) 'stepz'; allowed: "),
-        ({"training": {"strategy": "fsdp"}}, "spec.training.strategy: 'fsdp' is not allowed; allowed: ddp, deepspeed"),
+        (
+            {"training": {"strategy": "fsdp"}},
+            "spec.training.strategy: 'fsdp' is not allowed; allowed: ddp, deepspeed",
+        ),
         ({"seeds": {"list": [1], "range": {"count": 2}}}, "spec.seeds: give exactly one of"),
         ({"seeds": {}}, "spec.seeds: give exactly one of"),
         ({"checkpoints": {"schedule": "every"}}, "spec.checkpoints.every: is required when"),
-        ({"data": {"format": "megatron"}}, "spec.data.path: is required when spec.data.format is megatron"),
+        (
+            {"data": {"format": "megatron"}},
+            "spec.data.path: is required when spec.data.format is megatron",
+        ),
         ({"training": {"precision": "bf16"}}, "spec.training.precision: bf16 needs GPUs"),
-        ({"training": {"globalBatchSize": 10}, "resources": {"default": {"workers": 3}}}, "not divisible by the 3 workers"),
-        ({"resources": {"perSize": {"3m": {"workers": 1}}}}, "spec.resources.perSize.3m: unknown size"),
+        (
+            {"training": {"globalBatchSize": 10}, "resources": {"default": {"workers": 3}}},
+            "not divisible by the 3 workers",
+        ),
+        (
+            {"resources": {"perSize": {"3m": {"workers": 1}}}},
+            "spec.resources.perSize.3m: unknown size",
+        ),
         ({"training": {"sequenceLength": 4096}}, "exceeds the nano preset's maximum of 2048"),
     ],
 )
@@ -115,7 +127,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (yaml.safe_dump(minimal(training={"steps": -1})), "spec.training.steps: must be >= 1"),
     ],
 )
-def test_validate_cli_exit_code_2_without_traceback(tmp_path: Path, text: str, expected: str) -> None:
+def test_validate_cli_exit_code_2_without_traceback(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     result = run_cli("validate", str(write(tmp_path, text)))
     assert result.returncode == 2
     assert expected in result.stderr

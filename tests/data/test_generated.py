@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from polypythia.errors import UsageError
 from polypythia_trainer.data import generated, open_training_data
 

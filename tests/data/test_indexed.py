@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
+
 from polypythia.cli import main as cli_main
 from polypythia_trainer.data.indexed import (
     IndexedDataset,
@@ -16,7 +18,6 @@ from polypythia_trainer.data.indexed import (
 )
 from polypythia_trainer.data.sources import LocalFile
 from polypythia_trainer.data.training import local_dataset
-from tokenizers import Tokenizer
 
 
 def reference_read(prefix: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray, bytes]:

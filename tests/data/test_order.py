@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from polypythia_trainer.data import batch_index
 from polypythia_trainer.data.order import merge_ranges, permute, round_keys, sample_ids
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from polypythia.errors import UsageError
 from polypythia.storage import S3Store, open_store
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data

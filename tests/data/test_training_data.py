@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from polypythia.errors import UsageError
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data
 from polypythia_trainer.data.tokenizer import save_hf, train_bpe

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from support.moto_s3 import shared_s3_server
 
 from k8s.harness import Cluster
+from support.moto_s3 import shared_s3_server
 
 
 @pytest.fixture(scope="module")

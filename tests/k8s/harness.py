@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes
+
 from support.k8s_emulator import ClusterEmulator, EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ import json
 
 import pytest
 import yaml
-from polypythia.k8s.rayjob import config_of, kuberay_rule_errors
-from support.k8s_schema import schema_for
 
 from k8s.harness import RAYJOB_CRD, ROOT, sweep_body
+from polypythia.k8s.rayjob import config_of, kuberay_rule_errors
+from support.k8s_schema import schema_for
 
 RULES = ROOT / "charts" / "polypythia" / "files" / "operator-rbac-rules.yaml"
 

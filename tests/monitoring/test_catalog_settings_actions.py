@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from polypythia.errors import UsageError
 from polypythia.monitoring import catalog
 from polypythia.monitoring.actions import decide_rewind

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from polypythia.cli import main
 from polypythia.monitoring.synthetic import make_history
 

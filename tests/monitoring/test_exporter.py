@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from polypythia.monitoring import catalog
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import RunSpikeDetector
 from polypythia.monitoring.synthetic import make_history
-from prometheus_client.parser import text_string_to_metric_families
 from support.prometheus import promtool
 
 RUN = RunLabels("default", "tiny", "nano", "0")

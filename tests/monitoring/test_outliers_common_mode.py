@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from polypythia.monitoring.common_mode import CommonModeTracker, label_common_mode
 from polypythia.monitoring.outliers import OutlierSettings, Point, find_outliers, robust_z
 from polypythia.monitoring.spikes import SpikeEvent

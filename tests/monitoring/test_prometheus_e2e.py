@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import RunSpikeDetector
 from polypythia.monitoring.synthetic import make_history

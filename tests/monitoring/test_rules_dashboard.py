@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
+
 from polypythia.monitoring import catalog
 from support.prometheus import promtool
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeSettings
 from polypythia.monitoring.synthetic import make_history
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from polypythia.storage import ObjectStore, open_store
 from support.fixtures import s3_endpoint  # noqa: F401  (fixture)
 

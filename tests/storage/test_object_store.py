@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from polypythia.storage import LocalStore, ObjectStore, StorageNotFound
 from polypythia.storage.local import TEMP_MARK, atomic_write
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from polypythia.storage import StorageNotFound, open_store
 from polypythia.storage import s3 as s3_module
 from support.fixtures import S3Endpoint

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from polypythia.storage import ObjectStore, RunStore, S3Store, StorageUnavailable
 from support.moto_s3 import free_port
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from polypythia.errors import UsageError
 from polypythia.storage import LocalStore, S3Store, StorageError, open_store
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from trainer_helpers import nano_config
 
 from polypythia.cli import main as cli_main
 from polypythia.errors import UsageError
 from polypythia_trainer.cli import load_config
 from polypythia_trainer.config import RunConfig
 from polypythia_trainer.launch import check_config
-from trainer_helpers import nano_config
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from trainer_helpers import losses, nano_config, run_group
 
 from polypythia.storage import RunStore
 from polypythia_trainer.loop import run_worker
-from trainer_helpers import losses, nano_config, run_group
 
 STEPS = 4
 FAST = {"steps": STEPS, "checkpoints": {"steps": [0, 2]}}

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from trainer_helpers import losses, nano_config
+
 from polypythia.storage import RunStore
 from polypythia_trainer.loop import run_worker
-from trainer_helpers import losses, nano_config
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 24

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from trainer_helpers import losses, nano_config
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 from polypythia.storage import RunStore
 from polypythia_trainer.launch import run_local
 from polypythia_trainer.loop import run_worker
 from support.fixtures import s3_endpoint  # noqa: F401
-from trainer_helpers import losses, nano_config
 
 RECORD_FIELDS = {
     "step", "loss", "grad_norm", "clipped", "lr", "param_norm", "update_ratio",

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from trainer_helpers import NANO_MODEL
 from transformers import GPTNeoXForCausalLM
 
 from polypythia_trainer.config import ModelConfig
 from polypythia_trainer.model import build_model, lm_loss, load_model, reference_loss
-from trainer_helpers import NANO_MODEL
 
 WIDE = {**NANO_MODEL, "hiddenSize": 256, "numHeads": 4, "intermediateSize": 1024, "numLayers": 4}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from trainer_helpers import nano_config
 
 from polypythia.storage import RunStore
 from polypythia_trainer.launch import run_training
-from trainer_helpers import nano_config
 
 ray = pytest.importorskip("ray")
 STEPS = 40

@@ -57,15 +57,17 @@ class AttentionLogitProbe:
     """Max pre-softmax attention logit of one layer, measured when ``armed``.
 
     A forward pre-hook on the attention module keeps the rotary (cos, sin); a forward hook
-    on its QKV projection rebuilds q and k exactly as `GPTNeoXAttention` does. It costs one
-    extra layer-0 score matrix (no grad) per armed forward pass.
+    on its QKV projection rebuilds q and k exactly as `GPTNeoXAttention` does. Armed once
+    per step, it scores the first ``rows`` sequences of the first micro-batch: one extra
+    (rows, heads, T, T) score matrix without grad, a sample of the step, not its maximum.
     """
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: nn.Module, rows: int = 1) -> None:
         from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
 
         self._rotary = apply_rotary_pos_emb
         self.head_size = attention.head_size
+        self.rows = rows
         self.armed = False
         self.value: float | None = None
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -81,10 +83,11 @@ class AttentionLogitProbe:
     def _measure(self, module, args, output: torch.Tensor) -> None:
         if not self.armed or self._rope is None:
             return
-        qkv = output.detach().view(*output.shape[:-1], -1, 3 * self.head_size).transpose(1, 2)
+        rows = output.detach()[: self.rows]  # (b, T, 3 * d)
+        qkv = rows.view(*rows.shape[:-1], -1, 3 * self.head_size).transpose(1, 2)
         q, k, _ = qkv.chunk(3, dim=-1)  # (B, nh, T, hs)
         cos, sin = self._rope
-        q, k = self._rotary(q, k, cos, sin)
+        q, k = self._rotary(q, k, cos[: self.rows], sin[: self.rows])
         scores = (q.float() @ k.float().transpose(-1, -2)).abs_() * self.head_size**-0.5
         t = scores.shape[-1]
         causal = torch.ones(t, t, dtype=torch.bool, device=scores.device).tril_()

@@ -33,7 +33,8 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
     print()
     print(
         render_table(
-            ["RUN", "SIZE", "SEED", "PHASE", "STEP", "LOSS", "CKPTS", "EVALS", "SPIKES", "OUTLIER"], rows
+            ["RUN", "SIZE", "SEED", "PHASE", "STEP", "LOSS", "CKPTS", "EVALS", "SPIKES", "OUTLIER"],
+            rows,
         )
     )
     for run in driver.runs:
