@@ -153,7 +153,9 @@ class TrainingConfig:
         ):
             _at_least(getattr(out, _snake(name)), minimum, f"{path}.{name}")
         if out.precision not in PRECISIONS:
-            raise UsageError(f"{path}.precision: must be one of {PRECISIONS}, got {out.precision!r}")
+            raise UsageError(
+                f"{path}.precision: must be one of {PRECISIONS}, got {out.precision!r}"
+            )
         if out.strategy not in STRATEGIES:
             raise UsageError(f"{path}.strategy: must be one of {STRATEGIES}, got {out.strategy!r}")
         if out.zero_stage not in (0, 1, 2):
@@ -195,7 +197,9 @@ class CheckpointConfig:
     keep_resume: int = 2
 
     @classmethod
-    def from_dict(cls, block: dict, total_steps: int, path: str = "checkpoints") -> CheckpointConfig:
+    def from_dict(
+        cls, block: dict, total_steps: int, path: str = "checkpoints"
+    ) -> CheckpointConfig:
         steps = _get(block, "steps", path, list, [])
         for i, s in enumerate(steps):
             if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= total_steps:
@@ -258,7 +262,9 @@ class RunConfig:
         data = _block(cfg, "data")
         skips = data.get("skipBatches") or []
         if not isinstance(skips, list):
-            raise UsageError(f"data.skipBatches: expected a list of [first, last] pairs, got {skips!r}")
+            raise UsageError(
+                f"data.skipBatches: expected a list of [first, last] pairs, got {skips!r}"
+            )
         telemetry = cfg.get("telemetry") or {}
         flush_every = _get(telemetry, "flushEvery", "telemetry", int, 25)
         _at_least(flush_every, 1, "telemetry.flushEvery")
@@ -272,9 +278,7 @@ class RunConfig:
             model=model,
             training=training,
             data=data,
-            checkpoints=CheckpointConfig.from_dict(
-                cfg.get("checkpoints") or {}, training.steps
-            ),
+            checkpoints=CheckpointConfig.from_dict(cfg.get("checkpoints") or {}, training.steps),
             flush_every=flush_every,
             storage=StorageConfig(
                 uri=_get(storage, "uri", "storage", str),

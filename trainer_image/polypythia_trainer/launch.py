@@ -77,7 +77,9 @@ def run_local(
     event = stop_event or threading.Event()
     try:
         with stop_on_signals(event):
-            return run_worker(config, device=device, should_stop=event.is_set, on_record=on_progress)
+            return run_worker(
+                config, device=device, should_stop=event.is_set, on_record=on_progress
+            )
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

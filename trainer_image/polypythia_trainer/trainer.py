@@ -17,9 +17,9 @@ import torch
 
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
+from polypythia_trainer.inits import apply_init
 from polypythia_trainer.model import build_model, lm_loss, load_weights
 from polypythia_trainer.parallel import build_engine
-from polypythia_trainer.inits import apply_init
 from polypythia_trainer.schedule import pythia_scheduler
 from polypythia_trainer.telemetry import (
     AttentionLogitProbe,

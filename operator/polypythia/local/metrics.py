@@ -20,6 +20,7 @@ class LocalExporter:
         self.metrics = SweepExporter()
         self.server = self.metrics.serve(port=port, addr="127.0.0.1")
         self.port = self.server.port
+        self._exported: dict[str, set[int]] = {}
 
     def labels(self, run: RunState) -> RunLabels:
         return RunLabels(self.sweep.namespace, self.sweep.name, run.plan.size, str(run.plan.seed))
@@ -48,8 +49,17 @@ class LocalExporter:
                 evaluations=len(run.evaluated),
                 evaluations_pending=len(driver.to_evaluate(run)),
             )
+            if run.evaluated and run.evaluated != self._exported.get(run.plan.name):
+                self._export_evals(labels, run)
             if run.outlier_z is not None:
                 self.metrics.set_outlier(labels, "loss", run.outlier_z, run.outlier is not None)
+
+    def _export_evals(self, labels: RunLabels, run: RunState) -> None:
+        from polypythia_eval.results import task_scores
+
+        step = max(run.evaluated)
+        self.metrics.observe_eval(labels, step, task_scores(run.store.read_eval(step)))
+        self._exported[run.plan.name] = set(run.evaluated)
 
     def close(self) -> None:
         self.server.close()

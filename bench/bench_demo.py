@@ -1,0 +1,96 @@
+"""`make demo` as a benchmark: wall time, per-run start-up overhead and peak memory.
+
+Prints one JSON line. Start-up overhead of a run is the time from its process
+start to its first telemetry record (Ray worker start, imports, data, model).
+Run on an otherwise idle machine; the figure is only as quiet as the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "manifests" / "examples" / "sweep-tiny.yaml"
+
+
+def _peak_rss(proc: psutil.Process, stop: threading.Event, out: list[int]) -> None:
+    """Sum of RSS over the driver and all its descendants (Ray included), sampled."""
+    peak = 0
+    while not stop.is_set():
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.5)
+    out.append(peak)
+
+
+def main() -> int:
+    from polypythia.storage import SweepStore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polypythia.cli", "run", str(SWEEP), "--workdir", str(work),
+         "--metrics-port", "-1", "--no-report"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "POLYPYTHIA_CACHE": str(work / "cache")},
+    )  # fmt: skip
+    stop, peak = threading.Event(), []
+    sampler = threading.Thread(target=_peak_rss, args=(psutil.Process(proc.pid), stop, peak))
+    sampler.start()
+    code = proc.wait()
+    wall = time.time() - started
+    stop.set()
+    sampler.join()
+    sweep = SweepStore.open(str(work / "store" / "tiny"))
+    overheads = []
+    for name in sweep.runs():
+        log = work / "logs" / f"{name}.log"
+        history = sweep.run(name).read_telemetry()
+        if history and log.exists():
+            first = history[0]
+            steps_time = first["time"] - first.get("step_time_s", 0)
+            launch = _launch_time(log)
+            if launch is not None:
+                overheads.append(steps_time - launch)
+    print(
+        json.dumps(
+            {
+                "bench": "demo",
+                "exit_code": code,
+                "wall_s": round(wall, 1),
+                "runs": len(sweep.runs()),
+                "startup_overhead_s_mean": round(sum(overheads) / len(overheads), 1)
+                if overheads
+                else None,
+                "startup_overhead_s_max": round(max(overheads), 1) if overheads else None,
+                "peak_rss_gb": round(peak[0] / 2**30, 2) if peak else None,
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
+    )
+    return code
+
+
+def _launch_time(log: Path) -> float | None:
+    """The driver writes `=== YYYY-mm-dd HH:MM:SS <command>` when it starts a run."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("=== "):
+            return time.mktime(time.strptime(line[4:23], "%Y-%m-%d %H:%M:%S"))
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
