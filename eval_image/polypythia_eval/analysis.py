@@ -16,29 +16,15 @@ import numpy as np
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
+from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
+from polypythia_eval.offline_tasks import OFFLINE_TASKS
 from polypythia_eval.results import headline, task_scores
 from polypythia_eval.sources import RunData, SweepData
 from polypythia_eval.trainingmaps import TrainingMap, agreement, fit_training_map
 from polypythia_eval.weightstats import map_features
 
-# Evaluation tasks shown first (PolyPythias' list), then the project's offline tasks.
-PREFERRED_TASKS = (
-    "pp_subject_verb_agreement",
-    "pp_anaphor_gender_agreement",
-    "pp_determiner_noun_agreement",
-    "pp_cloze",
-    "arc_easy",
-    "arc_challenge",
-    "lambada_openai",
-    "logiqa",
-    "piqa",
-    "sciq",
-    "winogrande",
-    "wsc",
-    "blimp_anaphor_gender_agreement",
-    "crows_pairs_english",
-    "simple_cooccurrence_bias",
-)
+# Evaluation tasks shown first: the project's offline tasks, then PolyPythias' list.
+PREFERRED_TASKS = OFFLINE_TASKS + POLYPYTHIAS_TASKS
 LOSS_BUCKETS = 40
 
 
