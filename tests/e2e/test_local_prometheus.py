@@ -41,8 +41,9 @@ def test_injected_spike_reaches_prometheus_and_fires_the_alert(tmp_path: Path) -
                         "globalBatchSize": 8,
                         "sequenceLength": 32,
                         "precision": "fp32",
-                        # A learning-rate blow-up: 100x for 5 steps from step 120.
-                        "perturbations": [{"step": 120, "steps": 5, "learningRateFactor": 100}],
+                        # A learning-rate blow-up: 100x for 5 steps from step 300, once the
+                        # loss has flattened (the rolling baseline is wide while it still falls).
+                        "perturbations": [{"step": 300, "steps": 5, "learningRateFactor": 100}],
                     },
                     "checkpoints": {"schedule": "every", "every": 250},
                     "evaluation": {"tasks": [], "schedule": "none"},
