@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 from polypythia.errors import UsageError
-
 from polypythia_trainer.data import generated
 from polypythia_trainer.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexFormatError
 from polypythia_trainer.data.order import batch_index

@@ -15,9 +15,9 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from polypythia.errors import UsageError
 from tokenizers import Tokenizer
 
+from polypythia.errors import UsageError
 from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
 from polypythia_trainer.data.tokenizer import EOD, copy_hf, load, save_hf, train_bpe
 

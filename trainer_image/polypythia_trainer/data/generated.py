@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from polypythia import corpus
 from tokenizers import Tokenizer
 
+from polypythia import corpus
 from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
 from polypythia_trainer.data.tokenizer import EOD, save_hf, train_bpe
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from polypythia.errors import UsageError
 from polypythia.storage import ObjectStore, StorageNotFound, open_store
 

@@ -10,8 +10,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from polypythia.errors import UsageError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from polypythia.errors import UsageError
 
 EOD = "<|endoftext|>"  # end of document, between documents, as in Pythia
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from polypythia.errors import UsageError
 
+from polypythia.errors import UsageError
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
 from polypythia_trainer.data.sources import LocalFile
