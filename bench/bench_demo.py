@@ -7,6 +7,7 @@ Run on an otherwise idle machine; the figure is only as quiet as the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -26,11 +27,9 @@ def _peak_rss(proc: psutil.Process, stop: threading.Event, out: list[int]) -> No
     """Sum of RSS over the driver and all its descendants (Ray included), sampled."""
     peak = 0
     while not stop.is_set():
-        try:
+        with contextlib.suppress(psutil.Error):  # a process may exit while sampled
             procs = [proc, *proc.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
         time.sleep(0.5)
     out.append(peak)
 
