@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from polypythia.argtypes import int_at_least
 from polypythia.storage import RunStore
 from polypythia_eval.evaluate import (
     EvaluateOptions,
@@ -16,15 +17,7 @@ from polypythia_eval.evaluate import (
 from polypythia_eval.offline_tasks import OfflineItems
 from polypythia_eval.weightstats import StatsConfig
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+_positive = int_at_least(1)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polypythia.argtypes import int_at_least
 from polypythia.errors import UsageError
 
-
-def _vocab(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 258:
-        raise argparse.ArgumentTypeError(f"must be >= 258 (256 bytes + EOD), got {value}")
-    return value
+_vocab = int_at_least(258, "256 bytes + EOD")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
