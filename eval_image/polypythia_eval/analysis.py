@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
+from polypythia.monitoring.eval_scores import headline, task_scores
 from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
-from polypythia_eval.results import headline, task_scores
 from polypythia_eval.sources import RunData, SweepData
 from polypythia_eval.trainingmaps import TrainingMap, agreement, fit_training_map
 from polypythia_eval.weightstats import map_features

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 
 # Dropped from lm-eval's output: bulky and not about the model.
 DROP_KEYS = frozenset({"samples", "pretty_env_info"})
-# Metric preferred as a task's headline score, in order.
-HEADLINE_METRICS = ("acc", "acc_norm", "pct_stereotype", "exact_match", "perplexity")
 
 
 def json_safe(value):
@@ -92,42 +90,3 @@ def compact_results(results: Mapping) -> dict:
     out = {k: json_safe(v) for k, v in results.items() if k not in DROP_KEYS}
     out["predictions"] = extract_predictions(results)
     return out
-
-
-def metric_name(key: str) -> tuple[str, str | None]:
-    """``"acc,none"`` -> ("acc", "none"); ``"acc"`` (old harness) -> ("acc", None)."""
-    name, _, flt = key.partition(",")
-    return name, (flt or None)
-
-
-def task_scores(result_file: Mapping) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` from an evaluation file of any lm-eval version.
-
-    Standard errors, aliases and non-numeric fields are left out; for filtered
-    metrics the ``none`` filter (or the first one seen) wins.
-    """
-    out: dict[str, dict[str, float]] = {}
-    for task, metrics in (result_file.get("results") or {}).items():
-        if not isinstance(metrics, Mapping):
-            continue
-        scores: dict[str, float] = {}
-        for key, value in metrics.items():
-            name, flt = metric_name(key)
-            if name.endswith("_stderr") or isinstance(value, bool):
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            if name in scores and flt not in (None, "none"):
-                continue
-            scores[name] = float(value)
-        if scores:
-            out[task] = scores
-    return out
-
-
-def headline(scores: Mapping[str, float]) -> tuple[str, float] | None:
-    """The task's headline metric and value (accuracy first)."""
-    for name in HEADLINE_METRICS:
-        if name in scores:
-            return name, scores[name]
-    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from polypythia.monitoring.eval_scores import task_scores
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.spec import Sweep
@@ -55,8 +56,6 @@ class LocalExporter:
                 self.metrics.set_outlier(labels, "loss", run.outlier_z, run.outlier is not None)
 
     def _export_evals(self, labels: RunLabels, run: RunState) -> None:
-        from polypythia_eval.results import task_scores
-
         step = max(run.evaluated)
         self.metrics.observe_eval(labels, step, task_scores(run.store.read_eval(step)))
         self._exported[run.plan.name] = set(run.evaluated)

@@ -1,0 +1,79 @@
+"""Every cross-seed outlier signal of a sweep at once: the loss at checkpoints and each
+evaluation task's headline score, grouped by size (and init, when a sweep has several).
+
+The operator and the local driver both hand their per-run histories here, so a run is
+flagged by the same rule wherever it trains. Pure: histories in, verdicts out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
+from polypythia.monitoring.outliers import (
+    OutlierSettings,
+    OutlierVerdict,
+    Point,
+    cross_seed_z,
+    find_outliers,
+)
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """One run's values at its checkpoints: ``evals`` holds raw evaluation files by step."""
+
+    group: str
+    run: str
+    losses: Mapping[int, float] = field(default_factory=dict)
+    evals: Mapping[int, Mapping] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CrossSeedResult:
+    """Verdicts per flagged run (earliest first) and each run's latest z per signal."""
+
+    verdicts: dict[str, list[OutlierVerdict]]
+    latest_z: dict[str, dict[str, float]]
+
+    def first(self, run: str) -> OutlierVerdict | None:
+        """The verdict that flagged the run first, if any."""
+        found = self.verdicts.get(run)
+        return found[0] if found else None
+
+
+def signal_points(histories: Iterable[RunHistory], settings: OutlierSettings) -> dict[str, list]:
+    """signal -> points: ``loss`` and ``eval:<task>/<metric>`` (headline metric per task)."""
+    out: dict[str, list[Point]] = defaultdict(list)
+    for h in histories:
+        if "loss" in settings.signals:
+            out["loss"] += [Point(h.group, h.run, s, v) for s, v in h.losses.items()]
+        if "eval" not in settings.signals:
+            continue
+        for step, result in h.evals.items():
+            for task, scores in task_scores(result).items():
+                head = headline(scores)
+                if head is not None:
+                    out[f"eval:{task}/{head[0]}"].append(Point(h.group, h.run, step, head[1]))
+    return dict(out)
+
+
+def cross_seed_outliers(
+    histories: Iterable[RunHistory], settings: OutlierSettings | None = None
+) -> CrossSeedResult:
+    """Robust z across the seeds of each group, for every signal; a run may be flagged on
+    several signals, its verdicts sorted by the step where each streak began."""
+    settings = settings or OutlierSettings()
+    verdicts: dict[str, list[OutlierVerdict]] = defaultdict(list)
+    latest: dict[str, dict[str, float]] = defaultdict(dict)
+    for signal, points in sorted(signal_points(histories, settings).items()):
+        side = "high" if signal == "loss" else bad_side(signal.rsplit("/", 1)[1])
+        for verdict in find_outliers(points, signal, settings, direction=side):
+            verdicts[verdict.run].append(verdict)
+        for (_, run), series in cross_seed_z(points, settings.min_runs).items():
+            latest[run][signal] = max(series)[1]
+    for found in verdicts.values():
+        found.sort(key=lambda v: (v.first_step, v.signal))
+    return CrossSeedResult(dict(verdicts), dict(latest))
