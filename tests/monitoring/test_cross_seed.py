@@ -63,3 +63,13 @@ def test_groups_are_compared_separately():
         RunHistory("160m", f"b-s{s}", {100: 9.0 + 0.01 * s, 200: 9.0 + 0.01 * s}) for s in range(4)
     ]
     assert cross_seed_outliers(histories).verdicts == {}
+
+
+def test_by_family_gives_one_bounded_signal_per_kind():
+    result = cross_seed_outliers(_histories(bad_acc_seed=2))
+    families = result.by_family("r-s2")
+    assert set(families) == {"loss", "eval"}
+    z, flagged = families["eval"]
+    assert flagged and z < -3.5
+    assert families["loss"][1] is False
+    assert result.by_family("r-s0")["eval"][1] is False

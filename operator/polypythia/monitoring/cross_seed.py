@@ -43,6 +43,17 @@ class CrossSeedResult:
         found = self.verdicts.get(run)
         return found[0] if found else None
 
+    def by_family(self, run: str) -> dict[str, tuple[float, bool]]:
+        """``loss``/``eval`` -> (z, flagged) for the metrics' bounded ``signal`` label: the
+        eval z is that of the task furthest from the seed median."""
+        out: dict[str, tuple[float, bool]] = {}
+        flagged = {v.signal.split(":", 1)[0] for v in self.verdicts.get(run, [])}
+        for signal, z in self.latest_z.get(run, {}).items():
+            family = signal.split(":", 1)[0]
+            if family not in out or abs(z) > abs(out[family][0]):
+                out[family] = (z, family in flagged)
+        return out
+
 
 def signal_points(histories: Iterable[RunHistory], settings: OutlierSettings) -> dict[str, list]:
     """signal -> points: ``loss`` and ``eval:<task>/<metric>`` (headline metric per task)."""
