@@ -20,7 +20,8 @@ from pathlib import Path
 from polypythia import planner
 from polypythia.errors import UsageError
 from polypythia.local.processes import RunProcess, write_config
-from polypythia.monitoring.outliers import OutlierVerdict, Point, cross_seed_z, find_outliers
+from polypythia.monitoring.cross_seed import CrossSeedResult, RunHistory, cross_seed_outliers
+from polypythia.monitoring.outliers import OutlierVerdict
 from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
@@ -53,6 +54,7 @@ class RunState:
     evaluated: set[int] = field(default_factory=set)
     spikes: list[SpikeEvent] = field(default_factory=list)
     checkpoint_losses: dict[int, float] = field(default_factory=dict)
+    evals: dict[int, dict] = field(default_factory=dict)
     outlier: OutlierVerdict | None = None
     outlier_z: float | None = None
     error: str | None = None
@@ -102,6 +104,7 @@ class LocalDriver:
         self.max_concurrent = options.max_concurrent or sweep.spec["maxConcurrentRuns"]
         self._evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
         self.ray_address: str | None = options.ray_address
+        self.cross_seed = CrossSeedResult({}, {})
         self.started = time.time()
 
     # -- lifecycle -------------------------------------------------------------
@@ -246,20 +249,34 @@ class LocalDriver:
             self.exporter.observe_sweep(self)
 
     def _outliers(self) -> None:
-        """Cross-seed robust z-scores of the loss at checkpoints, per size and init."""
-        points = [
-            Point(f"{run.plan.size}/{run.plan.init}", run.plan.name, step, loss)
-            for run in self.runs
-            for step, loss in run.checkpoint_losses.items()
-        ]
-        settings = self.settings.outliers
-        latest: dict[str, tuple[int, float]] = {}
-        for (_, name), series in cross_seed_z(points, settings.min_runs).items():
-            latest[name] = max(series)
-        verdicts = {v.run: v for v in find_outliers(points, "loss", settings)}
+        """Cross-seed robust z-scores of the loss and of each task's evaluation score at
+        checkpoints, per size and init (the operator applies the same rule)."""
         for run in self.runs:
-            run.outlier = verdicts.get(run.plan.name)
-            run.outlier_z = latest[run.plan.name][1] if run.plan.name in latest else None
+            self._read_evals(run)
+        self.cross_seed = cross_seed_outliers(
+            [
+                RunHistory(
+                    f"{r.plan.size}/{r.plan.init}", r.plan.name, r.checkpoint_losses, r.evals
+                )
+                for r in self.runs
+            ],
+            self.settings.outliers,
+        )
+        for run in self.runs:
+            run.outlier = self.cross_seed.first(run.plan.name)
+            run.outlier_z = self.cross_seed.latest_z.get(run.plan.name, {}).get("loss")
+
+    def _read_evals(self, run: RunState) -> None:
+        """An evaluation file is read once; one that went (a rewound run's abandoned
+        checkpoint) leaves the cache."""
+        for step in run.evals.keys() - run.evaluated:
+            del run.evals[step]
+        for step in sorted(run.evaluated - run.evals.keys()):
+            try:
+                run.evals[step] = run.store.read_eval(step)
+            except StorageError as exc:
+                log.warning("evaluation of %s step%d unreadable: %s", run.plan.name, step, exc)
+                return
 
     # -- evaluation ------------------------------------------------------------
 

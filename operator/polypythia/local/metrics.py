@@ -52,12 +52,13 @@ class LocalExporter:
             )
             if run.evaluated and run.evaluated != self._exported.get(run.plan.name):
                 self._export_evals(labels, run)
-            if run.outlier_z is not None:
-                self.metrics.set_outlier(labels, "loss", run.outlier_z, run.outlier is not None)
+            for signal, (z, flagged) in driver.cross_seed.by_family(run.plan.name).items():
+                self.metrics.set_outlier(labels, signal, z, flagged)
 
     def _export_evals(self, labels: RunLabels, run: RunState) -> None:
         step = max(run.evaluated)
-        self.metrics.observe_eval(labels, step, task_scores(run.store.read_eval(step)))
+        result = run.evals.get(step) or run.store.read_eval(step)
+        self.metrics.observe_eval(labels, step, task_scores(result))
         self._exported[run.plan.name] = set(run.evaluated)
 
     def close(self) -> None:

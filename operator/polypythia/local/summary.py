@@ -25,7 +25,8 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
                 len(run.checkpoints),
                 len(run.evaluated),
                 len(run.spikes),
-                f"yes (z={run.outlier.score:.1f} from step {run.outlier.first_step})"
+                f"yes ({run.outlier.signal} z={run.outlier.score:.1f} "
+                f"from step {run.outlier.first_step})"
                 if run.outlier
                 else "no",
             ]
