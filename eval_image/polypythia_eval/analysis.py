@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
-from polypythia.monitoring.eval_scores import headline, task_scores
+from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
 from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
@@ -120,7 +120,7 @@ def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
             continue
         for key, runs in tasks.items():
             points = [Point(size, run, s, v) for run, by in runs.items() for s, v in by.items()]
-            direction = "high" if key.endswith("/perplexity") else "low"
+            direction = bad_side(key.rsplit("/", 1)[1])
             verdicts.extend(find_outliers(points, f"eval:{key}", direction=direction))
     return verdicts, notes
 
