@@ -5,6 +5,7 @@
 <run>/telemetry/<first:09d>-<last:09d>[.a<attempt>].jsonl
 <run>/checkpoints/step<N>/...        COMPLETE written last
 <run>/evals/step<N>.json
+<run>/telemetry/rewinds.json         spike rewinds and refusals (see ``RunStore.record_rewind``)
 ```
 """
 
@@ -22,6 +23,7 @@ from polypythia.storage.uri import open_store
 
 RUN_CONFIG = "run.json"
 COMPLETE = "COMPLETE"
+REWINDS = "telemetry/rewinds.json"  # beside the telemetry it cuts: one listing sees both
 _TELEMETRY = re.compile(r"^(\d{9,})-(\d{9,})(?:\.a(\d+))?\.jsonl$")
 _CHECKPOINT = re.compile(r"^checkpoints/step(\d+)/COMPLETE$")
 _EVAL = re.compile(r"^evals/step(\d+)\.json$")
@@ -46,14 +48,20 @@ class TelemetryFile:
         return f"{first:09d}-{last:09d}{suffix}.jsonl"
 
 
-def resolve_history(records: list[dict], starts: dict[int, int]) -> list[dict]:
+def resolve_history(
+    records: list[dict],
+    starts: dict[int, int],
+    rewinds: list[tuple[int, int]] = (),
+) -> list[dict]:
     """One clean history from the records of several attempts, sorted by step.
 
     For each step the record of the highest attempt wins. A record of attempt ``a`` at
     a step at or past the first step of any later attempt is dropped too: that later
     attempt resumed (or rewound) from an earlier checkpoint, so the older attempt's
     records from there on belong to an abandoned history. ``starts`` maps attempt to
-    its first step.
+    its first step. ``rewinds`` are ``(restart_step, attempt)`` pairs from
+    ``rewinds.json``: records of attempts before ``attempt`` past ``restart_step`` are
+    abandoned even before the rewound attempt has written anything.
     """
     cutoff: dict[int, float] = {}
     later_start = float("inf")
@@ -64,6 +72,8 @@ def resolve_history(records: list[dict], starts: dict[int, int]) -> list[dict]:
     for rec in records:
         step, attempt = rec["step"], rec["attempt"]
         if step >= cutoff.get(attempt, float("inf")):
+            continue
+        if any(attempt < first and step > restart for restart, first in rewinds):
             continue
         if step not in best or attempt >= best[step]["attempt"]:
             best[step] = rec
@@ -132,12 +142,18 @@ class RunStore:
 
     def telemetry_files(self) -> list[TelemetryFile]:
         """The telemetry batches in storage, parsed from their names (one listing)."""
+        return self._scan_telemetry()[0]
+
+    def _scan_telemetry(self) -> tuple[list[TelemetryFile], bool]:
+        """One listing of ``telemetry/``: the batches, and whether a rewind record is there."""
         files = []
+        rewound = False
         for rel in self._list("telemetry"):
+            rewound = rewound or rel == REWINDS
             m = _TELEMETRY.match(rel.rpartition("/")[2])
             if m and "/" not in rel[len("telemetry/") :]:
                 files.append(TelemetryFile(rel, int(m[1]), int(m[2]), int(m[3] or 0)))
-        return sorted(files, key=lambda f: (f.first, f.attempt))
+        return sorted(files, key=lambda f: (f.first, f.attempt)), rewound
 
     def append_telemetry(self, records: list[dict], attempt: int) -> str | None:
         """Write one batch of step records as a new JSONL file; return its key.
@@ -189,7 +205,7 @@ class RunStore:
         Cheap for monitors that poll: one listing plus the new batches. A monitor that
         sees ``next_attempt()`` grow should re-read from the new attempt's first step.
         """
-        files = self.telemetry_files()
+        files, rewound = self._scan_telemetry()
         starts: dict[int, int] = {}
         for f in files:
             starts[f.attempt] = min(f.first, starts.get(f.attempt, f.first))
@@ -200,11 +216,19 @@ class RunStore:
             for rec in self._read_telemetry_file(f)
             if rec["step"] > step
         ]
-        return resolve_history(records, starts)
+        rewinds = self.read_rewinds()["rewinds"] if rewound else []
+        cuts = [(r["restartStep"], r["attempt"]) for r in rewinds]
+        return resolve_history(records, starts, cuts)
 
     def next_attempt(self) -> int:
-        """The attempt number a (re)start of the run writes with: 0 on the first start."""
-        return 1 + max((f.attempt for f in self.telemetry_files()), default=-1)
+        """The attempt number a (re)start of the run writes with: 0 on the first start.
+
+        Never below a recorded rewind's attempt: the timeline after a rewind starts there.
+        """
+        files, rewound = self._scan_telemetry()
+        written = 1 + max((f.attempt for f in files), default=-1)
+        rewinds = self.read_rewinds()["rewinds"] if rewound else []
+        return max([written] + [r["attempt"] for r in rewinds])
 
     # checkpoints
 
@@ -221,13 +245,16 @@ class RunStore:
         """Whether the checkpoint of ``step`` is complete."""
         return self.store.exists(self.checkpoint_key(step, COMPLETE))
 
-    def commit_checkpoint(self, step: int, local_dir: Path) -> dict:
+    def commit_checkpoint(self, step: int, local_dir: Path, attempt: int | None = None) -> dict:
         """Upload every file under ``local_dir``, then COMPLETE; return the manifest.
 
         A checkpoint already there for this step (complete or a crashed upload) is
-        removed first, so the step is invisible until the new COMPLETE lands. A
+        removed first, so the step is invisible until the new COMPLETE lands; so is an
+        evaluation of it, which belonged to the old weights (a rewound timeline). A
         LocalStore run may write straight into ``local_path``-style folder
         ``checkpoints/step<N>``: committing that folder only writes COMPLETE.
+        ``attempt`` (the writer's telemetry attempt) goes into the manifest, so a
+        checkpoint of a timeline abandoned by a rewind can be told apart.
         """
         local_dir = Path(local_dir)
         files = sorted(
@@ -246,7 +273,10 @@ class RunStore:
             self.store.delete(self.checkpoint_key(step, COMPLETE))
         else:
             self.delete_checkpoint(step)
+        self.store.delete(self.key(f"evals/step{int(step)}.json"))
         manifest = {"step": step, "time": time.time(), "files": []}
+        if attempt is not None:
+            manifest["attempt"] = attempt
         for path in files:
             rel = path.relative_to(local_dir).as_posix()
             if not in_place:
@@ -289,6 +319,98 @@ class RunStore:
             return None
         self.read_manifest(step)
         return self.store.root / self.checkpoint_key(step)
+
+    # rewinds (spike action `rewind`, docs/contracts.md)
+
+    def read_rewinds(self) -> dict[str, list[dict]]:
+        """``{"rewinds": [...], "refused": [...]}`` from ``rewinds.json`` (empty lists if none)."""
+        try:
+            data = self._read_json(REWINDS)
+        except StorageNotFound:
+            data = {}
+        return {
+            "rewinds": list(data.get("rewinds") or []),
+            "refused": list(data.get("refused") or []),
+        }
+
+    @staticmethod
+    def spike_key(spike: dict) -> tuple:
+        """What identifies one spike across operator restarts: signal, onset, attempt."""
+        return (spike.get("signal"), spike.get("onsetStep"), spike.get("attempt"))
+
+    def handled(self, spike: dict) -> bool:
+        """Whether this spike already led to a recorded rewind or refusal."""
+        data = self.read_rewinds()
+        key = self.spike_key(spike)
+        return any(self.spike_key(e["spike"]) == key for e in data["rewinds"] + data["refused"])
+
+    def record_rewind(
+        self, restart_step: int, skip_batches: tuple[int, int], spike: dict, at: float | None = None
+    ) -> dict:
+        """Record a rewind, then drop the abandoned timeline; return the new entry.
+
+        The record comes first: it is what every later attempt (a retry, a restarted
+        operator, a second ``polypythia run``) obeys. The trainer adds ``skipBatches`` to
+        its data skips and writes telemetry with ``attempt``; readers drop older
+        attempts' records past ``restartStep``. Checkpoints past ``restartStep``
+        (COMPLETE first) and their evaluations are deleted, so the next attempt resumes
+        from ``restartStep`` and the new timeline's checkpoints are evaluated afresh.
+        """
+        data = self.read_rewinds()
+        entry = {
+            "restartStep": int(restart_step),
+            "skipBatches": [int(skip_batches[0]), int(skip_batches[1])],
+            "spike": dict(spike),
+            "attempt": self.next_attempt(),
+            "at": time.time() if at is None else at,
+        }
+        data["rewinds"].append(entry)
+        self._write_json(REWINDS, data)
+        self.drop_abandoned()
+        return entry
+
+    def record_refusal(self, reason: str, spike: dict, at: float | None = None) -> dict:
+        """Record that a spike was not rewound and why (limit reached, no early checkpoint)."""
+        data = self.read_rewinds()
+        entry = {"reason": reason, "spike": dict(spike), "at": time.time() if at is None else at}
+        data["refused"].append(entry)
+        self._write_json(REWINDS, data)
+        return entry
+
+    def skip_ranges(self) -> list[list[int]]:
+        """The batch ranges every recorded rewind asks the trainer to skip."""
+        return [list(r["skipBatches"]) for r in self.read_rewinds()["rewinds"]]
+
+    def drop_abandoned(self) -> list[int]:
+        """Delete checkpoints (and their evaluations) of timelines abandoned by a rewind.
+
+        A checkpoint past a rewind's ``restartStep`` whose manifest has no attempt or
+        an attempt before the rewind's was written by the abandoned timeline (also by
+        a trainer that kept running for a while after the rewind). Idempotent: the
+        trainer calls it on every start. Returns the deleted steps.
+        """
+        rewinds = self.read_rewinds()["rewinds"]
+        if not rewinds:
+            return []
+        dropped = []
+        for step in self.complete_checkpoints():
+            late = [r for r in rewinds if step > r["restartStep"]]
+            if not late:
+                continue
+            try:
+                written_by = self.read_manifest(step).get("attempt", -1)
+            except StorageNotFound:
+                continue
+            if any(written_by < r["attempt"] for r in late):
+                self.delete_checkpoint(step)
+                self.store.delete(self.key(f"evals/step{step}.json"))
+                dropped.append(step)
+        complete = set(self.complete_checkpoints())
+        first_restart = min(r["restartStep"] for r in rewinds)
+        for step in self.evaluated_steps():
+            if step > first_restart and step not in complete:
+                self.store.delete(self.key(f"evals/step{step}.json"))
+        return dropped
 
     # evaluations
 
