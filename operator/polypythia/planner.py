@@ -79,6 +79,23 @@ def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
     return sorted(s for s in available if s in wanted)
 
 
+def evaluate_args(spec: dict, run_uri: str, steps: list[int]) -> list[str]:
+    """`polypythia evaluate` arguments for ``steps`` of one run: the eval Job's and the
+    local driver's evaluation are the same command."""
+    evaluation = spec["evaluation"]
+    args = [
+        "evaluate",
+        run_uri,
+        "--steps",
+        ",".join(map(str, sorted(set(steps)))),
+        "--tasks",
+        ",".join(evaluation["tasks"]),
+    ]
+    if evaluation.get("limit"):
+        args += ["--limit", str(evaluation["limit"])]
+    return args
+
+
 def dns_label(text: str) -> str:
     """Lower-case DNS-1035 label characters: `1.4b` -> `1p4b`."""
     text = text.lower().replace(".", "p").replace("_", "-")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from polypythia.k8s import labels as L
 from polypythia.k8s.pods import compute, container_security, placement, pod_security, storage_env
-from polypythia.planner import RunPlan
+from polypythia.planner import RunPlan, evaluate_args
 from polypythia.spec import Sweep, resources_for
 
 BACKOFF_LIMIT = 1
@@ -29,16 +29,7 @@ def render_eval_job(
     evaluation = sweep.spec["evaluation"]
     res = evaluation.get("resources", {})
     gpus = int(res.get("gpus", 0))
-    args = [
-        "evaluate",
-        run.config["runUri"],
-        "--steps",
-        ",".join(map(str, steps)),
-        "--tasks",
-        ",".join(evaluation["tasks"]),
-    ]
-    if evaluation.get("limit"):
-        args += ["--limit", str(evaluation["limit"])]
+    args = evaluate_args(sweep.spec, run.config["runUri"], steps)
     pod_spec: dict = {
         "restartPolicy": "Never",
         "securityContext": pod_security(),
