@@ -72,7 +72,7 @@ class DDPEngine:
             self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = (
-            torch.amp.GradScaler("cuda", init_scale=2.0**12, growth_interval=1000)
+            torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1000)
             if precision == "fp16"
             else None
         )
