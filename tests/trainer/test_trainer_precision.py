@@ -32,7 +32,7 @@ def _train(engine: DDPEngine, batches: list[torch.Tensor]) -> list[float]:
     losses = []
     for batch in batches:
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        ce, _ = engine.micro_step(inputs, lambda lg: lm_loss(lg, targets), 1, True)
+        ce, _ = engine.micro_step(inputs, lambda lg, t=targets: lm_loss(lg, t), 1, True)
         losses.append(float(ce))
         engine.step()
     return losses
