@@ -68,6 +68,8 @@ class Trainer:
 
         ckpt.seed_everything(cfg.weight_seed)
         self.attempt = self._broadcast(store.next_attempt() if rank == 0 else None)
+        rewound = self._broadcast(self._apply_rewinds() if rank == 0 else None)
+        self.skips += [r for r in rewound if r not in self.skips]
         resume_step = self._broadcast(self._last_checkpoint() if rank == 0 else None)
         model = build_model(cfg.model, cfg.weight_seed)
         ckpt_dir = None
@@ -124,6 +126,14 @@ class Trainer:
         return out
 
     # resume
+
+    def _apply_rewinds(self) -> list[list[int]]:
+        """Obey the run's recorded rewinds (rank 0): drop what an abandoned timeline left
+        behind, return the batch ranges to skip on top of the config's ``skipBatches``."""
+        dropped = self.store.drop_abandoned()
+        if dropped:
+            print(f"rewound run: dropped abandoned checkpoints {dropped}", flush=True)
+        return self.store.skip_ranges()
 
     def _last_checkpoint(self) -> int | None:
         steps = [s for s in self.store.complete_checkpoints() if s <= self.cfg.training.steps]
@@ -263,7 +273,7 @@ class Trainer:
             sharded=sharded,
             config=self.cfg.raw,
         )
-        self.store.commit_checkpoint(step, out_dir)
+        self.store.commit_checkpoint(step, out_dir, attempt=self.attempt)
         if self.store.local_path(step) != out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
         self._prune(step)

@@ -44,6 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="Prometheus endpoint on 127.0.0.1 while it runs (0: any free port; -1: off)",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip evaluation of checkpoints")
+    parser.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="train each run in its own process without Ray (one worker per run; quick on a laptop)",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
 
@@ -77,6 +82,19 @@ def _start_ray(args: argparse.Namespace, runs, max_concurrent: int) -> tuple[str
     return address, ray.shutdown
 
 
+def _check_no_ray(args: argparse.Namespace, runs) -> None:
+    """``--no-ray`` trains in the run's own process: one worker, no cluster to join."""
+    if args.ray_address:
+        raise UsageError("--no-ray: cannot be combined with --ray-address")
+    for run in runs:
+        workers = run.plan.config["training"]["workers"]
+        if workers != 1:
+            raise UsageError(
+                f"--no-ray: run {run.plan.name} has {workers} workers (spec.resources); "
+                "without Ray each run takes exactly 1"
+            )
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sweep = load_sweep_file(args.sweep)
@@ -99,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
             ray_address=None,
             max_concurrent=args.max_concurrent,
             evaluate=not args.no_eval,
+            no_ray=args.no_ray,
         ),
         on_update=progress.update,
         exporter=exporter,
@@ -114,7 +133,9 @@ def main(args: argparse.Namespace) -> int:
     shutdown = None
     started = time.time()
     try:
-        if any(not r.finished for r in driver.runs):
+        if args.no_ray:
+            _check_no_ray(args, driver.runs)
+        elif any(not r.finished for r in driver.runs):
             driver.ray_address, shutdown = _start_ray(args, driver.runs, driver.max_concurrent)
         progress.start()
         driver.run()

@@ -20,6 +20,7 @@ from pathlib import Path
 from polypythia import planner
 from polypythia.errors import UsageError
 from polypythia.local.processes import RunProcess, write_config
+from polypythia.monitoring.actions import decide_rewind
 from polypythia.monitoring.cross_seed import CrossSeedResult, RunHistory, cross_seed_outliers
 from polypythia.monitoring.outliers import OutlierVerdict
 from polypythia.monitoring.settings import settings_from_spec
@@ -61,6 +62,8 @@ class RunState:
     process: RunProcess | None = None
     detector: RunSpikeDetector | None = None
     eval_future: Future | None = None
+    rewinds: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
 
     @property
     def total_steps(self) -> int:
@@ -77,6 +80,7 @@ class DriverOptions:
     ray_address: str | None = None
     max_concurrent: int | None = None
     evaluate: bool = True
+    no_ray: bool = False
 
 
 class LocalDriver:
@@ -159,21 +163,26 @@ class LocalDriver:
                 return
             if run.phase != PENDING or not self._reference_ready(run):
                 continue
-            config_path = write_config(
-                self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
-            )
-            env = {"POLYPYTHIA_CACHE": str(self.options.workdir / "cache")}
-            run.process = RunProcess(
-                name=run.plan.name,
-                config_path=config_path,
-                log_path=self.options.workdir / "logs" / f"{run.plan.name}.log",
-                ray_address=self.ray_address,
-                env=env,
-            )
-            run.process.start()
+            self._start_process(run)
             run.phase = RUNNING
             active += 1
             log.info("started %s", run.plan.name)
+
+    def _start_process(self, run: RunState) -> None:
+        """Start (or, after a rewind, restart) the run's trainer; it resumes from storage."""
+        config_path = write_config(
+            self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
+        )
+        env = {"POLYPYTHIA_CACHE": str(self.options.workdir / "cache")}
+        run.process = RunProcess(
+            name=run.plan.name,
+            config_path=config_path,
+            log_path=self.options.workdir / "logs" / f"{run.plan.name}.log",
+            ray_address=self.ray_address,
+            env=env,
+            no_ray=self.options.no_ray,
+        )
+        run.process.start()
 
     def _reference_ready(self, run: RunState) -> bool:
         """A run initialised from another run's weights waits for that checkpoint."""
@@ -223,6 +232,9 @@ class LocalDriver:
             )
             run.checkpoints = run.store.complete_checkpoints()
             run.evaluated = set(run.store.evaluated_steps())
+            if full:
+                recorded = run.store.read_rewinds()
+                run.rewinds, run.refused = recorded["rewinds"], recorded["refused"]
         except StorageError as exc:
             log.warning("storage unavailable for %s: %s", run.plan.name, exc)
             return
@@ -242,6 +254,68 @@ class LocalDriver:
         run.spikes += [e for e in events if e.status == "open"]
         if self.exporter is not None and records:
             self.exporter.observe_records(run, records, events)
+        opened = [e for e in events if e.status == "open"]
+        if opened and not full:
+            self._act_on_spikes(run, opened, {r["step"]: r.get("attempt", 0) for r in records})
+
+    # -- spike actions ---------------------------------------------------------
+
+    def _act_on_spikes(
+        self, run: RunState, opened: list[SpikeEvent], attempts: dict[int, int]
+    ) -> None:
+        """``alert``: a warning line per spike. ``rewind``: stop the trainer, record the
+        rewind in storage (the source of truth every later attempt obeys), rebuild this
+        run's monitoring state from the shortened history and start the trainer again."""
+        action = self.settings.action
+        if action == "alert":
+            for spike in opened:
+                log.warning(
+                    "spike in %s: %s at step %d (%.1f sd)",
+                    run.plan.name,
+                    spike.signal,
+                    spike.onset_step,
+                    spike.magnitude,
+                )
+            return
+        if action != "rewind" or run.process is None or run.process.poll() is not None:
+            return
+        spike = opened[0]  # one rewind per pass: the other spikes lie in the abandoned timeline
+        record = _spike_record(spike, attempts.get(spike.onset_step, 0))
+        try:
+            if run.store.handled(record):
+                return
+            decision = decide_rewind(
+                spike, run.store.complete_checkpoints(), self.settings.rewind, len(run.rewinds)
+            )
+            if decision.action == "refuse":
+                run.refused.append(run.store.record_refusal(decision.reason, record))
+                log.warning("rewind refused: %s", decision.reason)
+                return
+            run.process.stop()
+            entry = run.store.record_rewind(decision.restart_step, decision.skip_batches, record)
+        except StorageError as exc:
+            log.warning("storage unavailable for %s: %s", run.plan.name, exc)
+            return
+        run.rewinds.append(entry)
+        log.warning("rewound %s: %s", run.plan.name, decision.reason)
+        self._rebuild(run, decision.restart_step)
+        self._start_process(run)
+
+    def _rebuild(self, run: RunState, restart_step: int) -> None:
+        """Monitoring state as if the run had just reached ``restart_step`` (from storage);
+        spikes already counted stay counted, so nothing is fed to the exporter again."""
+        records = run.store.read_telemetry()
+        run.checkpoints = run.store.complete_checkpoints()
+        run.evaluated = set(run.store.evaluated_steps())
+        run.evals = {s: v for s, v in run.evals.items() if s in run.evaluated}
+        run.checkpoint_losses = {
+            s: v for s, v in run.checkpoint_losses.items() if s <= restart_step
+        }
+        run.detector = RunSpikeDetector(run.plan.name, self.settings.spikes)
+        run.step, run.loss = 0, None
+        for record in records:
+            run.detector.feed(record["step"], record["loss"], record.get("grad_norm"))
+            run.step, run.loss = record["step"], record["loss"]
 
     def _export(self) -> None:
         self._outliers()
@@ -317,6 +391,18 @@ class LocalDriver:
         if summary.failed:
             step, reason = next(iter(summary.failed.items()))
             raise RuntimeError(f"step{step}: {reason}")
+
+
+def _spike_record(spike: SpikeEvent, attempt: int) -> dict:
+    """The spike as the rewind record stores it; ``attempt`` tells a spike of the
+    rewound timeline from one at the same step before the rewind."""
+    magnitude = spike.magnitude if spike.magnitude != float("inf") else None
+    return {
+        "signal": spike.signal,
+        "onsetStep": spike.onset_step,
+        "magnitude": magnitude,
+        "attempt": attempt,
+    }
 
 
 def _store_kwargs(run: RunPlan) -> dict:

@@ -49,6 +49,7 @@ class LocalExporter:
                 last_checkpoint_step=run.checkpoints[-1] if run.checkpoints else None,
                 evaluations=len(run.evaluated),
                 evaluations_pending=len(driver.to_evaluate(run)),
+                rewinds=len(run.rewinds),
             )
             if run.evaluated and run.evaluated != self._exported.get(run.plan.name):
                 self._export_evals(labels, run)

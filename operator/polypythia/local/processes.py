@@ -31,10 +31,13 @@ class RunProcess:
     env: dict[str, str]
     process: subprocess.Popen | None = None
     started_at: float = field(default_factory=time.time)
+    no_ray: bool = False  # `train --no-ray`: one worker in the child itself, no Ray start-up
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "polypythia.cli", "train", "--config", str(self.config_path)]
-        if self.ray_address:
+        if self.no_ray:
+            cmd += ["--no-ray"]
+        elif self.ray_address:
             cmd += ["--ray-address", self.ray_address]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until exit

@@ -19,15 +19,16 @@ class LineProgress:
 
     def update(self, driver: LocalDriver) -> None:
         for run in driver.runs:
-            key = (run.phase, len(run.checkpoints))
+            key = (run.phase, len(run.checkpoints), len(run.rewinds))
             if self._seen.get(run.plan.name) == key:
                 continue
             self._seen[run.plan.name] = key
             loss = f"{run.loss:.4f}" if run.loss is not None else "-"
             last = run.checkpoints[-1] if run.checkpoints else "-"
+            rewound = f"  rewinds {len(run.rewinds)}" if run.rewinds else ""
             print(
                 f"{run.plan.name:<32} {run.phase:<9} step {run.step:>7}/{run.total_steps} "
-                f"loss {loss:>8}  checkpoint {last}",
+                f"loss {loss:>8}  checkpoint {last}{rewound}",
                 flush=True,
             )
 
@@ -60,7 +61,7 @@ class BarProgress:
             fields = {
                 "loss": f"{run.loss:.4f}" if run.loss is not None else "-",
                 "speed": f"{run.tokens_per_s:,.0f} t/s" if run.tokens_per_s else "",
-                "phase": run.phase,
+                "phase": run.phase + (f" ({len(run.rewinds)} rewinds)" if run.rewinds else ""),
             }
             if run.plan.name not in self._tasks:
                 self._tasks[run.plan.name] = self._progress.add_task(

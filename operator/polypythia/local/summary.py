@@ -25,6 +25,7 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
                 len(run.checkpoints),
                 len(run.evaluated),
                 len(run.spikes),
+                len(run.rewinds),
                 f"yes ({run.outlier.signal} z={run.outlier.score:.1f} "
                 f"from step {run.outlier.first_step})"
                 if run.outlier
@@ -34,10 +35,32 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
     print()
     print(
         render_table(
-            ["RUN", "SIZE", "SEED", "PHASE", "STEP", "LOSS", "CKPTS", "EVALS", "SPIKES", "OUTLIER"],
+            [
+                "RUN",
+                "SIZE",
+                "SEED",
+                "PHASE",
+                "STEP",
+                "LOSS",
+                "CKPTS",
+                "EVALS",
+                "SPIKES",
+                "REWINDS",
+                "OUTLIER",
+            ],
             rows,
         )
     )
+    for run in driver.runs:
+        for entry in run.rewinds:
+            spike = entry["spike"]
+            print(
+                f"\n{run.plan.name}: rewound to step {entry['restartStep']} after a "
+                f"{spike['signal']} spike at step {spike['onsetStep']}, skipped batches "
+                f"[{entry['skipBatches'][0]}, {entry['skipBatches'][1]})"
+            )
+        for entry in run.refused:
+            print(f"\n{run.plan.name}: rewind refused: {entry['reason']}")
     for run in driver.runs:
         if run.error:
             print(f"\n{run.plan.name}: {run.error}")
