@@ -170,7 +170,13 @@ class Operator:
             creds = await self._run(self._credentials, ns, sweep.spec["storage"].get("secretName"))
             try:
                 observations = await self._run(
-                    state.observer.observe, sweep, plan, poll, creds, self.config.storage_endpoint
+                    state.observer.observe,
+                    sweep,
+                    plan,
+                    poll,
+                    creds,
+                    self.config.storage_endpoint,
+                    R.running_runs(rayjobs),
                 )
             except Exception as exc:  # storage down must not stop the Kubernetes side
                 logger.warning(f"storage of {ns}/{name} not readable this pass: {exc}")
@@ -293,6 +299,7 @@ class Operator:
             exporter.set_progress(
                 labels,
                 retries=row.get("retries", 0),
+                rewinds=row.get("rewinds", 0),
                 evaluation_failures=len(row.get("evalFailed", [])),
             )
 

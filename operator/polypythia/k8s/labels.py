@@ -16,6 +16,7 @@ ATTEMPT = f"{DOMAIN}/attempt"
 COMPONENT = "app.kubernetes.io/component"
 STEPS = f"{DOMAIN}/steps"  # annotation of an eval Job: the checkpoint steps it evaluates
 EVAL_TRY = f"{DOMAIN}/eval-try"
+REWINDS = f"{DOMAIN}/rewinds"  # annotation of a RayJob: rewinds recorded when it was created
 QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGER = "polypythia-operator"
 TRAINER = "trainer"

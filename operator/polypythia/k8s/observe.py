@@ -6,18 +6,22 @@ rebuilds it from the run's telemetry, so nothing is lost with the process.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from polypythia.k8s.reconcile import RunObservation
+from polypythia.monitoring.actions import decide_rewind
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.outliers import Point, find_outliers
 from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
-from polypythia.monitoring.spikes import RunSpikeDetector
+from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
 from polypythia.spec import Sweep
 from polypythia.storage import RunStore, StorageError
 from polypythia.storage.uri import open_store, split_s3_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +31,9 @@ class _RunCache:
     spikes: int = 0
     checkpoint_loss: dict[int, float] = field(default_factory=dict)
     evaluations_seen: set[int] = field(default_factory=set)
+    # The run's rewinds.json: read once, then kept up to date by this operator, the only
+    # writer (trainers only read it).
+    recorded: dict[str, list[dict]] | None = None
 
 
 @dataclass
@@ -44,8 +51,13 @@ class SweepObserver:
         names: list[str],
         credentials: tuple[str | None, str | None],
         default_endpoint: str | None,
+        rewindable: frozenset[str] = frozenset(),
     ) -> dict[str, RunObservation]:
-        """Poll the named runs; unreachable storage means no observation this pass."""
+        """Poll the named runs; unreachable storage means no observation this pass.
+
+        With ``spec.instability.action: rewind``, a new spike of a run in ``rewindable``
+        (its RayJob is running) is decided here and recorded in storage; reconcile then
+        replaces the RayJob (see ``reconcile``)."""
         if not names:
             return {}
         storage = sweep.spec["storage"]
@@ -65,19 +77,34 @@ class SweepObserver:
             _, prefix = split_s3_uri(run.config["runUri"])
             rs = RunStore(store, prefix, run.config["runUri"])
             try:
-                out[name] = self._observe_run(sweep, run, rs, settings)
+                out[name] = self._observe_run(sweep, run, rs, settings, name in rewindable)
             except StorageError:
                 continue
         self._flag_outliers(plan, out, settings)
+        for name, obs in out.items():
+            recorded = self.runs[name].recorded or {}
+            out[name] = replace(
+                obs,
+                rewinds=tuple(recorded.get("rewinds", ())),
+                refused=tuple(recorded.get("refused", ())),
+            )
         return out
 
     def _observe_run(
-        self, sweep: Sweep, run: RunPlan, rs: RunStore, settings: InstabilitySettings
+        self,
+        sweep: Sweep,
+        run: RunPlan,
+        rs: RunStore,
+        settings: InstabilitySettings,
+        rewindable: bool = False,
     ) -> RunObservation:
         cache = self.runs.setdefault(run.name, _RunCache())
+        if cache.recorded is None:
+            cache.recorded = rs.read_rewinds()
         checkpoints = rs.complete_checkpoints()
         evaluated = rs.evaluated_steps()
         records = rs.read_telemetry_since(cache.cursor)
+        opened: list[tuple[SpikeEvent, int]] = []
         if records:
             if cache.detector is None:
                 cache.detector = RunSpikeDetector(run.name, settings.spikes)
@@ -92,6 +119,7 @@ class SweepObserver:
                     rec["step"], float(loss), grad if isinstance(grad, (int, float)) else None
                 )
                 cache.spikes += sum(1 for e in events if e.status == "open")
+                opened += [(e, rec.get("attempt", 0)) for e in events if e.status == "open"]
                 if self.exporter is not None:
                     self.exporter.observe_spikes(self._labels(sweep, run), events)
                 if math.isfinite(loss):
@@ -101,6 +129,17 @@ class SweepObserver:
             cache.checkpoint_loss = {s: v for s, v in cache.checkpoint_loss.items() if s in wanted}
             if self.exporter is not None:
                 self.exporter.observe_telemetry(self._labels(sweep, run), records)
+        if opened and rewindable and settings.action == "rewind":
+            try:
+                restart = self._rewind(run, rs, cache, settings, opened, checkpoints)
+            except StorageError:
+                # Half done (recorded, not yet trimmed): forget the cached record and
+                # history, so the next pass reads both again from storage.
+                self.runs[run.name] = _RunCache(spikes=cache.spikes)
+                raise
+            if restart is not None:
+                checkpoints = rs.complete_checkpoints()
+                evaluated = rs.evaluated_steps()
         if self.exporter is not None:
             labels = self._labels(sweep, run)
             for step in sorted(set(evaluated) - cache.evaluations_seen):
@@ -126,6 +165,54 @@ class SweepObserver:
             step=cache.cursor if cache.cursor >= 0 else None,
             spikes=cache.spikes,
         )
+
+    def _rewind(
+        self,
+        run: RunPlan,
+        rs: RunStore,
+        cache: _RunCache,
+        settings: InstabilitySettings,
+        opened: list[tuple[SpikeEvent, int]],
+        checkpoints: list[int],
+    ) -> int | None:
+        """Decide the first new spike (once: the record in storage tells a restarted
+        operator it was handled); on a rewind, reset this run's cache to the restart
+        step. Returns the restart step, or None when nothing was rewound."""
+        recorded = cache.recorded
+        if recorded is None:
+            return None
+        done = {RunStore.spike_key(e["spike"]) for e in recorded["rewinds"] + recorded["refused"]}
+        for spike, attempt in opened:
+            record = {
+                "signal": spike.signal,
+                "onsetStep": spike.onset_step,
+                "magnitude": spike.magnitude if math.isfinite(spike.magnitude) else None,
+                "attempt": attempt,
+            }
+            if RunStore.spike_key(record) in done:
+                continue
+            decision = decide_rewind(spike, checkpoints, settings.rewind, len(recorded["rewinds"]))
+            if decision.action == "refuse":
+                recorded["refused"].append(rs.record_refusal(decision.reason, record))
+                log.warning("rewind refused: %s", decision.reason)
+                return None
+            entry = rs.record_rewind(decision.restart_step, decision.skip_batches, record)
+            recorded["rewinds"].append(entry)
+            log.warning("rewinding %s: %s", run.name, decision.reason)
+            restart = decision.restart_step
+            cache.detector = RunSpikeDetector(run.name, settings.spikes)
+            cache.checkpoint_loss = {s: v for s, v in cache.checkpoint_loss.items() if s <= restart}
+            cache.cursor = -1
+            for rec in rs.read_telemetry():
+                loss = rec.get("loss")
+                if isinstance(loss, (int, float)):
+                    grad = rec.get("grad_norm")
+                    cache.detector.feed(
+                        rec["step"], float(loss), grad if isinstance(grad, (int, float)) else None
+                    )
+                cache.cursor = rec["step"]
+            return restart
+        return None
 
     def _flag_outliers(
         self, plan: list[RunPlan], out: dict[str, RunObservation], settings: InstabilitySettings

@@ -61,11 +61,14 @@ def render_rayjob(
     trainer_image: str,
     resume_from: int | None = None,
     storage_endpoint: str | None = None,
+    rewinds: int = 0,
 ) -> dict:
     """The RayJob of one attempt of one run (see the module docstring).
 
     ``resume_from`` is recorded as an annotation for people reading the object; the
-    trainer finds the last complete checkpoint itself.
+    trainer finds the last complete checkpoint itself. ``rewinds`` (the run's rewinds
+    recorded in storage when this attempt was made) tells reconcile whether a newer
+    rewind still needs a new attempt, and which attempts were rewinds, not retries.
     """
     if not trainer_image:
         raise ValueError(
@@ -155,6 +158,8 @@ def render_rayjob(
     annotations = {f"{L.DOMAIN}/run-uri": run.config.get("runUri", "")}
     if resume_from is not None:
         annotations[f"{L.DOMAIN}/resume-from-step"] = str(resume_from)
+    if rewinds:
+        annotations[L.REWINDS] = str(rewinds)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -7,6 +7,7 @@ same answer from the same world and never creates a child twice.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 
 from polypythia.k8s import labels as L
@@ -20,6 +21,7 @@ ENDED = ("Succeeded", "Failed")
 EVAL_MAX_TRIES = 3
 EVAL_BATCH_MAX = 8
 MAX_DIFFS_SHOWN = 5
+RECENT_REWINDS = 10  # status.recentRewinds keeps the last ones across runs
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class RunObservation:
     step: int | None = None
     spikes: int = 0
     outlier: bool = False
+    rewinds: tuple[dict, ...] = ()  # storage's rewind record (RunStore.record_rewind)
+    refused: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,12 @@ def _attempt(job: dict) -> int:
         return 0
 
 
+def _job_rewinds(job: dict | None) -> int:
+    """How many rewinds were recorded when this RayJob was made (its annotation)."""
+    text = ((job or {}).get("metadata", {}).get("annotations") or {}).get(L.REWINDS, "0")
+    return int(text) if text.isdigit() else 0
+
+
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict):
         out: dict[str, object] = {}
@@ -188,6 +198,8 @@ class _Run:
     state: str = "Pending"
     attempt: int = 0
     needs: int | None = None  # attempt to create when a slot frees up
+    rewinds: int = 0  # rewinds recorded in storage (or, unobserved, the last known count)
+    job_rewinds: int = 0  # of those, how many the latest RayJob already obeys
 
 
 def reconcile(
@@ -263,6 +275,27 @@ def reconcile(
                 out.actions.append(SuspendRayJob(name, False))
                 run.state = "Queued"
 
+    # A rewind recorded in storage (observe.py decided it) replaces the running attempt:
+    # its trainer must restart from the rewind's checkpoint. Not a retry: maxRewinds bounds it.
+    for run in runs:
+        if suspended or frozen or run.latest is None or run.rewinds <= run.job_rewinds:
+            continue
+        if rayjob_state(run.latest) not in ("Queued", "Running"):
+            continue
+        out.actions.append(DeleteRayJob(run.latest["metadata"]["name"]))
+        attempt = run.attempt + 1
+        body = render_rayjob(
+            sweep,
+            run.plan,
+            attempt=attempt,
+            trainer_image=images.trainer,
+            storage_endpoint=images.storage_endpoint,
+            rewinds=run.rewinds,
+        )
+        out.actions.append(CreateRayJob(run.plan.name, attempt, body))
+        out.actions.append(Event("RunRewound", _rewind_message(run, observations), "Warning"))
+        run.state, run.attempt, run.latest, run.job_rewinds = "Queued", attempt, body, run.rewinds
+
     # Start runs and retries within maxConcurrentRuns, in the planner's order.
     active = sum(1 for r in runs if r.state in ACTIVE and r.latest is not None)
     slots = max(0, int(spec["maxConcurrentRuns"]) - active)
@@ -285,6 +318,7 @@ def reconcile(
             trainer_image=images.trainer,
             resume_from=resume if attempt and resume >= 0 else None,
             storage_endpoint=images.storage_endpoint,
+            rewinds=run.rewinds,
         )
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
         if attempt:
@@ -292,7 +326,8 @@ def reconcile(
             out.actions.append(
                 Event(
                     "RunRetried",
-                    f"run {run.plan.name}: attempt {attempt} of {spec['maxRetries']} retries, "
+                    f"run {run.plan.name}: retry {attempt - run.job_rewinds} of "
+                    f"{spec['maxRetries']}, attempt {attempt}, "
                     f"resuming from {where}",
                     "Warning",
                 )
@@ -304,17 +339,72 @@ def reconcile(
                 )
             )
         run.state, run.attempt, run.latest = "Queued", attempt, body
+        run.job_rewinds = run.rewinds
         slots -= 1
 
     eval_actions, eval_rows = _evaluations(sweep, runs, eval_jobs, observations, images)
     out.actions += eval_actions
     rows = []
+    spike_type = (
+        "Normal" if (spec.get("instability") or {}).get("action") == "observe" else "Warning"
+    )
     for run in runs:
         row = _row(run, observations.get(run.plan.name), eval_rows.get(run.plan.name))
-        out.actions += _transition_events(run.row, row)
+        out.actions += _transition_events(run.row, row, spike_type)
         rows.append(row)
     out.status = _status(sweep, rows, previous, rejected, now, eval_jobs)
+    out.status["recentRewinds"] = _recent_rewinds(runs, observations, previous)
     return out
+
+
+def _rewind_message(run: _Run, observations: dict[str, RunObservation]) -> str:
+    """The Event text of a rewind: where from, what it skips, which spike caused it."""
+    obs = observations.get(run.plan.name)
+    entry = obs.rewinds[-1] if obs and obs.rewinds else None
+    head = f"run {run.plan.name}: rewind {run.rewinds}, attempt {run.attempt + 1}"
+    if entry is None:
+        return head
+    spike = entry.get("spike") or {}
+    first, last = entry["skipBatches"]
+    return (
+        f"{head} restarts from step {entry['restartStep']} skipping batches [{first}, {last}) "
+        f"after a {spike.get('signal')} spike at step {spike.get('onsetStep')}"
+    )
+
+
+def _iso(at: float | None) -> str | None:
+    if not isinstance(at, (int, float)):
+        return None
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _recent_rewinds(
+    runs: list[_Run], observations: dict[str, RunObservation], previous: dict
+) -> list[dict]:
+    """The last RECENT_REWINDS rewinds of the sweep; runs not observed this pass keep
+    what the previous status said about them."""
+    kept: list[dict] = []
+    for run in runs:
+        obs = observations.get(run.plan.name)
+        if obs is None:
+            kept += [
+                r for r in previous.get("recentRewinds") or [] if r.get("run") == run.plan.name
+            ]
+            continue
+        for entry in obs.rewinds:
+            spike = entry.get("spike") or {}
+            kept.append(
+                {
+                    "run": run.plan.name,
+                    "restartStep": entry["restartStep"],
+                    "skipBatches": list(entry["skipBatches"]),
+                    "signal": spike.get("signal"),
+                    "onsetStep": spike.get("onsetStep"),
+                    "at": _iso(entry.get("at")),
+                }
+            )
+    kept.sort(key=lambda r: (r.get("at") or "", r["run"]))
+    return [{k: v for k, v in r.items() if v is not None} for r in kept[-RECENT_REWINDS:]]
 
 
 def _run_state(
@@ -325,6 +415,10 @@ def _run_state(
     spec: dict,
 ) -> _Run:
     run = _Run(plan, row, jobs, max(jobs, key=_attempt) if jobs else None)
+    obs = observations.get(plan.name)
+    run.job_rewinds = _job_rewinds(run.latest)
+    known = len(obs.rewinds) if obs is not None else int(row.get("rewinds", 0))
+    run.rewinds = max(known, run.job_rewinds)
     if run.latest is None:
         obs = observations.get(plan.name)
         final = spec["training"]["steps"]
@@ -339,7 +433,7 @@ def _run_state(
     run.attempt = _attempt(run.latest)
     state = rayjob_state(run.latest)
     if state == "Failed":
-        if run.attempt < int(spec["maxRetries"]):
+        if run.attempt - run.job_rewinds < int(spec["maxRetries"]):
             run.state, run.needs = "Retrying", run.attempt + 1
         else:
             run.state = "Failed"
@@ -439,7 +533,8 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         "seed": run.plan.seed,
         "phase": run.state,
         "attempt": run.attempt,
-        "retries": run.attempt,
+        "retries": run.attempt - run.job_rewinds,
+        "rewinds": run.rewinds,
         "rayJob": latest["metadata"]["name"] if latest else None,
         "step": obs.step if obs and obs.step is not None else prev.get("step"),
         "lastCheckpoint": max(obs.checkpoints)
@@ -447,6 +542,10 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         else prev.get("lastCheckpoint"),
         "spikes": obs.spikes if obs else prev.get("spikes", 0),
         "outlier": obs.outlier if obs else prev.get("outlier", False),
+        "rewindsRefused": len(obs.refused) if obs else prev.get("rewindsRefused", 0),
+        "rewindRefusedReason": obs.refused[-1]["reason"]
+        if obs and obs.refused
+        else prev.get("rewindRefusedReason"),
     }
     if latest is not None:
         message = (latest.get("status") or {}).get("message")
@@ -456,7 +555,9 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
     return {k: v for k, v in row.items() if v is not None}
 
 
-def _transition_events(prev: dict, row: dict) -> list[Event]:
+def _transition_events(prev: dict, row: dict, spike_type: str = "Warning") -> list[Event]:
+    """Events for what changed in a run's row; ``spike_type`` is Normal under
+    ``action: observe`` and Warning under ``alert``/``rewind``."""
     events = []
     name, phase, old = row["name"], row["phase"], prev.get("phase")
     if phase != old:
@@ -483,7 +584,11 @@ def _transition_events(prev: dict, row: dict) -> list[Event]:
         )
     if row.get("spikes", 0) > prev.get("spikes", 0):
         events.append(
-            Event("LossSpike", f"run {name}: {row['spikes']} loss spike(s) so far", "Warning")
+            Event("LossSpike", f"run {name}: {row['spikes']} loss spike(s) so far", spike_type)
+        )
+    if row.get("rewindsRefused", 0) > prev.get("rewindsRefused", 0):
+        events.append(
+            Event("RewindRefused", row.get("rewindRefusedReason") or f"run {name}", "Warning")
         )
     if row.get("outlier") and not prev.get("outlier"):
         events.append(
@@ -556,6 +661,7 @@ def _status(
         "runsFailed": count["Failed"],
         "runsPending": pending + suspended,
         "spikes": sum(int(r.get("spikes", 0)) for r in rows),
+        "rewinds": sum(int(r.get("rewinds", 0)) for r in rows),
         "outliers": sum(1 for r in rows if r.get("outlier")),
         "evaluations": {
             "done": sum(int(r.get("evaluated", 0)) for r in rows),
@@ -565,6 +671,17 @@ def _status(
         "conditions": [ready, progressing, degraded],
         "runs": rows,
     }
+
+
+def running_runs(rayjobs: list[dict]) -> frozenset[str]:
+    """Runs whose latest RayJob is running: the ones a spike may rewind (a finished run
+    keeps its history; a queued one has not trained yet)."""
+    latest: dict[str, dict] = {}
+    for job in rayjobs:
+        run = _label(job, L.RUN) or ""
+        if run not in latest or _attempt(job) > _attempt(latest[run]):
+            latest[run] = job
+    return frozenset(r for r, job in latest.items() if rayjob_state(job) == "Running")
 
 
 def runs_to_poll(plan: list[RunPlan], previous: dict) -> list[str]:
