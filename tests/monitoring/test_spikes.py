@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeSettings
 from polypythia.monitoring.synthetic import make_history
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _closed(events):
@@ -117,3 +120,63 @@ def test_steps_must_increase_and_settings_are_checked():
         SpikeSettings(window=16, min_history=32)
     with pytest.raises(ValueError, match="signals"):
         SpikeSettings(signals=("perplexity",))
+    with pytest.raises(ValueError, match="level_window"):
+        SpikeSettings(level_window=0)
+
+
+def _loss_onsets(events):
+    return [e.onset_step for e in events if e.signal == "loss" and e.status == "open"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spike_during_the_fast_early_drop_is_flagged_on_loss(seed):
+    # While the loss still falls fast, the plain window sd is mostly trend (the old
+    # rule's threshold sat ~9 loss units above the loss at step 120 here).
+    spiked = make_history(2_000, seed=seed, spikes=0, data_spike_steps=(120,), heights=(2.0, 2.0))
+    _, events = RunSpikeDetector.rebuild("r", spiked.steps, spiked.loss, spiked.grad_norm)
+    assert _loss_onsets(events) == [spiked.planted[0].step] == [121]
+    clean = make_history(2_000, seed=seed, spikes=0)
+    _, events = RunSpikeDetector.rebuild("r", clean.steps, clean.loss, clean.grad_norm)
+    assert events == []
+
+
+def _nano_run(name):
+    rows = [
+        line.split(",")
+        for line in (FIXTURES / "nano_lr_shock.csv").read_text().splitlines()[1:]
+        if line.startswith(name + ",")
+    ]
+    steps, loss, grad_norm = (np.array([float(r[i]) for r in rows]) for i in (1, 2, 3))
+    return steps.astype(np.int64), loss, grad_norm
+
+
+def test_real_nano_run_lr_shock_is_flagged_on_loss_and_clean_run_is_quiet():
+    # Telemetry of two real 400-step nano runs (`polypythia run`, batch 8 x 32 tokens,
+    # fp32, CPU): "clean", and "shock" with training.perturbations
+    # [{step: 120, learningRateFactor: 100}]; identical up to step 120.
+    steps, loss, grad_norm = _nano_run("shock")
+    _, events = RunSpikeDetector.rebuild("shock", steps, loss, grad_norm)
+    assert _loss_onsets(events) == [121]
+    spike = next(e for e in events if e.signal == "loss")
+    assert spike.precursor_step == 121 and spike.baseline < 2.5 < 6.0 < spike.peak_value
+    steps, loss, grad_norm = _nano_run("clean")
+    detector, events = RunSpikeDetector.rebuild("clean", steps, loss, grad_norm)
+    assert events == []
+    assert detector.score("loss") < 0.01
+
+
+@pytest.mark.parametrize(("window", "level_window"), [(8, 16), (8, 8), (20, 1), (64, 5)])
+def test_streaming_equals_batch_for_small_windows(window, level_window):
+    h = make_history(6_000, seed=5, spikes=3)
+    loss = h.loss.copy()
+    loss[5_000] = math.nan
+    settings = SpikeSettings(window=window, min_history=4, level_window=level_window)
+    streaming = RunSpikeDetector("r", settings)
+    live = []
+    for s, x, g in zip(h.steps.tolist(), loss.tolist(), h.grad_norm.tolist(), strict=True):
+        live += streaming.feed(s, x, g)
+    batch_detector, batch = RunSpikeDetector.rebuild("r", h.steps, loss, h.grad_norm, settings)
+    key = lambda e: (e.signal, e.onset_step, e.peak_step, e.recovery_step, e.status)  # noqa: E731
+    assert [key(e) for e in live] == [key(e) for e in batch]
+    assert 5_001 in [e.onset_step for e in live if e.signal == "loss"]
+    assert streaming.baseline("loss") == pytest.approx(batch_detector.baseline("loss"))

@@ -2,10 +2,17 @@
 
 The rule combines published practice:
 
-* OLMo-core: a value is a spike when it exceeds mean + ``threshold`` sd of the
-  last ``window`` values. The test is one-sided (upward), so the rapid loss drop
-  early in training never fires, and a window mean + sd cannot be outrun by
-  slow linear drift (the lag of the mean is always well under 6 window sds).
+* OLMo-core: a value is a spike when it exceeds the baseline + ``threshold`` sd,
+  learnt from the last ``window`` values. The test is one-sided (upward), so the
+  rapid loss drop early in training never fires.
+* The baseline is detrended, because the plain sd of a window over the fast early
+  loss drop is mostly trend: a nano run's 100x learning-rate shock at step 121
+  (loss 2.4 -> 6.3) sat under mean + 6 sd = 9.4. The level is the mean of the
+  last ``level_window`` values (it lags a falling loss from above, so a decline
+  never fires); the noise sd comes from step-to-step changes over the ``window``
+  (sd of first differences / sqrt 2, their mean removed), which a smooth trend
+  barely inflates. Slow drift moves the level with it; only a rise of several
+  noise sds within ``level_window`` steps is a spike.
 * llm.c: flagged values never enter the window, so one spike does not inflate the
   baseline and mask the next.
 * OLMo 2 "spike score": the share of the last ``score_window`` values lying at
@@ -47,6 +54,8 @@ class SpikeSettings:
     signals: tuple[str, ...] = SIGNALS
     window: int = 128
     threshold: float = 6.0
+    # The baseline's level: mean of the last ``level_window`` values (at most ``window``).
+    level_window: int = 16
     min_history: int = 32
     score_window: int = 1000
     score_threshold: float = 7.0
@@ -67,6 +76,8 @@ class SpikeSettings:
             raise ValueError("window and score_window: must be >= 2")
         if not 2 <= self.min_history <= self.window:
             raise ValueError(f"min_history: must be in [2, window={self.window}]")
+        if self.level_window < 1:
+            raise ValueError("level_window: must be >= 1")
         if self.threshold <= 0 or self.score_threshold <= 0 or self.recovery_sds <= 0:
             raise ValueError("threshold, score_threshold, recovery_sds: must be > 0")
         if self.recovery_sds > self.threshold:
@@ -190,6 +201,87 @@ class _Ring:
         return mean, math.sqrt(var)
 
 
+class _LevelRing:
+    """The detection baseline: last ``size`` accepted values, detrended.
+
+    ``stats`` gives the level (mean of the last ``k`` values) and the sd of a new
+    value around it, from the noise sd that step-to-step changes imply. The sum of
+    squared changes is kept running and recomputed from the buffer every ``size``
+    insertions, so rounding never accumulates (amortised O(1)).
+    """
+
+    def __init__(self, size: int, k: int) -> None:
+        self.size = size
+        self.k = k
+        self.buf = [0.0] * size
+        self.head = 0
+        self.n = 0
+        self.level_sum = 0.0
+        self.d2 = 0.0
+        self.since = 0
+
+    def _at(self, back: int) -> float:
+        """The value ``back`` insertions ago (1 = the latest)."""
+        return self.buf[(self.head - back) % self.size]
+
+    def values(self) -> np.ndarray:
+        """Chronological copy of the stored values."""
+        buf = np.asarray(self.buf, dtype=float)
+        if self.n < self.size:
+            return buf[: self.n].copy()
+        return np.concatenate([buf[self.head :], buf[: self.head]])
+
+    def push(self, x: float) -> None:
+        if self.n:
+            d = x - self._at(1)
+            self.d2 += d * d
+        if self.n >= self.k:
+            self.level_sum -= self._at(self.k)
+        self.level_sum += x
+        if self.n == self.size:
+            d = self.buf[(self.head + 1) % self.size] - self.buf[self.head]
+            self.d2 -= d * d
+        else:
+            self.n += 1
+        self.buf[self.head] = x
+        self.head = (self.head + 1) % self.size
+        self.since += 1
+        if self.since >= self.size:
+            self.resum()
+
+    def extend(self, xs: np.ndarray) -> None:
+        """Append many values at once (vectorised)."""
+        if len(xs) == 0:
+            return
+        merged = np.concatenate([self.values(), xs])[-self.size :]
+        self.n = len(merged)
+        self.buf = merged.tolist() + [0.0] * (self.size - self.n)
+        self.head = self.n % self.size
+        self.resum()
+
+    def resum(self) -> None:
+        vals = self.values()
+        self.level_sum = float(vals[-self.k :].sum())
+        d = np.diff(vals)
+        self.d2 = float((d * d).sum())
+        self.since = 0
+
+    def clear(self) -> None:
+        self.head = self.n = self.since = 0
+        self.level_sum = self.d2 = 0.0
+
+    def stats(self) -> tuple[float, float]:
+        """(level, sd of a new value around it); needs n >= 2."""
+        n, k = self.n, min(self.k, self.n)
+        return _level_scale(self.level_sum / k, self._at(1) - self._at(n), self.d2, n - 1, k)
+
+
+def _level_scale(level: float, d1: float, d2: float, m: int, k: int) -> tuple[float, float]:
+    """Level and scale from the sums of ``m`` changes (``d1``, ``d2``) and a level over ``k``."""
+    var = (d2 - d1 * d1 / m) / (m - 1) if m >= 2 else d2
+    return level, math.sqrt(max(var, 0.0) / 2.0 * (1.0 + 1.0 / k))
+
+
 def _scale_floor(center: float, sd: float) -> float:
     """A constant history must not make every later wiggle infinitely large."""
     return max(sd, 1e-9 * max(1.0, abs(center)))
@@ -240,6 +332,38 @@ def _rolling_stats(
     return cnt, mean, s2
 
 
+def _level_stats(
+    prev: np.ndarray, xs: np.ndarray, window: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each x in ``xs``: the level and scale of :class:`_LevelRing` before it,
+    assuming every earlier value of ``xs`` entered the window (so only results up to
+    the first flagged value are meaningful; the caller stops there). ``prev`` holds
+    the window's values (at least one)."""
+    allv = np.concatenate([prev, xs])
+    ref = float(prev[-1])
+    allv -= ref
+    lp, n = len(prev), len(xs)
+    cnt = np.minimum(np.arange(lp, lp + n), window).astype(float)
+    kk = np.minimum(cnt, k)
+    c = np.zeros(len(allv) + 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.cumsum(allv, out=c[1:])
+        level = _window_diff(c, lp, n, k) / kk
+        # sum of the cnt - 1 changes = last - first value of the window (telescoping)
+        d1 = _window_diff(allv, lp - 1, n, window - 1)
+        d = np.diff(allv)
+        np.square(d, out=d)
+        np.cumsum(d, out=c[1 : len(d) + 1])
+        d2 = _window_diff(c[: len(d) + 1], lp - 1, n, window - 1)
+        m = cnt - 1
+        var = np.where(m >= 2, (d2 - d1 * d1 / np.maximum(m, 1)) / np.maximum(m - 1, 1), d2)
+        np.maximum(var, 0.0, out=var)
+        var *= 0.5 * (1.0 + 1.0 / kk)
+        scale = np.sqrt(var, out=var)
+    level += ref
+    return level, scale
+
+
 @dataclass
 class _Open:
     onset: int
@@ -257,7 +381,7 @@ class _Open:
 class _SignalState:
     name: str
     settings: SpikeSettings
-    ring: _Ring = field(init=False)
+    ring: _LevelRing = field(init=False)
     score_ring: _Ring = field(init=False)
     score_flags: list[bool] = field(init=False)
     score_pos: int = 0
@@ -266,7 +390,8 @@ class _SignalState:
     open: _Open | None = None
 
     def __post_init__(self) -> None:
-        self.ring = _Ring(self.settings.window)
+        s = self.settings
+        self.ring = _LevelRing(s.window, min(s.level_window, s.window))
         self.score_ring = _Ring(self.settings.score_window)
         self.score_flags = [False] * self.settings.score_window
 
@@ -311,7 +436,7 @@ class RunSpikeDetector:
         return [self._event(st, "open", None) for st in self._states.values() if st.open]
 
     def baseline(self, signal: str = "loss") -> tuple[float, float] | None:
-        """Current (mean, sd) of the signal's window (log scale for grad_norm)."""
+        """Current (level, sd) of the signal's baseline (log scale for grad_norm)."""
         ring = self._states[signal].ring
         return ring.stats() if ring.n >= 2 else None
 
@@ -520,7 +645,7 @@ class RunSpikeDetector:
                 i += 1
                 continue
             chunk = xs[i : min(n, i + _CHUNK)]
-            cnt, mean, sd = _rolling_stats(st.ring.values(), chunk, s.window)
+            mean, sd = _level_stats(st.ring.values(), chunk, s.window, st.ring.k)
             floor = np.maximum(sd, 1e-9 * np.maximum(1.0, np.abs(mean)))
             with np.errstate(invalid="ignore"):
                 bad = ~np.isfinite(chunk) | (chunk > mean + s.threshold * floor)
