@@ -84,6 +84,9 @@ def test_sweep_trains_evaluates_reports_and_isolates_a_failing_run(tmp_path: Pat
     scores = good.read_eval(30)["results"]
     assert "pp_subject_verb_agreement" in scores
     assert good.read_run_config()["run"] == "e2e-nano-s0"
+    # Evaluation ran as `polypythia evaluate`; its progress bars stayed in its log.
+    assert "polypythia.cli evaluate" in (workdir / "logs" / "e2e-nano-s0.eval.log").read_text()
+    assert "loglikelihood requests" not in out and "SIGTERM" not in out
     summary = [line for line in result.stdout.splitlines() if line.startswith("e2e-nano-s")]
     assert any("Succeeded" in line and "30/30" in line for line in summary), out
     assert any("e2e-nano-s1" in line and "Failed" in line for line in summary), out

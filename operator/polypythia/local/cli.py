@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from polypythia.errors import UsageError
@@ -62,12 +64,40 @@ def _base_uri(args: argparse.Namespace, sweep, workdir: Path) -> str:
     return str((workdir / "store").resolve())
 
 
-def _start_ray(args: argparse.Namespace, runs, max_concurrent: int) -> tuple[str, callable]:
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[None]:
+    """Point this process's stdout and stderr (the file descriptors) at ``log_path``.
+
+    Ray's daemons and workers inherit the descriptors of the process that starts them,
+    and print their own shutdown noise (a SIGTERM trace per finished run) there; the
+    terminal should show the sweep's progress only.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _start_ray(
+    args: argparse.Namespace, runs, max_concurrent: int, log_path: Path
+) -> tuple[str, callable]:
     """Join the given cluster, or start a local one sized so no run can deadlock."""
     import ray
 
     if args.ray_address:
-        ray.init(address=args.ray_address, log_to_driver=False)
+        with _output_to(log_path):
+            ray.init(address=args.ray_address, log_to_driver=False)
         address = args.ray_address
     else:
         need = max(
@@ -75,7 +105,8 @@ def _start_ray(args: argparse.Namespace, runs, max_concurrent: int) -> tuple[str
             for r in runs
         )
         cpus = max(os.cpu_count() or 1, need * max_concurrent + max_concurrent)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        with _output_to(log_path):
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         address = ray.get_runtime_context().gcs_address
     resources = ray.cluster_resources()
     check_resources(runs, resources.get("CPU", 0), resources.get("GPU", 0))
@@ -136,7 +167,9 @@ def main(args: argparse.Namespace) -> int:
         if args.no_ray:
             _check_no_ray(args, driver.runs)
         elif any(not r.finished for r in driver.runs):
-            driver.ray_address, shutdown = _start_ray(args, driver.runs, driver.max_concurrent)
+            driver.ray_address, shutdown = _start_ray(
+                args, driver.runs, driver.max_concurrent, workdir / "logs" / "ray.log"
+            )
         progress.start()
         driver.run()
     except KeyboardInterrupt:

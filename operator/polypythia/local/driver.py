@@ -19,6 +19,7 @@ from pathlib import Path
 
 from polypythia import planner
 from polypythia.errors import UsageError
+from polypythia.local.evaluation import evaluate_in_child, storage_flags
 from polypythia.local.processes import RunProcess, write_config
 from polypythia.monitoring.actions import decide_rewind
 from polypythia.monitoring.cross_seed import CrossSeedResult, RunHistory, cross_seed_outliers
@@ -377,20 +378,16 @@ class LocalDriver:
             run.eval_future = self._evaluator.submit(self._evaluate, run, steps)
 
     def _evaluate(self, run: RunState, steps: list[int]) -> None:
-        from polypythia_eval.evaluate import EvaluateOptions, evaluate_run
-
-        evaluation = self.sweep.spec["evaluation"]
-        options = EvaluateOptions(
-            tasks=list(evaluation["tasks"]),
-            limit=evaluation.get("limit"),
-            workdir=self.options.workdir / "eval-work" / run.plan.name,
+        """`polypythia evaluate` on ``steps`` in a child process (see local.evaluation)."""
+        workdir = self.options.workdir
+        args = planner.evaluate_args(self.sweep.spec, run.store.uri, steps)
+        args += ["--workdir", str(workdir / "eval-work" / run.plan.name)]
+        args += storage_flags(run.plan.config["storage"])
+        evaluate_in_child(
+            args,
+            workdir / "logs" / f"{run.plan.name}.eval.log",
+            {"POLYPYTHIA_CACHE": str(workdir / "cache")},
         )
-        summary = evaluate_run(
-            run.store.uri, steps, options, store=run.store, log=lambda message: None
-        )
-        if summary.failed:
-            step, reason = next(iter(summary.failed.items()))
-            raise RuntimeError(f"step{step}: {reason}")
 
 
 def _spike_record(spike: SpikeEvent, attempt: int) -> dict:
