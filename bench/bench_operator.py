@@ -27,19 +27,29 @@ def _peak_rss(proc: psutil.Process, peak: float) -> float:
         return peak
 
 
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 def bench_runs(cluster: Cluster, runs: int) -> dict:
     ns = f"bench{runs}"
     cluster.create_namespace(ns)
+    cluster.create_secret(ns, "s3")
+    storage = {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
     seeds = runs // 2
-    body = sweep_body("b", seeds=seeds, maxConcurrentRuns=runs)
+    body = sweep_body("b", seeds=seeds, maxConcurrentRuns=runs, storage=storage)
     proc = psutil.Process(cluster.operator.pid)
+    here = psutil.Process()
+    cpu0 = (_cpu(proc), _cpu(here))
     start = time.perf_counter()
     cluster.apply_sweep(ns, body)
     peak = 0.0
-    while len(cluster.rayjobs(ns, "b")) < runs:
+    while cluster.emulator.count_objects("ray.io/v1/rayjobs", ns, "polypythia.io/sweep=b") < runs:
         peak = _peak_rss(proc, peak)
         time.sleep(0.05)
     took = time.perf_counter() - start
+    cpu = (_cpu(proc) - cpu0[0], _cpu(here) - cpu0[1])
     for _ in range(int(3 / 0.1)):  # status write-back and the next pass
         peak = _peak_rss(proc, peak)
         time.sleep(0.1)
@@ -48,6 +58,12 @@ def bench_runs(cluster: Cluster, runs: int) -> dict:
         "runs": runs,
         "value": round(took, 3),
         "operator_peak_rss_mb": round(peak, 1),
+        # CPU seconds until the last RayJob existed: the operator process, and this process
+        # (the emulated API server's thread, plus this loop's polling).
+        "operator_cpu_s": round(cpu[0], 2),
+        "emulator_cpu_s": round(cpu[1], 2),
+        "load_average_1m": round(psutil.getloadavg()[0], 2),
+        "cpus": psutil.cpu_count(),
     }
 
 

