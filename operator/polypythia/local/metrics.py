@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from polypythia import planner
 from polypythia.monitoring.eval_scores import task_scores
-from polypythia.monitoring.exporter import RunLabels, SweepExporter
+from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
+from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.spec import Sweep
 
@@ -19,6 +21,11 @@ class LocalExporter:
     def __init__(self, sweep: Sweep, port: int = 0) -> None:
         self.sweep = sweep
         self.metrics = SweepExporter()
+        # Spikes are counted as data-driven or seed-specific across the runs sharing a data order.
+        self.spikes = CommonModeSpikes(
+            self.metrics, settings_from_spec(sweep.spec.get("instability")).spikes
+        )
+        self.spikes.plan({r.name: r.data_seed for r in planner.plan_sweep(sweep)})
         self.server = self.metrics.serve(port=port, addr="127.0.0.1")
         self.port = self.server.port
         self._exported: dict[str, set[int]] = {}
@@ -29,8 +36,8 @@ class LocalExporter:
     def observe_records(self, run: RunState, records: list[dict], events: list[SpikeEvent]) -> None:
         labels = self.labels(run)
         self.metrics.observe_telemetry(labels, records)
-        if events:
-            self.metrics.observe_spikes(labels, events)
+        last = run.detector.last_step if run.detector is not None else None
+        self.spikes.observe(run.plan.name, labels, events, last)
         if run.detector is not None:
             for signal in self.sweep_signals():
                 self.metrics.set_spike_score(labels, signal, run.detector.score(signal))
@@ -43,6 +50,8 @@ class LocalExporter:
         for run in driver.runs:
             labels = self.labels(run)
             self.metrics.set_phase(labels, run.phase)
+            if run.phase in ("Succeeded", "Failed"):
+                self.spikes.finish(run.plan.name)
             self.metrics.set_progress(
                 labels,
                 checkpoints=len(run.checkpoints),

@@ -74,7 +74,8 @@ METRICS: tuple[Metric, ...] = (
     _run(
         "polypythia_spikes_total",
         "counter",
-        "Spikes detected, counted at onset, by signal and kind.",
+        "Spikes detected, by signal and kind; counted once the kind is settled "
+        "(every run sharing the data order passed the onset, or ended).",
         "signal",
         "kind",
     ),

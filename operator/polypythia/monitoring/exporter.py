@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 
 from polypythia.monitoring import catalog
-from polypythia.monitoring.spikes import SpikeEvent
+from polypythia.monitoring.common_mode import CommonModeTracker
+from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
 
 SMOOTHING = 0.05
 
@@ -120,16 +121,21 @@ class SweepExporter:
             if st.smoothed is not None:
                 g["polypythia_run_loss_smoothed"][()] = st.smoothed
 
-    def observe_spikes(self, run: RunLabels, events: Iterable[SpikeEvent]) -> None:
+    def observe_spikes(
+        self, run: RunLabels, events: Iterable[SpikeEvent], *, count: bool = True
+    ) -> None:
         """Spike events of the run. Each spike is counted once, from its ``open`` event,
         under that event's ``kind`` (pass events settled by ``CommonModeTracker`` where
-        runs share a data order); closing events end ``spike_in_progress``."""
+        runs share a data order, as ``CommonModeSpikes`` does); closing events end
+        ``spike_in_progress``. ``count=False``: open events only start
+        ``spike_in_progress`` (the kind is not settled yet; alerts must not wait)."""
         with self._lock:
             st = self._state(run)
             for e in events:
                 key = (e.signal, e.onset_step)
                 if e.status == "open":
-                    st.spike_kinds.setdefault(key, e.kind)
+                    if count:
+                        st.spike_kinds.setdefault(key, e.kind)
                     if key not in st.closed_spikes:
                         st.open_spikes.add(key)
                 else:
@@ -246,7 +252,7 @@ class SweepExporter:
                     counts[(key[0], kind)] += 1
                 for (signal, kind), n in sorted(counts.items()):
                     families["polypythia_spikes_total"].add_metric([*run, signal, kind], n)
-                signals = {k[0] for k in st.spike_kinds} | {k[0] for k in st.closed_spikes}
+                signals = {k[0] for k in (*st.spike_kinds, *st.closed_spikes, *st.open_spikes)}
                 for signal in sorted(signals):
                     active = any(k[0] == signal for k in st.open_spikes)
                     families["polypythia_spike_in_progress"].add_metric(
@@ -269,6 +275,47 @@ class SweepExporter:
                         [namespace, sweep, phase], phases.get(phase, 0)
                     )
         yield from families.values()
+
+
+class CommonModeSpikes:
+    """A sweep's spike events into a ``SweepExporter``, counted as data-driven or
+    seed-specific by a ``CommonModeTracker``.
+
+    A spike shows in ``spike_in_progress`` at once, but enters ``spikes_total`` only
+    when its kind is certain: every run sharing its data order has passed its onset or
+    ended (a counter cannot move between kinds later). The kind depends only on the
+    runs' telemetry, so a restarted monitor fed the history from storage counts the
+    same spikes under the same kinds.
+    """
+
+    def __init__(self, exporter: SweepExporter, settings: SpikeSettings | None = None) -> None:
+        s = settings or SpikeSettings()
+        self.exporter = exporter
+        self.tracker = CommonModeTracker({}, s.common_mode_fraction, s.common_mode_tolerance)
+        self._labels: dict[str, RunLabels] = {}
+
+    def plan(self, data_order: Mapping[str, Hashable]) -> None:
+        """Every run of the sweep (started or not) and its data order."""
+        self.tracker.data_order = dict(data_order)
+
+    def observe(
+        self, run: str, labels: RunLabels, events: Iterable[SpikeEvent], last_step: int | None
+    ) -> None:
+        """The run's new events, now that its telemetry reached ``last_step``."""
+        events = list(events)
+        self._labels[run] = labels
+        if events:
+            self.exporter.observe_spikes(labels, events, count=False)
+        if last_step is not None:
+            self._count(self.tracker.add(run, events, last_step))
+
+    def finish(self, run: str) -> None:
+        """The run ended (succeeded or failed): it will show no more spikes."""
+        self._count(self.tracker.finish(run))
+
+    def _count(self, settled: list[SpikeEvent]) -> None:
+        for e in settled:
+            self.exporter.observe_spikes(self._labels[e.run], [e])
 
 
 _DIRECT = {"polypythia_reconcile_duration_seconds", "polypythia_reconcile_errors_total"}
