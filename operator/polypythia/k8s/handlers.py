@@ -165,6 +165,14 @@ class Operator:
             self._run(self._list_rayjobs, ns, name, uid), self._run(self._list_jobs, ns, name, uid)
         )
         poll = R.runs_to_poll(plan, previous)
+        # Ended runs are not polled, but the cross-seed outlier rule needs every seed's
+        # history: a started run this observer never read (after a restart) is read once.
+        polled = set(poll)
+        poll += [
+            n
+            for n in R.runs_started(plan, previous)
+            if n not in polled and n not in state.observer.runs
+        ]
         observations: dict[str, R.RunObservation] = {}
         if poll and sweep.spec["storage"].get("bucket"):
             creds = await self._run(self._credentials, ns, sweep.spec["storage"].get("secretName"))

@@ -33,6 +33,11 @@ class RunObservation:
     step: int | None = None
     spikes: int = 0
     outlier: bool = False
+    # The verdict that flagged the run first: ``loss`` or ``eval:<task>/<metric>``, the
+    # checkpoint step where its streak began, and its worst robust z.
+    outlier_signal: str | None = None
+    outlier_step: int | None = None
+    outlier_score: float | None = None
     rewinds: tuple[dict, ...] = ()  # storage's rewind record (RunStore.record_rewind)
     refused: tuple[dict, ...] = ()
 
@@ -102,8 +107,10 @@ def rayjob_state(job: dict) -> str:
     if job_status == "FAILED" and deployment not in ("Retrying",):
         return "Failed"
     if job.get("spec", {}).get("suspend") or deployment in ("Suspended", "Suspending"):
+        # KubeRay reports a RayJob created suspended as Suspended; under Kueue that is a
+        # job waiting for admission (a suspended sweep deletes its Kueue RayJobs instead).
         queued = L.QUEUE in (job.get("metadata", {}).get("labels") or {})
-        return "Queued" if queued and deployment != "Suspended" else "Suspended"
+        return "Queued" if queued else "Suspended"
     if deployment == "Running":
         return "Running"
     return "Queued"
@@ -485,7 +492,15 @@ def _evaluations(
             else:
                 for step in steps - done:
                     failures[step] = failures.get(step, 0) + 1
-        gave_up = sorted(s for s, n in failures.items() if n >= EVAL_MAX_TRIES)
+        # Failed Jobs go with their TTL, so the status remembers the given-up steps: a
+        # checkpoint that failed EVAL_MAX_TRIES times is never evaluated again.
+        gave_up = sorted(
+            (
+                {s for s, n in failures.items() if n >= EVAL_MAX_TRIES}
+                | set(prev.get("evalFailed") or [])
+            )
+            - done
+        )
         selected = evaluation_steps(spec, list(obs.checkpoints))
         pending = [s for s in selected if s not in done and s not in covered and s not in gave_up]
         names = {j["metadata"]["name"] for j in jobs}
@@ -542,6 +557,9 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         else prev.get("lastCheckpoint"),
         "spikes": obs.spikes if obs else prev.get("spikes", 0),
         "outlier": obs.outlier if obs else prev.get("outlier", False),
+        "outlierSignal": obs.outlier_signal if obs else prev.get("outlierSignal"),
+        "outlierStep": obs.outlier_step if obs else prev.get("outlierStep"),
+        "outlierScore": obs.outlier_score if obs else prev.get("outlierScore"),
         "rewindsRefused": len(obs.refused) if obs else prev.get("rewindsRefused", 0),
         "rewindRefusedReason": obs.refused[-1]["reason"]
         if obs and obs.refused
@@ -591,10 +609,16 @@ def _transition_events(prev: dict, row: dict, spike_type: str = "Warning") -> li
             Event("RewindRefused", row.get("rewindRefusedReason") or f"run {name}", "Warning")
         )
     if row.get("outlier") and not prev.get("outlier"):
+        detail = ""
+        if row.get("outlierSignal"):
+            detail = (
+                f" on {row['outlierSignal']} from step {row.get('outlierStep')}"
+                f" (robust z {row.get('outlierScore')})"
+            )
         events.append(
             Event(
                 "OutlierDetected",
-                f"run {name}: off the other seeds of size {row['size']}",
+                f"run {name}: off the other seeds of size {row['size']}{detail}",
                 "Warning",
             )
         )
@@ -695,3 +719,13 @@ def runs_to_poll(plan: list[RunPlan], previous: dict) -> list[str]:
         if not row.get("evaluationDone"):
             out.append(run.name)
     return out
+
+
+def runs_started(plan: list[RunPlan], previous: dict) -> list[str]:
+    """Runs the previous status saw start (ended ones too): their storage holds history."""
+    rows = {r.get("name"): r for r in previous.get("runs") or []}
+    return [
+        run.name
+        for run in plan
+        if run.name in rows and rows[run.name].get("phase") not in (None, "Pending")
+    ]
