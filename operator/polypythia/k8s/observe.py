@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 
 from polypythia.k8s.reconcile import RunObservation
 from polypythia.monitoring.actions import decide_rewind
+from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers
+from polypythia.monitoring.eval_scores import task_scores
 from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
-from polypythia.monitoring.outliers import Point, find_outliers
 from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
@@ -30,7 +31,9 @@ class _RunCache:
     detector: RunSpikeDetector | None = None
     spikes: int = 0
     checkpoint_loss: dict[int, float] = field(default_factory=dict)
-    evaluations_seen: set[int] = field(default_factory=set)
+    # Evaluation files by step, as written (they never change once written; one whose
+    # checkpoint a rewind abandoned is deleted from storage, and then from here).
+    evals: dict[int, dict] = field(default_factory=dict)
     # The run's rewinds.json: read once, then kept up to date by this operator, the only
     # writer (trainers only read it).
     recorded: dict[str, list[dict]] | None = None
@@ -84,7 +87,7 @@ class SweepObserver:
                 out[name] = self._observe_run(sweep, run, rs, settings, name in rewindable)
             except StorageError:
                 continue
-        self._flag_outliers(plan, out, settings)
+        self._flag_outliers(sweep, plan, out, settings)
         for name, obs in out.items():
             recorded = self.runs[name].recorded or {}
             out[name] = replace(
@@ -147,19 +150,11 @@ class SweepObserver:
             if restart is not None:
                 checkpoints = rs.complete_checkpoints()
                 evaluated = rs.evaluated_steps()
+        fresh = self._read_evals(rs, cache, evaluated)
         if self.exporter is not None:
             labels = self._labels(sweep, run)
-            for step in sorted(set(evaluated) - cache.evaluations_seen):
-                try:
-                    result = rs.read_eval(step)
-                except StorageError:
-                    continue
-                scores = result.get("scores") or result.get("results") or {}
-                if isinstance(scores, dict):
-                    self.exporter.observe_eval(
-                        labels, step, {t: m for t, m in scores.items() if isinstance(m, dict)}
-                    )
-                cache.evaluations_seen.add(step)
+            for step in fresh:
+                self.exporter.observe_eval(labels, step, task_scores(cache.evals[step]))
             self.exporter.set_progress(
                 labels,
                 checkpoints=len(checkpoints),
@@ -221,23 +216,58 @@ class SweepObserver:
             return restart
         return None
 
+    @staticmethod
+    def _read_evals(rs: RunStore, cache: _RunCache, evaluated: list[int]) -> list[int]:
+        """Read the evaluation files not read yet (each once); the steps read, in order."""
+        for step in cache.evals.keys() - set(evaluated):
+            del cache.evals[step]
+        fresh = []
+        for step in sorted(set(evaluated) - cache.evals.keys()):
+            try:
+                result = rs.read_eval(step)
+            except StorageError:
+                continue
+            if isinstance(result, dict):
+                cache.evals[step] = result
+                fresh.append(step)
+        return fresh
+
     def _flag_outliers(
-        self, plan: list[RunPlan], out: dict[str, RunObservation], settings: InstabilitySettings
+        self,
+        sweep: Sweep,
+        plan: list[RunPlan],
+        out: dict[str, RunObservation],
+        settings: InstabilitySettings,
     ) -> None:
-        """Cross-seed robust z of the loss at checkpoints, per size (PolyPythias' outliers)."""
-        points = [
-            Point(r.size, r.name, step, loss)
-            for r in plan
-            if r.name in self.runs
-            for step, loss in self.runs[r.name].checkpoint_loss.items()
-        ]
-        if "loss" not in settings.outliers.signals or not points:
-            return
-        flagged = {v.run for v in find_outliers(points, "loss", settings.outliers)}
+        """Cross-seed robust z of the loss and of each evaluation task's headline score at
+        checkpoints, per size and init (PolyPythias' outliers; the local driver applies the
+        same rule), over every run this observer has read, polled this pass or not."""
+        read = [r for r in plan if r.name in self.runs]
+        result = cross_seed_outliers(
+            [
+                RunHistory(
+                    f"{r.size}/{r.init}",
+                    r.name,
+                    self.runs[r.name].checkpoint_loss,
+                    self.runs[r.name].evals,
+                )
+                for r in read
+            ],
+            settings.outliers,
+        )
         for name, obs in list(out.items()):
-            out[name] = RunObservation(
-                obs.checkpoints, obs.evaluated, obs.step, obs.spikes, name in flagged
+            verdict = result.first(name)
+            out[name] = replace(
+                obs,
+                outlier=verdict is not None,
+                outlier_signal=verdict.signal if verdict else None,
+                outlier_step=verdict.first_step if verdict else None,
+                outlier_score=round(verdict.score, 2) if verdict else None,
             )
+        if self.exporter is not None:
+            for r in read:
+                for signal, (z, flagged) in result.by_family(r.name).items():
+                    self.exporter.set_outlier(self._labels(sweep, r), signal, z, flagged)
 
     def _labels(self, sweep: Sweep, run: RunPlan) -> RunLabels:
         return RunLabels(sweep.namespace, sweep.name, run.size, str(run.seed))
