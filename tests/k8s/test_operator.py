@@ -120,7 +120,9 @@ def _write_checkpoint(cluster, bucket: str, run: str, step: int, sweep: str = "e
 
 
 def _write_eval(cluster, bucket: str, run: str, step: int) -> None:  # type: ignore[no-untyped-def]
-    data = json.dumps({"step": step, "scores": {"pp_cloze": {"acc": 0.5}}}).encode()
+    data = json.dumps(
+        {"results": {"pp_cloze": {"acc,none": 0.5, "acc_stderr,none": 0.05}}}
+    ).encode()
     cluster.s3.client().put_object(
         bucket, f"sweeps/ev/{run}/evals/step{step}.json", io.BytesIO(data), len(data)
     )
