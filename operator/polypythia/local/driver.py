@@ -107,7 +107,11 @@ class LocalDriver:
             for run in planner.plan_sweep(sweep, base_uri=base_uri)
         ]
         self.max_concurrent = options.max_concurrent or sweep.spec["maxConcurrentRuns"]
-        self._evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+        # Like the operator's eval Jobs: at most spec.evaluation.concurrency at once.
+        self._evaluator = ThreadPoolExecutor(
+            max_workers=sweep.spec["evaluation"].get("concurrency", 2),
+            thread_name_prefix="evaluate",
+        )
         self.ray_address: str | None = options.ray_address
         self.cross_seed = CrossSeedResult({}, {})
         self.started = time.time()
