@@ -37,11 +37,13 @@ def _peak_rss(proc: psutil.Process, stop: threading.Event, out: list[int]) -> No
 def main() -> int:
     from polypythia.storage import SweepStore
 
+    # `--no-ray`: the same demo with each run in its own process, to show Ray's share.
+    no_ray = ["--no-ray"] if "--no-ray" in sys.argv[1:] else []
     work = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "polypythia.cli", "run", str(SWEEP), "--workdir", str(work),
-         "--metrics-port", "-1", "--no-report"],
+         "--metrics-port", "-1", "--no-report", *no_ray],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "POLYPYTHIA_CACHE": str(work / "cache")},
     )  # fmt: skip
@@ -66,7 +68,7 @@ def main() -> int:
     print(
         json.dumps(
             {
-                "bench": "demo",
+                "bench": "demo-no-ray" if no_ray else "demo",
                 "exit_code": code,
                 "wall_s": round(wall, 1),
                 "runs": len(sweep.runs()),

@@ -179,6 +179,10 @@ class LocalDriver:
             self.options.workdir / "configs" / f"{run.plan.name}.json", run.plan.config
         )
         env = {"POLYPYTHIA_CACHE": str(self.options.workdir / "cache")}
+        if self.options.no_ray:
+            # Ray gives each worker OMP_NUM_THREADS = its CPUs; without Ray every torch
+            # process would take all cores and concurrent runs would oversubscribe them.
+            env["OMP_NUM_THREADS"] = str(run.plan.config["training"]["cpusPerWorker"])
         run.process = RunProcess(
             name=run.plan.name,
             config_path=config_path,
