@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -131,93 +132,16 @@ def _untransform(signal: str, value: float) -> float:
     return math.exp(value) if signal == "grad_norm" else value
 
 
-class _Ring:
-    """Last ``size`` finite values with exact-enough running sums.
-
-    Sums are kept relative to ``ref`` and recomputed from the buffer every
-    ``size`` insertions, so rounding never accumulates (amortised O(1)).
-    """
+class _RingBuffer(ABC):
+    """The last ``size`` values in a circular buffer, with running sums that a subclass
+    keeps in ``push`` and recomputes from the buffer in ``resum`` every ``size``
+    insertions, so rounding never accumulates (amortised O(1))."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.buf = [0.0] * size
         self.head = 0
         self.n = 0
-        self.ref = 0.0
-        self.s1 = 0.0
-        self.s2 = 0.0
-        self.since = 0
-
-    def values(self) -> np.ndarray:
-        """Chronological copy of the stored values."""
-        buf = np.asarray(self.buf, dtype=float)
-        if self.n < self.size:
-            return buf[: self.n].copy()
-        return np.concatenate([buf[self.head :], buf[: self.head]])
-
-    def push(self, x: float) -> None:
-        y = x - self.ref
-        if self.n == self.size:
-            old = self.buf[self.head] - self.ref
-            self.s1 -= old
-            self.s2 -= old * old
-        else:
-            self.n += 1
-        self.buf[self.head] = x
-        self.head = (self.head + 1) % self.size
-        self.s1 += y
-        self.s2 += y * y
-        self.since += 1
-        if self.since >= self.size:
-            self.resum()
-
-    def extend(self, xs: np.ndarray) -> None:
-        """Append many values at once (vectorised)."""
-        if len(xs) == 0:
-            return
-        merged = np.concatenate([self.values(), xs])[-self.size :]
-        self.n = len(merged)
-        self.buf = merged.tolist() + [0.0] * (self.size - self.n)
-        self.head = self.n % self.size
-        self.resum()
-
-    def resum(self) -> None:
-        vals = self.values()
-        self.ref = float(vals.mean()) if len(vals) else 0.0
-        dev = vals - self.ref
-        self.s1 = float(dev.sum())
-        self.s2 = float((dev * dev).sum())
-        self.since = 0
-
-    def clear(self) -> None:
-        self.head = self.n = self.since = 0
-        self.ref = self.s1 = self.s2 = 0.0
-
-    def stats(self) -> tuple[float, float]:
-        """(mean, sd) of the stored values; needs n >= 2."""
-        n = self.n
-        mean = self.ref + self.s1 / n
-        var = max((self.s2 - self.s1 * self.s1 / n) / (n - 1), 0.0)
-        return mean, math.sqrt(var)
-
-
-class _LevelRing:
-    """The detection baseline: last ``size`` accepted values, detrended.
-
-    ``stats`` gives the level (mean of the last ``k`` values) and the sd of a new
-    value around it, from the noise sd that step-to-step changes imply. The sum of
-    squared changes is kept running and recomputed from the buffer every ``size``
-    insertions, so rounding never accumulates (amortised O(1)).
-    """
-
-    def __init__(self, size: int, k: int) -> None:
-        self.size = size
-        self.k = k
-        self.buf = [0.0] * size
-        self.head = 0
-        self.n = 0
-        self.level_sum = 0.0
-        self.d2 = 0.0
         self.since = 0
 
     def _at(self, back: int) -> float:
@@ -231,17 +155,10 @@ class _LevelRing:
             return buf[: self.n].copy()
         return np.concatenate([buf[self.head :], buf[: self.head]])
 
-    def push(self, x: float) -> None:
-        if self.n:
-            d = x - self._at(1)
-            self.d2 += d * d
-        if self.n >= self.k:
-            self.level_sum -= self._at(self.k)
-        self.level_sum += x
-        if self.n == self.size:
-            d = self.buf[(self.head + 1) % self.size] - self.buf[self.head]
-            self.d2 -= d * d
-        else:
+    def _store(self, x: float) -> None:
+        """Put ``x`` in the buffer (over the oldest value when full); the caller has
+        already moved its sums."""
+        if self.n < self.size:
             self.n += 1
         self.buf[self.head] = x
         self.head = (self.head + 1) % self.size
@@ -259,16 +176,83 @@ class _LevelRing:
         self.head = self.n % self.size
         self.resum()
 
+    def clear(self) -> None:
+        self.head = self.n = 0
+        self.resum()
+
+    @abstractmethod
+    def push(self, x: float) -> None:
+        """Move the running sums for ``x`` entering (and the oldest leaving), then store."""
+
+    @abstractmethod
+    def resum(self) -> None:
+        """Recompute the running sums from ``values()`` and reset ``since``."""
+
+
+class _Ring(_RingBuffer):
+    """Mean and sd of the last ``size`` values; sums kept relative to ``ref``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.ref = self.s1 = self.s2 = 0.0
+
+    def push(self, x: float) -> None:
+        y = x - self.ref
+        if self.n == self.size:
+            old = self.buf[self.head] - self.ref
+            self.s1 -= old
+            self.s2 -= old * old
+        self.s1 += y
+        self.s2 += y * y
+        self._store(x)
+
+    def resum(self) -> None:
+        vals = self.values()
+        self.ref = float(vals.mean()) if len(vals) else 0.0
+        dev = vals - self.ref
+        self.s1 = float(dev.sum())
+        self.s2 = float((dev * dev).sum())
+        self.since = 0
+
+    def stats(self) -> tuple[float, float]:
+        """(mean, sd) of the stored values; needs n >= 2."""
+        n = self.n
+        mean = self.ref + self.s1 / n
+        var = max((self.s2 - self.s1 * self.s1 / n) / (n - 1), 0.0)
+        return mean, math.sqrt(var)
+
+
+class _LevelRing(_RingBuffer):
+    """The detection baseline: last ``size`` accepted values, detrended.
+
+    ``stats`` gives the level (mean of the last ``k`` values) and the sd of a new
+    value around it, from the noise sd that step-to-step changes imply; the sum of
+    squared changes is a running sum.
+    """
+
+    def __init__(self, size: int, k: int) -> None:
+        super().__init__(size)
+        self.k = k
+        self.level_sum = self.d2 = 0.0
+
+    def push(self, x: float) -> None:
+        if self.n:
+            d = x - self._at(1)
+            self.d2 += d * d
+        if self.n >= self.k:
+            self.level_sum -= self._at(self.k)
+        self.level_sum += x
+        if self.n == self.size:
+            d = self.buf[(self.head + 1) % self.size] - self.buf[self.head]
+            self.d2 -= d * d
+        self._store(x)
+
     def resum(self) -> None:
         vals = self.values()
         self.level_sum = float(vals[-self.k :].sum())
         d = np.diff(vals)
         self.d2 = float((d * d).sum())
         self.since = 0
-
-    def clear(self) -> None:
-        self.head = self.n = self.since = 0
-        self.level_sum = self.d2 = 0.0
 
     def stats(self) -> tuple[float, float]:
         """(level, sd of a new value around it); needs n >= 2."""
