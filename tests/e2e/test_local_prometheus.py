@@ -6,13 +6,12 @@ spikes, the spike counter moves and the PolyPythiaLossSpike alert fires.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from e2e_helpers import command, write_sweep
+from e2e_helpers import env as run_env
 
 from support.prometheus import PrometheusServer, free_port, prometheus_binary
 
@@ -26,37 +25,28 @@ pytestmark = [
 
 
 def test_injected_spike_reaches_prometheus_and_fires_the_alert(tmp_path: Path) -> None:
-    sweep = tmp_path / "spike.yaml"
-    sweep.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "polypythia.io/v1alpha1",
-                "kind": "PolyPythiaSweep",
-                "metadata": {"name": "spike"},
-                "spec": {
-                    "sizes": ["nano"],
-                    "seeds": {"list": [0]},
-                    "training": {
-                        "steps": 500,
-                        "globalBatchSize": 8,
-                        "sequenceLength": 32,
-                        "precision": "fp32",
-                        # A learning-rate blow-up: 100x for 5 steps from step 300, once the
-                        # loss has flattened (the rolling baseline is wide while it still falls).
-                        "perturbations": [{"step": 300, "steps": 5, "learningRateFactor": 100}],
-                    },
-                    "checkpoints": {"schedule": "every", "every": 250},
-                    "evaluation": {"tasks": [], "schedule": "none"},
-                },
-            }
-        )
+    sweep = write_sweep(
+        tmp_path,
+        "spike",
+        {
+            "sizes": ["nano"],
+            "seeds": {"list": [0]},
+            "training": {
+                "steps": 500,
+                "globalBatchSize": 8,
+                "sequenceLength": 32,
+                "precision": "fp32",
+                # A learning-rate blow-up: 100x for 5 steps from step 300, once the
+                # loss has flattened.
+                "perturbations": [{"step": 300, "steps": 5, "learningRateFactor": 100}],
+            },
+            "checkpoints": {"schedule": "every", "every": 250},
+            "evaluation": {"tasks": [], "schedule": "none"},
+        },
     )
     port = free_port()
-    env = {**os.environ, "POLYPYTHIA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable, "-m", "polypythia.cli", "run", str(sweep), "--workdir",
-        str(tmp_path / "work"), "--metrics-port", str(port), "--no-report",
-    ]  # fmt: skip
+    env = run_env(tmp_path / "cache")
+    cmd = command(sweep, tmp_path / "work", "--no-report", metrics_port=port)
     with PrometheusServer(f"127.0.0.1:{port}", rule_files=[RULES]) as prom:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from e2e_helpers import command, env, write_sweep
 
 from polypythia.storage import RunStore
 
@@ -27,48 +25,35 @@ STEPS = 200
 
 
 def test_learning_rate_shock_is_rewound_once_then_refused(tmp_path: Path) -> None:
-    sweep = tmp_path / "rw.yaml"
-    sweep.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "polypythia.io/v1alpha1",
-                "kind": "PolyPythiaSweep",
-                "metadata": {"name": "rw"},
-                "spec": {
-                    "sizes": ["nano"],
-                    "seeds": {"list": [0]},
-                    "training": {
-                        "steps": STEPS,
-                        "globalBatchSize": 8,
-                        "sequenceLength": 32,
-                        "precision": "fp32",
-                        # 100x the learning rate for 5 steps once the loss has flattened.
-                        # The shock is part of the schedule, so the rewound timeline meets
-                        # it again: the second spike finds maxRewinds used up.
-                        "perturbations": [{"step": SHOCK, "steps": 5, "learningRateFactor": 100}],
-                    },
-                    "checkpoints": {
-                        "schedule": "every",
-                        "every": 100,
-                        "resumeEvery": 10,
-                        "keepResume": 4,
-                    },
-                    "evaluation": {"tasks": [], "schedule": "none"},
-                    "instability": {
-                        "action": "rewind",
-                        "rewind": {"stepsBefore": 10, "skipBatches": 10, "maxRewinds": 1},
-                    },
-                },
-            }
-        )
+    sweep = write_sweep(
+        tmp_path,
+        "rw",
+        {
+            "sizes": ["nano"],
+            "seeds": {"list": [0]},
+            "training": {
+                "steps": STEPS,
+                "globalBatchSize": 8,
+                "sequenceLength": 32,
+                "precision": "fp32",
+                # 100x the learning rate for 5 steps once the loss has flattened.
+                # The shock is part of the schedule, so the rewound timeline meets
+                # it again: the second spike finds maxRewinds used up.
+                "perturbations": [{"step": SHOCK, "steps": 5, "learningRateFactor": 100}],
+            },
+            "checkpoints": {"schedule": "every", "every": 100, "resumeEvery": 10, "keepResume": 4},
+            "evaluation": {"tasks": [], "schedule": "none"},
+            "instability": {
+                "action": "rewind",
+                "rewind": {"stepsBefore": 10, "skipBatches": 10, "maxRewinds": 1},
+            },
+        },
     )
     workdir = tmp_path / "work"
-    env = {**os.environ, "POLYPYTHIA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable, "-m", "polypythia.cli", "run", str(sweep), "--workdir", str(workdir),
-        "--metrics-port", "-1", "--no-report", "--no-ray",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    cmd = command(sweep, workdir, "--no-report", "--no-ray", metrics_port=-1)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=env(tmp_path / "cache"), timeout=600
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
 

@@ -8,15 +8,14 @@ stops cleanly and the same command resumes from the last complete checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import e2e_helpers
 import pytest
-import yaml
+from e2e_helpers import command, env
 
 from polypythia.storage import RunStore
 
@@ -24,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
+    """Two nano seeds, 30 steps, evaluated at the end; ``spec`` overrides top-level keys."""
     body = {
         "sizes": ["nano"],
         "seeds": {"list": [0, 1]},
@@ -36,30 +36,7 @@ def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
         },
         "maxConcurrentRuns": 2,
     }
-    body.update(spec)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "polypythia.io/v1alpha1",
-                "kind": "PolyPythiaSweep",
-                "metadata": {"name": name},
-                "spec": body,
-            }
-        )
-    )
-    return path
-
-
-def command(sweep: Path, workdir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "polypythia.cli", "run", str(sweep),
-        "--workdir", str(workdir), "--metrics-port", "0", *extra,
-    ]  # fmt: skip
-
-
-def env(cache: Path) -> dict[str, str]:
-    return {**os.environ, "POLYPYTHIA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return e2e_helpers.write_sweep(tmp_path, name, {**body, **spec})
 
 
 def test_sweep_trains_evaluates_reports_and_isolates_a_failing_run(tmp_path: Path) -> None:
