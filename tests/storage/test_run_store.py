@@ -239,3 +239,17 @@ def test_corrupt_telemetry_names_file_and_line(run_uri: str) -> None:
     run.store.put_bytes(key, b'{"step": 3}\n{"step": 4, "loss": \n')
     with pytest.raises(StorageError, match=r"000000003-000000004\.jsonl line 2"):
         run.read_telemetry()
+
+
+def test_refresh_evals_reads_new_results_once_and_drops_vanished_ones(run_uri: str) -> None:
+    run = RunStore.open(run_uri)
+    run.write_eval(10, {"results": {"pp_cloze": {"acc,none": 0.5}}})
+    run.write_eval(20, {"results": {"pp_cloze": {"acc,none": 0.6}}})
+    cache: dict[int, dict] = {}
+    assert run.refresh_evals(cache, run.evaluated_steps()) == [10, 20]
+    assert run.refresh_evals(cache, run.evaluated_steps()) == []  # nothing read twice
+    run.store.delete(run.key("evals/step20.json"))  # a rewind took step 20 away
+    run.write_eval(30, {"results": {"pp_cloze": {"acc,none": 0.7}}})
+    assert run.refresh_evals(cache, run.evaluated_steps()) == [30]
+    assert sorted(cache) == [10, 30]
+    assert cache[30]["results"]["pp_cloze"]["acc,none"] == 0.7

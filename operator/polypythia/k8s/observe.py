@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from polypythia.k8s.reconcile import RunObservation
 from polypythia.monitoring.actions import decide_rewind
-from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers
+from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers, seed_group
 from polypythia.monitoring.eval_scores import task_scores
 from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
 from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
@@ -150,7 +150,7 @@ class SweepObserver:
             if restart is not None:
                 checkpoints = rs.complete_checkpoints()
                 evaluated = rs.evaluated_steps()
-        fresh = self._read_evals(rs, cache, evaluated)
+        fresh = rs.refresh_evals(cache.evals, evaluated)
         if self.exporter is not None:
             labels = self._labels(sweep, run)
             for step in fresh:
@@ -216,22 +216,6 @@ class SweepObserver:
             return restart
         return None
 
-    @staticmethod
-    def _read_evals(rs: RunStore, cache: _RunCache, evaluated: list[int]) -> list[int]:
-        """Read the evaluation files not read yet (each once); the steps read, in order."""
-        for step in cache.evals.keys() - set(evaluated):
-            del cache.evals[step]
-        fresh = []
-        for step in sorted(set(evaluated) - cache.evals.keys()):
-            try:
-                result = rs.read_eval(step)
-            except StorageError:
-                continue
-            if isinstance(result, dict):
-                cache.evals[step] = result
-                fresh.append(step)
-        return fresh
-
     def _flag_outliers(
         self,
         sweep: Sweep,
@@ -246,7 +230,7 @@ class SweepObserver:
         result = cross_seed_outliers(
             [
                 RunHistory(
-                    f"{r.size}/{r.init}",
+                    seed_group(r.size, r.init),
                     r.name,
                     self.runs[r.name].checkpoint_loss,
                     self.runs[r.name].evals,

@@ -22,7 +22,12 @@ from polypythia.errors import UsageError
 from polypythia.local.evaluation import evaluate_in_child, storage_flags
 from polypythia.local.processes import RunProcess, write_config
 from polypythia.monitoring.actions import decide_rewind
-from polypythia.monitoring.cross_seed import CrossSeedResult, RunHistory, cross_seed_outliers
+from polypythia.monitoring.cross_seed import (
+    CrossSeedResult,
+    RunHistory,
+    cross_seed_outliers,
+    seed_group,
+)
 from polypythia.monitoring.outliers import OutlierVerdict
 from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
@@ -58,7 +63,6 @@ class RunState:
     checkpoint_losses: dict[int, float] = field(default_factory=dict)
     evals: dict[int, dict] = field(default_factory=dict)
     outlier: OutlierVerdict | None = None
-    outlier_z: float | None = None
     error: str | None = None
     process: RunProcess | None = None
     detector: RunSpikeDetector | None = None
@@ -335,11 +339,11 @@ class LocalDriver:
         """Cross-seed robust z-scores of the loss and of each task's evaluation score at
         checkpoints, per size and init (the operator applies the same rule)."""
         for run in self.runs:
-            self._read_evals(run)
+            run.store.refresh_evals(run.evals, run.evaluated)
         self.cross_seed = cross_seed_outliers(
             [
                 RunHistory(
-                    f"{r.plan.size}/{r.plan.init}", r.plan.name, r.checkpoint_losses, r.evals
+                    seed_group(r.plan.size, r.plan.init), r.plan.name, r.checkpoint_losses, r.evals
                 )
                 for r in self.runs
             ],
@@ -347,19 +351,6 @@ class LocalDriver:
         )
         for run in self.runs:
             run.outlier = self.cross_seed.first(run.plan.name)
-            run.outlier_z = self.cross_seed.latest_z.get(run.plan.name, {}).get("loss")
-
-    def _read_evals(self, run: RunState) -> None:
-        """An evaluation file is read once; one that went (a rewound run's abandoned
-        checkpoint) leaves the cache."""
-        for step in run.evals.keys() - run.evaluated:
-            del run.evals[step]
-        for step in sorted(run.evaluated - run.evals.keys()):
-            try:
-                run.evals[step] = run.store.read_eval(step)
-            except StorageError as exc:
-                log.warning("evaluation of %s step%d unreadable: %s", run.plan.name, step, exc)
-                return
 
     # -- evaluation ------------------------------------------------------------
 

@@ -21,6 +21,11 @@ from polypythia.monitoring.outliers import (
 )
 
 
+def seed_group(size: str, init: str | None) -> str:
+    """The runs compared with each other: same size and init, different seeds."""
+    return f"{size}/{init}"
+
+
 @dataclass(frozen=True)
 class RunHistory:
     """One run's values at its checkpoints: ``evals`` holds raw evaluation files by step."""

@@ -430,6 +430,23 @@ class RunStore:
         """All evaluation results by step."""
         return {step: self.read_eval(step) for step in self.evaluated_steps()}
 
+    def refresh_evals(self, cache: dict[int, dict], evaluated: list[int] | set[int]) -> list[int]:
+        """Bring ``cache`` (step -> evaluation) in line with ``evaluated``: a result that
+        went (a rewound run's abandoned checkpoint) leaves it, a new one is read once.
+        Returns the steps read; one that cannot be read now is tried on the next call."""
+        for step in cache.keys() - set(evaluated):
+            del cache[step]
+        fresh = []
+        for step in sorted(set(evaluated) - cache.keys()):
+            try:
+                result = self.read_eval(step)
+            except StorageError:
+                continue
+            if isinstance(result, dict):
+                cache[step] = result
+                fresh.append(step)
+        return fresh
+
 
 class SweepStore:
     """A sweep's folder: one sub-folder per run."""
