@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from polypythia.local.processes import last_error
+from polypythia.local.processes import last_error, open_log
 
 
 def storage_flags(storage: dict) -> list[str]:
@@ -29,10 +28,7 @@ def storage_flags(storage: dict) -> list[str]:
 def evaluate_in_child(args: list[str], log_path: Path, env: dict[str, str]) -> None:
     """Run `polypythia <args>` to the end; raise RuntimeError with its error when it fails."""
     cmd = [sys.executable, "-m", "polypythia.cli", *args]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
+    with open_log(log_path, cmd) as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     if code != 0:
         raise RuntimeError(f"exit code {code}: {last_error(log_path)} (log: {log_path})")

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 STOP_GRACE_S = 30.0
 
@@ -39,10 +40,7 @@ class RunProcess:
             cmd += ["--no-ray"]
         elif self.ray_address:
             cmd += ["--ray-address", self.ray_address]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until exit
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
+        log = open_log(self.log_path, cmd)
         # A new session: Ctrl-C in the terminal reaches the driver only, which then
         # stops every child cleanly (SIGTERM, grace period) instead of all at once.
         self.process = subprocess.Popen(
@@ -77,6 +75,16 @@ class RunProcess:
     def error_summary(self) -> str:
         """The exception that ended the run, in one line, and where the full log is."""
         return f"{last_error(self.log_path)} (log: {self.log_path})"
+
+
+def open_log(log_path: Path, cmd: list[str]) -> BinaryIO:
+    """The child's log, opened for appending after a `=== <time> <command>` line (the
+    line bench_demo reads a run's start time from)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - the caller hands it to the child
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+    log.flush()
+    return log
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
