@@ -16,8 +16,10 @@ from trainer_helpers import losses, nano_config
 from polypythia.storage import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 24
-CHECKPOINTS = {"steps": [0, STEPS], "resumeEvery": 4, "keepResume": 2}
+# Long enough past the kill point (step 8) that a busy machine cannot finish the run
+# before the test's SIGKILL lands.
+STEPS = 80
+CHECKPOINTS = {"steps": [0, STEPS], "resumeEvery": 8, "keepResume": 2}
 
 
 def train_process(config_path: Path) -> subprocess.Popen:
