@@ -142,6 +142,38 @@ def test_failed_eval_job_is_retried_then_recorded_and_never_retried(cluster) -> 
     assert len(_events(cluster, ns, "EvaluationFailed", run)) == 1
 
 
+def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(cluster) -> None:
+    """A short Job TTL deletes each failed try before the operator makes the next one:
+    still 3 tries in all, then the step is given up."""
+    ns, sweep, run = "evttl", "et", "et-nano-s0"
+    storage = _storage(cluster, ns)
+    cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
+    cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
+    cluster.set_rayjob_status(ns, run, "Running", "RUNNING")
+    _checkpoint(cluster, storage["bucket"], sweep, run, 5)
+    for attempt in range(3):
+        name = L.eval_job_name(run, 5, attempt)
+        job = cluster.wait_for(
+            f"eval Job {name}",
+            lambda n=name: [j for j in cluster.eval_jobs(ns, sweep) if j["metadata"]["name"] == n],
+        )[0]
+        assert job["metadata"]["annotations"][L.EVAL_TRY] == str(attempt)
+        cluster.set_job_status(ns, name, succeeded=False)
+        tries = attempt + 1
+        cluster.wait_for(
+            f"try {tries} counted",
+            lambda t=tries: (
+                _row(cluster, ns, sweep, run).get("evalTries", {}).get("5") == t
+                or _row(cluster, ns, sweep, run).get("evalFailed") == [5]
+            ),
+        )
+        cluster.batch.delete_namespaced_job(name, ns)  # its TTL ran out
+    cluster.wait_for("given up", lambda: _row(cluster, ns, sweep, run).get("evalFailed") == [5])
+    time.sleep(1.5)  # three passes: no fourth try
+    assert cluster.eval_jobs(ns, sweep) == []
+    assert len(_events(cluster, ns, "EvaluationFailed", run)) == 1
+
+
 def test_kueue_rayjobs_are_created_suspended_and_left_to_kueue(cluster) -> None:
     ns, sweep = "kueue", "kq"
     storage = _storage(cluster, ns)

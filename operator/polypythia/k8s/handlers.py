@@ -189,6 +189,9 @@ class Operator:
             except Exception as exc:  # storage down must not stop the Kubernetes side
                 logger.warning(f"storage of {ns}/{name} not readable this pass: {exc}")
         outcome = R.reconcile(sweep, plan, rayjobs, eval_jobs, previous, observations, images, now)
+        state.observer.finish(
+            [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
+        )
         await self._apply(body, ns, outcome.actions)
         self._export(sweep, outcome.status)
         if _changed(previous, outcome.status):

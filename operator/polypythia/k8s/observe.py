@@ -97,6 +97,13 @@ class SweepObserver:
             )
         return out
 
+    def finish(self, names: list[str]) -> None:
+        """These runs ended (succeeded, or failed for good): they show no more spikes,
+        so spikes of the runs sharing their data order can settle as common-mode or not."""
+        if self.common_mode is not None:
+            for name in names:
+                self.common_mode.finish(name)
+
     def _observe_run(
         self,
         sweep: Sweep,

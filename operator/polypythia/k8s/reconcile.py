@@ -143,6 +143,12 @@ def _attempt(job: dict) -> int:
         return 0
 
 
+def _eval_try(job: dict) -> int:
+    """Which try of its steps this eval Job is (0 = first), from its annotation."""
+    text = (job.get("metadata", {}).get("annotations") or {}).get(L.EVAL_TRY, "0")
+    return int(text) if text.isdigit() else 0
+
+
 def _job_rewinds(job: dict | None) -> int:
     """How many rewinds were recorded when this RayJob was made (its annotation)."""
     text = ((job or {}).get("metadata", {}).get("annotations") or {}).get(L.REWINDS, "0")
@@ -473,13 +479,16 @@ def _evaluations(
         if obs is None:
             rows[name] = {
                 k: prev[k]
-                for k in ("evaluated", "lastEvaluated", "evalFailed", "evaluationDone")
+                for k in ("evaluated", "lastEvaluated", "evalFailed", "evalTries", "evaluationDone")
                 if k in prev
             }
             continue
         done = set(obs.evaluated)
         covered: set[int] = set()
-        failures: dict[int, int] = {}
+        # Failed tries per step. Failed Jobs go with their TTL, so the status remembers
+        # the count (evalTries) and the given-up steps (evalFailed): a checkpoint whose
+        # evaluation failed EVAL_MAX_TRIES times is never tried again.
+        failures = {int(s): int(n) for s, n in (prev.get("evalTries") or {}).items()}
         active = 0
         for job in jobs:
             state = job_state(job)
@@ -491,9 +500,8 @@ def _evaluations(
                 covered |= steps & done or steps
             else:
                 for step in steps - done:
-                    failures[step] = failures.get(step, 0) + 1
-        # Failed Jobs go with their TTL, so the status remembers the given-up steps: a
-        # checkpoint that failed EVAL_MAX_TRIES times is never evaluated again.
+                    failures[step] = max(failures.get(step, 0), _eval_try(job) + 1)
+        failures = {s: n for s, n in failures.items() if s not in done}
         gave_up = sorted(
             (
                 {s for s, n in failures.items() if n >= EVAL_MAX_TRIES}
@@ -505,8 +513,11 @@ def _evaluations(
         pending = [s for s in selected if s not in done and s not in covered and s not in gave_up]
         names = {j["metadata"]["name"] for j in jobs}
         while pending and free > 0:
-            batch, pending = pending[:EVAL_BATCH_MAX], pending[EVAL_BATCH_MAX:]
-            attempt = max(failures.get(s, 0) for s in batch)
+            # One batch holds steps tried equally often, so the Job's try number is
+            # each of its steps' own.
+            attempt = failures.get(pending[0], 0)
+            batch = [s for s in pending if failures.get(s, 0) == attempt][:EVAL_BATCH_MAX]
+            pending = [s for s in pending if s not in batch]
             while L.eval_job_name(name, batch[0], attempt) in names:
                 attempt += 1
             body = render_eval_job(
@@ -536,6 +547,9 @@ def _evaluations(
             "evalFailed": gave_up,
             "evaluationDone": run.state in ENDED and not pending and active == 0,
         }
+        tries = {str(s): n for s, n in sorted(failures.items()) if s not in gave_up}
+        if tries:
+            rows[name]["evalTries"] = tries
     return actions, rows
 
 

@@ -105,6 +105,9 @@ def _start_ray(
             for r in runs
         )
         cpus = max(os.cpu_count() or 1, need * max_concurrent + max_concurrent)
+        # One machine is never preempted: Ray Train's PreemptionWatcher (an actor
+        # process per run) would only compete with training for the same cores.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         with _output_to(log_path):
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         address = ray.get_runtime_context().gcs_address
