@@ -112,6 +112,84 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     assert len(active) <= 2
 
 
+def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
+    """Runs initialised from another run's weights start only once it succeeded; when it
+    fails for good they fail too, saying why, and the sweep still ends."""
+    storage = _namespace(cluster, "inits")
+    reference = {"run": {"seed": 0, "init": "base"}}
+    body = sweep_body(
+        "is",
+        seeds=2,
+        sizes=("nano",),
+        storage=storage,
+        maxConcurrentRuns=4,
+        maxRetries=0,
+    )
+    body["spec"]["inits"] = [
+        {"name": "base", "strategy": "pythia"},
+        {"name": "perm", "strategy": "permute", "reference": reference},
+    ]
+    cluster.apply_sweep("inits", body)
+    first = cluster.wait_for(
+        "base RayJobs",
+        lambda: len(cluster.rayjobs("inits", "is")) == 2 and cluster.rayjobs("inits", "is"),
+    )
+    assert _names(first) == ["is-nano-s0-base", "is-nano-s1-base"]
+    rows = cluster.wait_for(
+        "waiting rows",
+        lambda: (
+            {r["name"]: r for r in _status(cluster, "inits", "is").get("runs", [])}
+            if "message"
+            in next(
+                (
+                    r
+                    for r in _status(cluster, "inits", "is").get("runs", [])
+                    if r["name"] == "is-nano-s0-perm"
+                ),
+                {},
+            )
+            else None
+        ),
+    )
+    for name in ("is-nano-s0-perm", "is-nano-s1-perm"):
+        assert rows[name]["phase"] == "Pending"
+        assert rows[name]["message"] == "waiting for reference run is-nano-s0-base to finish"
+    # The reference finishes: both dependents start, told where their weights come from.
+    cluster.set_rayjob_status("inits", "is-nano-s0-base", "Complete", "SUCCEEDED")
+    cluster.wait_for("dependents", lambda: len(cluster.rayjobs("inits", "is")) == 4)
+    perm = next(
+        j for j in cluster.rayjobs("inits", "is") if j["metadata"]["name"] == "is-nano-s1-perm"
+    )
+    init = config_of(perm)["init"]
+    assert init["strategy"] == "permute" and init["reference"]["run"] == "is-nano-s0-base"
+
+    # A second sweep whose reference run fails for good: its dependents fail, saying why.
+    cluster.apply_sweep("inits", {**body, "metadata": {"name": "isf"}})
+    cluster.wait_for(
+        "reference RayJob", lambda: "isf-nano-s0-base" in _names(cluster.rayjobs("inits", "isf"))
+    )
+    cluster.set_rayjob_status("inits", "isf-nano-s0-base", "Failed", "FAILED")
+    cluster.set_rayjob_status("inits", "isf-nano-s1-base", "Complete", "SUCCEEDED")
+    status = cluster.wait_for(
+        "sweep ended",
+        lambda: (
+            _status(cluster, "inits", "isf").get("runsFailed") == 3
+            and _status(cluster, "inits", "isf")
+        ),
+    )
+    rows = {r["name"]: r for r in status["runs"]}
+    for name in ("isf-nano-s0-perm", "isf-nano-s1-perm"):
+        assert rows[name]["phase"] == "Failed" and rows[name].get("rayJob") is None
+        assert "reference run isf-nano-s0-base failed" in rows[name]["message"]
+    assert "isf-nano-s0-perm" not in _names(cluster.rayjobs("inits", "isf"))
+    events = [
+        e["message"]
+        for e in cluster.emulator.list_objects("v1/events", "inits")
+        if e.get("reason") == "RunFailed" and "-perm: cannot start" in e.get("message", "")
+    ]
+    assert len(events) == 2, events
+
+
 def _write_checkpoint(cluster, bucket: str, run: str, step: int, sweep: str = "ev") -> None:  # type: ignore[no-untyped-def]
     client = cluster.s3.client()
     base = f"sweeps/{sweep}/{run}/checkpoints/step{step}"

@@ -213,6 +213,7 @@ class _Run:
     needs: int | None = None  # attempt to create when a slot frees up
     rewinds: int = 0  # rewinds recorded in storage (or, unobserved, the last known count)
     job_rewinds: int = 0  # of those, how many the latest RayJob already obeys
+    message: str | None = None  # why a run without a RayJob waits or failed
 
 
 def reconcile(
@@ -317,10 +318,19 @@ def reconcile(
         key=lambda r: (0 if r.needs else 1, r.plan.order),
     )
     done_runs = {r.plan.name for r in runs if r.state == "Succeeded"}
+    failed_runs = {r.plan.name for r in runs if r.state == "Failed"}
+    for run in candidates:
+        required = run.plan.requires
+        if required and required in failed_runs and run.latest is None:
+            # Its initial weights come from a run that failed for good: it never can start.
+            run.state, run.needs = "Failed", None
+            run.message = f"reference run {required} failed; no checkpoint to initialise from"
+        elif required and required not in done_runs:
+            run.message = f"waiting for reference run {required} to finish"
     for run in candidates:
         if suspended or frozen or slots <= 0:
             break
-        if run.plan.requires and run.plan.requires not in done_runs:
+        if run.needs is None or (run.plan.requires and run.plan.requires not in done_runs):
             continue
         attempt = run.needs or 0
         resume = max(run.row.get("lastCheckpoint", -1), -1)
@@ -583,6 +593,10 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         message = (latest.get("status") or {}).get("message")
         if message and run.state in ("Failed", "Retrying"):
             row["message"] = message[:300]
+    elif run.message:
+        row["message"] = run.message
+    elif prev.get("message") and run.state in ENDED:
+        row["message"] = prev["message"]
     row.update(evals or {})
     return {k: v for k, v in row.items() if v is not None}
 
@@ -597,6 +611,10 @@ def _transition_events(prev: dict, row: dict, spike_type: str = "Warning") -> li
             events.append(Event("RunRunning", f"run {name}: training (attempt {row['attempt']})"))
         elif phase == "Succeeded":
             events.append(Event("RunSucceeded", f"run {name}: finished"))
+        elif phase == "Failed" and not row.get("rayJob"):
+            events.append(
+                Event("RunFailed", f"run {name}: cannot start: {row.get('message')}", "Warning")
+            )
         elif phase in ("Failed", "Retrying"):
             detail = f": {row['message']}" if row.get("message") else ""
             final = " after the last retry" if phase == "Failed" else ""
