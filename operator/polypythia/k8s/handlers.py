@@ -53,6 +53,10 @@ class _SweepState:
     wake: asyncio.Event
     lock: asyncio.Lock
     observer: SweepObserver
+    # The status this operator last wrote, and the sweep's resourceVersion it wrote it
+    # over: a pass woken before the watch delivers that write still sees the old
+    # resourceVersion, and then uses this status instead of the stale one.
+    written: tuple[str | None, dict] | None = None
 
 
 class Operator:
@@ -146,6 +150,8 @@ class Operator:
         obj = _plain(body)
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         previous = obj.get("status") or {}
+        if state.written is not None and state.written[0] == obj["metadata"].get("resourceVersion"):
+            previous = state.written[1]
         now = _now()
         spec_obj = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj}
         try:
@@ -196,6 +202,7 @@ class Operator:
         self._export(sweep, outcome.status)
         if _changed(previous, outcome.status):
             await self._run(self._patch_status, ns, name, outcome.status)
+            state.written = (obj["metadata"].get("resourceVersion"), outcome.status)
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}
