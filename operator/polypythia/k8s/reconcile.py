@@ -143,16 +143,20 @@ def _attempt(job: dict) -> int:
         return 0
 
 
-def _eval_try(job: dict) -> int:
-    """Which try of its steps this eval Job is (0 = first), from its annotation."""
-    text = (job.get("metadata", {}).get("annotations") or {}).get(L.EVAL_TRY, "0")
+def _count_annotation(job: dict | None, key: str) -> int:
+    """A count the operator wrote on a child it made (0 when absent or not a count)."""
+    text = ((job or {}).get("metadata", {}).get("annotations") or {}).get(key, "0")
     return int(text) if text.isdigit() else 0
+
+
+def _eval_try(job: dict) -> int:
+    """Which try of its steps this eval Job is (0 = first)."""
+    return _count_annotation(job, L.EVAL_TRY)
 
 
 def _job_rewinds(job: dict | None) -> int:
-    """How many rewinds were recorded when this RayJob was made (its annotation)."""
-    text = ((job or {}).get("metadata", {}).get("annotations") or {}).get(L.REWINDS, "0")
-    return int(text) if text.isdigit() else 0
+    """How many rewinds were recorded when this RayJob was made."""
+    return _count_annotation(job, L.REWINDS)
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
