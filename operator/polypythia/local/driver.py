@@ -301,10 +301,18 @@ class LocalDriver:
                 spike, run.store.complete_checkpoints(), self.settings.rewind, len(run.rewinds)
             )
             if decision.action == "refuse":
-                run.refused.append(run.store.record_refusal(decision.reason, record))
-                log.warning("rewind refused: %s", decision.reason)
+                self._refuse(run, decision.reason, record)
                 return
+            # Until it stops, the trainer prunes old resume checkpoints: decide again
+            # from those still there, or the chosen one may be gone.
             run.process.stop()
+            decision = decide_rewind(
+                spike, run.store.complete_checkpoints(), self.settings.rewind, len(run.rewinds)
+            )
+            if decision.action == "refuse":
+                self._refuse(run, decision.reason, record)
+                self._start_process(run)
+                return
             entry = run.store.record_rewind(decision.restart_step, decision.skip_batches, record)
         except StorageError as exc:
             log.warning("storage unavailable for %s: %s", run.plan.name, exc)
@@ -313,6 +321,10 @@ class LocalDriver:
         log.warning("rewound %s: %s", run.plan.name, decision.reason)
         self._rebuild(run, decision.restart_step)
         self._start_process(run)
+
+    def _refuse(self, run: RunState, reason: str, record: dict) -> None:
+        run.refused.append(run.store.record_refusal(reason, record))
+        log.warning("rewind refused: %s", reason)
 
     def _rebuild(self, run: RunState, restart_step: int) -> None:
         """Monitoring state as if the run had just reached ``restart_step`` (from storage);
