@@ -63,7 +63,7 @@ test: install-dev prometheus lint
 
 bench: install-dev
 	@mkdir -p bench-results
-	@for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+	@for script in bench/bench_*.py; do PYTHONPATH=$(PYTHONPATH):$(CURDIR)/tests $(PY) $$script || exit 1; done
 
 -include mk/images.mk
 

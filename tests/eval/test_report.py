@@ -15,7 +15,7 @@ from polypythia.storage import RunStore
 from polypythia_eval.report import render_report
 from polypythia_eval.weightstats import StatsConfig, weight_statistics
 
-PYTHIA_EVALS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pythia-evals"
+PYTHIA_EVALS = Path(__file__).resolve().parents[1] / "fixtures" / "pythia-evals"
 STEPS = 300
 EVAL_STEPS = [0, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300]
 SPIKE_RUN, SPIKE_STEP = "sw-micro-s1", 200
@@ -112,7 +112,6 @@ def test_report_bad_source_exits_2(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not PYTHIA_EVALS.is_dir(), reason="shared Pythia eval files not present")
 def test_report_renders_the_real_pythia_evaluations(tmp_path):
     index = render_report(str(PYTHIA_EVALS), tmp_path)
     page = index.read_text()

@@ -23,10 +23,7 @@ from support.k8s_emulator import ClusterEmulator, EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
-RAYJOB_CRD = (
-    Path(os.environ.get("POLYPYTHIA_SCHEMAS", ROOT.parent / "shared" / "schemas"))
-    / "ray.io_rayjobs.yaml"
-)
+RAYJOB_CRD = ROOT / "tests" / "fixtures" / "kuberay" / "ray.io_rayjobs.yaml"
 GROUP, VERSION, PLURAL = "polypythia.io", "v1alpha1", "polypythiasweeps"
 TRAINER_IMAGE = "registry.example/polypythia-trainer:test"
 EVAL_IMAGE = "registry.example/polypythia-eval:test"

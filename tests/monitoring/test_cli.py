@@ -14,7 +14,7 @@ from polypythia.cli import main
 from polypythia.monitoring.synthetic import make_history
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPS = ROOT.parent / "shared/data/polypythias/training_maps.tsv"
+MAPS = ROOT / "tests/fixtures/polypythias/training_maps.tsv"
 
 
 def _write_csv(path: Path, runs: dict[str, object]) -> None:
@@ -86,8 +86,6 @@ def test_bad_files_name_line_and_column_and_exit_2(tmp_path, content, message):
 
 
 def test_outliers_on_polypythias_training_maps(capsys):
-    if not MAPS.exists():
-        pytest.skip("training maps not present")
     assert main(["outliers", str(MAPS), "-o", "json", "--value-column", "score"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [(o["run"], o["signal"], o["first_step"]) for o in out] == [

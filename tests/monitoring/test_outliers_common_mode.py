@@ -11,12 +11,10 @@ from polypythia.monitoring.common_mode import CommonModeTracker, label_common_mo
 from polypythia.monitoring.outliers import OutlierSettings, Point, find_outliers, robust_z
 from polypythia.monitoring.spikes import SpikeEvent
 
-MAPS = Path(__file__).resolve().parents[3] / "shared/data/polypythias/training_maps.tsv"
+MAPS = Path(__file__).resolve().parents[1] / "fixtures/polypythias/training_maps.tsv"
 
 
 def _maps() -> list[Point]:
-    if not MAPS.exists():
-        pytest.skip(f"{MAPS} not present")
     with MAPS.open() as f:
         return [
             Point("410m", r["seed"], int(r["step"]), float(r["score"]))
