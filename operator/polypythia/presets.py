@@ -2,8 +2,8 @@
 
 Architecture and learning rates follow the Pythia configs (EleutherAI/pythia,
 `models/*.yml`); ``published_params`` is the total in the Pythia README. The
-parameter count is computed by building the transformers config, so a test can
-hold the table to the published numbers.
+parameter count is computed without torch (the operator image has none); a test
+holds it to transformers' built model and the table to the published numbers.
 """
 
 from __future__ import annotations
@@ -118,10 +118,12 @@ def hf_config(preset: Preset, **overrides):
 
 
 def count_parameters(preset: Preset) -> int:
-    """Total parameters of the built model, on the meta device (no memory used)."""
-    import torch
-    from transformers import GPTNeoXForCausalLM
+    """Total parameters of GPT-NeoX at this size, by arithmetic (no torch: the operator image runs it).
 
-    with torch.device("meta"):
-        model = GPTNeoXForCausalLM(hf_config(preset))
-    return sum(p.numel() for p in model.parameters())
+    Per layer two LayerNorms (4h), fused QKV (3h^2 + 3h), attention output (h^2 + h) and the
+    MLP (8h^2 + 5h at 4h width); untied input and output embeddings (2Vh) and the final
+    LayerNorm (2h). A test holds this to transformers' built model and to the published counts.
+    """
+    h, inner = preset.hidden_size, preset.intermediate_size
+    per_layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (2 * h * inner + inner + h)
+    return preset.num_layers * per_layer + 2 * h + 2 * preset.vocab_size * h
