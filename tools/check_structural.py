@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft4Validator
 
+from polypythia.crd import apply_defaults
+
 TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 SCALARS = {"string", "integer", "number", "boolean"}
 JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
@@ -312,23 +314,6 @@ def _to_jsonschema(node: Any) -> Any:
         kind = out.pop("type", None)
         out = {"anyOf": [{"type": "null"}, dict(out, **({"type": kind} if kind else {}))]}
     return out
-
-
-def apply_defaults(node: dict, value: Any) -> Any:
-    """Fill in nested defaults top-down, as the API server does before validating."""
-    if isinstance(value, dict) and node.get("type") == "object":
-        for name, prop in (node.get("properties") or {}).items():
-            if name not in value and "default" in prop:
-                value[name] = copy.deepcopy(prop["default"])
-            if name in value:
-                value[name] = apply_defaults(prop, value[name])
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            for name in value:
-                value[name] = apply_defaults(extra, value[name])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        value = [apply_defaults(node["items"], item) for item in value]
-    return value
 
 
 def unknown_fields(node: dict, value: Any, path: str) -> list[str]:

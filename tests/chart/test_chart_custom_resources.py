@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 from chartkit import REPO, SCENARIOS, one, render_objects
-from check_structural import apply_defaults, unknown_fields
+from check_structural import unknown_fields
 from jsonschema import Draft4Validator, Draft7Validator
+
+from polypythia.crd import apply_defaults
 
 SCHEMAS = Path(__file__).parent / "schemas"
 CRD_FILE = REPO / "crds" / "polypythiasweeps.polypythia.io.yaml"

@@ -6,7 +6,6 @@ the same code path the emulated API server uses, without a server.
 
 from __future__ import annotations
 
-import copy
 import functools
 import pickle
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+from polypythia.crd import apply_defaults
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -73,7 +74,7 @@ class StructuralSchema:
 
     def default(self, obj: dict[str, Any]) -> None:
         """Fill declared defaults recursively, also inside defaulted values."""
-        _default(self.schema, obj)
+        apply_defaults(self.schema, obj)
 
     def errors(self, obj: dict[str, Any]) -> list[str]:
         """Field-path messages in kube-apiserver's style; empty when valid."""
@@ -110,24 +111,6 @@ def _prune(schema: dict[str, Any], value: Any, path: str, dropped: list[str]) ->
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             _prune(schema["items"], item, f"{path}[{i}]", dropped)
-
-
-def _default(schema: dict[str, Any], value: Any) -> None:
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        for key, sub in props.items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                _default(sub, value[key])
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value:
-                if key not in props:
-                    _default(extra, value[key])
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for item in value:
-            _default(schema["items"], item)
 
 
 def crd_versions(crd: dict[str, Any]) -> dict[str, StructuralSchema]:
