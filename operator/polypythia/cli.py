@@ -7,11 +7,12 @@ the operator image never imports torch and the trainer never imports kopf.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 
-from polypythia.errors import UsageError
+from polypythia.errors import RuntimeFault, UsageError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"polypythia {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeFault as exc:
+        print(f"polypythia {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -69,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         # `polypythia plan -o yaml | head`: the reader left; that is not an error.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = exc.filename or "the output"
+        what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+        print(f"polypythia {args.command}: error: {where}: {what}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Pure file I/O on a local folder; moving the folder to storage (COMPLETE last) is
 
 from __future__ import annotations
 
+import errno
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +72,31 @@ def write_checkpoint(
     config: dict,
 ) -> None:
     """Write one checkpoint folder (rank 0 only); ``optimizer_states`` has one entry per rank
-    when the optimiser is sharded (ZeRO 1/2), else one."""
+    when the optimiser is sharded (ZeRO 1/2), else one. A full disk is StorageFull naming
+    the folder (torch reports it as an opaque ``inline_container`` RuntimeError)."""
+    try:
+        _write_checkpoint(out_dir, model, save_tokenizer, state, optimizer_states, sharded, config)
+    except (OSError, RuntimeError) as exc:
+        if _disk_full(exc, out_dir):
+            from polypythia.storage.local import disk_full
+
+            raise disk_full(out_dir) from None
+        raise
+
+
+FULL_BELOW_BYTES = 16 << 20  # what counts as "no room" when torch hides the errno
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        return probe is not None and shutil.disk_usage(probe).free < FULL_BELOW_BYTES
+    return False
+
+
+def _write_checkpoint(out_dir, model, save_tokenizer, state, optimizer_states, sharded, config):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint would flood the logs

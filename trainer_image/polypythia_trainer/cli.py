@@ -29,6 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train in this process (one worker), skipping Ray's start-up",
     )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume even though the config differs from the stored run.json in what "
+        "determines the result; each change is recorded in the run's history.json",
+    )
 
 
 def load_config(text: str) -> dict:
@@ -39,7 +45,10 @@ def load_config(text: str) -> dict:
         path = Path(text).expanduser()
         if not path.is_file():
             raise UsageError(f"--config: {text}: no such file (give a run.json path or JSON text)")
-        source, body = f"--config {path}", path.read_text()
+        try:
+            source, body = f"--config {path}", path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--config {path}: not a UTF-8 text file (expected JSON)") from None
     try:
         config = json.loads(body)
     except ValueError as exc:
@@ -56,8 +65,10 @@ def main(args: argparse.Namespace) -> int:
     if args.no_ray:
         if args.ray_address:
             raise UsageError("--no-ray: cannot be combined with --ray-address")
-        summary = run_local(config)
+        summary = run_local(config, allow_changes=args.allow_changes)
     else:
-        summary = run_training(config, ray_address=args.ray_address)
+        summary = run_training(
+            config, ray_address=args.ray_address, allow_changes=args.allow_changes
+        )
     print(json.dumps(summary), flush=True)
     return EXIT.get(summary.get("status"), 1)

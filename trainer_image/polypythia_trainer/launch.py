@@ -25,6 +25,41 @@ from polypythia_trainer.loop import open_run_store, run_worker
 POLL_S = 0.5  # how often rank 0 asks whether to stop, and pushes progress
 
 
+def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
+    """Take the run's lease, refuse config drift, then write run.json; return the lease.
+
+    Drift: a run that already trained (checkpoints or telemetry in storage) resumes only
+    with the same result-determining config, or with ``allow_changes``, which records
+    each change (old, new, the step it applies from) in ``history.json`` first, so
+    run.json never claims a config that did not run.
+    """
+    from polypythia.storage import RunLease, StorageNotFound, config_changes, describe_changes
+
+    run = open_run_store(cfg)
+    lease = RunLease(run, owner=f"polypythia train {cfg.run}")
+    lease.acquire()
+    try:
+        try:
+            stored = run.read_run_config()
+        except StorageNotFound:
+            stored = None
+        changes = config_changes(stored, config) if isinstance(stored, dict) else []
+        trained = run.complete_checkpoints() or run.telemetry_files()
+        if changes and trained:
+            if not allow_changes:
+                raise UsageError(describe_changes(run.uri, changes))
+            step = max(run.complete_checkpoints(), default=0)
+            now = time.time()
+            run.record_changes([{**c, "step": step, "at": now} for c in changes])
+            print(f"config changes accepted from step {step}: {len(changes)} field(s)", flush=True)
+        run.write_run_config(config)
+    except BaseException:
+        lease.release()
+        raise
+    lease.start_heartbeat()
+    return lease
+
+
 def check_config(config: dict) -> RunConfig:
     """Validate the whole run config before any process starts (UsageError names the field)."""
     from polypythia_trainer.data import parse_data_spec
@@ -59,6 +94,7 @@ def run_local(
     *,
     stop_event: threading.Event | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    allow_changes: bool = False,
 ) -> dict:
     """Train a one-worker run in this process (no Ray start-up); same storage and resume."""
     cfg = check_config(config)
@@ -67,7 +103,6 @@ def run_local(
             f"training.workers: running without Ray takes exactly 1 worker, got "
             f"{cfg.training.workers}; drop --no-ray to use Ray Train"
         )
-    open_run_store(cfg).write_run_config(config)
     device = torch.device("cpu")
     if cfg.training.gpus_per_worker > 0:
         if not torch.cuda.is_available():
@@ -75,14 +110,20 @@ def run_local(
         device = torch.device("cuda", 0)
         torch.cuda.set_device(device)
     event = stop_event or threading.Event()
-    try:
-        with stop_on_signals(event):
+    with stop_on_signals(event):
+        lease = claim_run(cfg, config, allow_changes=allow_changes)
+        try:
             return run_worker(
-                config, device=device, should_stop=event.is_set, on_record=on_progress
+                config,
+                device=device,
+                should_stop=event.is_set,
+                on_record=on_progress,
+                lease_token=lease.token,
             )
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        finally:
+            lease.release()
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
 def _control_class():
@@ -167,6 +208,7 @@ def _ray_worker(loop_config: dict) -> None:
         device=device,
         should_stop=throttled.should_stop if rank == 0 else (lambda: False),
         on_record=throttled.report if rank == 0 else None,
+        lease_token=loop_config["lease_token"],
     )
     if rank == 0:
         ray.get(control.finish.remote(summary))
@@ -178,6 +220,7 @@ def run_training(
     ray_address: str | None = None,
     stop_event: threading.Event | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    allow_changes: bool = False,
 ) -> dict:
     """Train one run on Ray Train; return its summary.
 
@@ -196,7 +239,7 @@ def run_training(
 
     t0 = time.time()
     cfg = check_config(config)
-    open_run_store(cfg).write_run_config(config)
+    lease = claim_run(cfg, config, allow_changes=allow_changes)
     training = cfg.training
     started_ray = False
     if not ray.is_initialized():
@@ -215,7 +258,12 @@ def run_training(
             with tempfile.TemporaryDirectory(prefix="polypythia-ray-") as scratch:
                 TorchTrainer(
                     _ray_worker,
-                    train_loop_config={"config": config, "control": control, "use_gpu": use_gpu},
+                    train_loop_config={
+                        "config": config,
+                        "control": control,
+                        "use_gpu": use_gpu,
+                        "lease_token": lease.token,
+                    },
                     torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
                     scaling_config=ScalingConfig(
                         num_workers=training.workers,
@@ -251,6 +299,7 @@ def run_training(
         ray.kill(control)
         if started_ray:
             ray.shutdown()
+        lease.release()
     if summary is None or "error" in outcome:
         summary = {
             "run": cfg.run,

@@ -24,13 +24,16 @@ def cache_dir() -> Path:
 
 
 def open_run_store(cfg: RunConfig):
+    """The run's storage; calls ride out outages of $POLYPYTHIA_STORAGE_RETRY_S (300 s)."""
     from polypythia.storage import RunStore
+    from polypythia.storage.retry import retry_seconds
 
     return RunStore.open(
         cfg.run_uri,
         endpoint=cfg.storage.endpoint,
         secure=cfg.storage.secure,
         region=cfg.storage.region,
+        retry_s=retry_seconds(),
     )
 
 
@@ -60,8 +63,12 @@ def run_worker(
     should_stop: Callable[[], bool] = lambda: False,
     on_record: Callable[[dict], None] | None = None,
     instrument: bool = True,
+    lease_token: str | None = None,
 ) -> dict:
-    """Train ``config`` on this rank until done or stopped; return the run summary."""
+    """Train ``config`` on this rank until done or stopped; return the run summary.
+
+    ``lease_token``: the run's lease the launcher took; checked before each commit.
+    """
     from polypythia_trainer.trainer import Trainer
 
     cfg = RunConfig.from_dict(config)
@@ -79,6 +86,7 @@ def run_worker(
         work_dir=work_dir,
         instrument=instrument,
         on_record=on_record,
+        lease_token=lease_token,
     )
     try:
         return trainer.train(should_stop)

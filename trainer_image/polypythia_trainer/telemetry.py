@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from polypythia.storage.base import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -113,6 +118,12 @@ class TelemetryBuffer:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the records to the sink; when storage is down (after its own retries) keep
+        them for the next flush and carry on training: nothing recorded is dropped."""
         if self.records:
             records, self.records = self.records, []
-            self.sink(records)
+            try:
+                self.sink(records)
+            except StorageUnavailable as exc:
+                self.records = records + self.records
+                log.warning("telemetry kept in memory (%d records): %s", len(self.records), exc)

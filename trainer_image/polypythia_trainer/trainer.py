@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from polypythia.storage import CheckpointDamaged
+from polypythia.storage.lease import check_lease
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
 from polypythia_trainer.inits import apply_init
@@ -48,6 +50,7 @@ class Trainer:
         work_dir: Path,
         instrument: bool = True,
         on_record: Callable[[dict], None] | None = None,
+        lease_token: str | None = None,
     ) -> None:
         from polypythia_trainer.data import batch_index
 
@@ -60,6 +63,7 @@ class Trainer:
         self.work_dir = Path(work_dir)
         self.instrument = instrument
         self.on_record = on_record
+        self.lease_token = lease_token
         self._batch_index = batch_index
         self.skips = [list(r) for r in cfg.data.get("skipBatches") or []]
         training = cfg.training
@@ -70,11 +74,12 @@ class Trainer:
         self.attempt = self._broadcast(store.next_attempt() if rank == 0 else None)
         rewound = self._broadcast(self._apply_rewinds() if rank == 0 else None)
         self.skips += [r for r in rewound if r not in self.skips]
-        resume_step = self._broadcast(self._last_checkpoint() if rank == 0 else None)
+        found = self._sound_checkpoint() if rank == 0 else (None, None)
+        resume_step = self._broadcast(found[0])
         model = build_model(cfg.model, cfg.weight_seed)
         ckpt_dir = None
         if resume_step is not None:
-            ckpt_dir = self._fetch(resume_step)
+            ckpt_dir = found[1] if rank == 0 else self._fetch(resume_step)
             load_weights(model, ckpt_dir)
         else:
             apply_init(
@@ -135,12 +140,32 @@ class Trainer:
             print(f"rewound run: dropped abandoned checkpoints {dropped}", flush=True)
         return self.store.skip_ranges()
 
-    def _last_checkpoint(self) -> int | None:
-        steps = [s for s in self.store.complete_checkpoints() if s <= self.cfg.training.steps]
-        return steps[-1] if steps else None
+    def _sound_checkpoint(self) -> tuple[int | None, Path | None]:
+        """The newest checkpoint that matches its COMPLETE manifest, fetched (rank 0).
+
+        A damaged one (truncated, corrupted, a file missing) is quarantined with a
+        warning naming it, and the next older one is tried: a crash inside a write or a
+        bad disk costs the steps since the previous checkpoint, never the run.
+        """
+        local = self.store.store.local_dir(self.store.key()) is not None
+        total = self.cfg.training.steps
+        newest = max((s for s in self.store.complete_checkpoints() if s <= total), default=None)
+        while True:
+            # Remote stores: sizes now, checksums while downloading (one read, not two).
+            step = self.store.sound_checkpoint(total, checksums=local)
+            if step is None:
+                return None, None
+            try:
+                ckpt_dir = self._fetch(step)
+            except CheckpointDamaged as exc:
+                self.store.quarantine(step, exc)
+                continue
+            if step != newest:
+                print(f"resuming from the newest sound checkpoint: step{step}", flush=True)
+            return step, ckpt_dir
 
     def _fetch(self, step: int) -> Path:
-        local = self.store.local_path(step)
+        local = self.store.store.local_dir(self.store.checkpoint_key(step))
         if local is not None:
             return local
         target = self.work_dir / f"resume-step{step}-rank{self.rank}"
@@ -273,17 +298,19 @@ class Trainer:
             sharded=sharded,
             config=self.cfg.raw,
         )
+        if self.lease_token is not None:
+            check_lease(self.store, self.lease_token)
         self.store.commit_checkpoint(step, out_dir, attempt=self.attempt)
-        if self.store.local_path(step) != out_dir:
+        if self.store.store.local_dir(self.store.checkpoint_key(step)) != out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
         self._prune(step)
 
     def _staging_dir(self, step: int) -> Path:
         """Write in place on a local store (commit then only adds COMPLETE), else in work_dir."""
         self.store.delete_checkpoint(step)
-        root = getattr(self.store.store, "root", None)
-        if root is not None:
-            return Path(root) / self.store.checkpoint_key(step)
+        in_store = self.store.store.local_dir(self.store.checkpoint_key(step))
+        if in_store is not None:
+            return in_store
         out = self.work_dir / f"stage-step{step}"
         shutil.rmtree(out, ignore_errors=True)
         return out

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
+import json
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from polypythia.errors import UsageError
+from polypythia.errors import RuntimeFault, UsageError
 from polypythia.local.driver import FAILED, DriverOptions, LocalDriver, check_resources
 from polypythia.local.progress import make_progress
 from polypythia.local.summary import print_summary
@@ -41,9 +47,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
-        default=9400,
-        help="Prometheus endpoint on 127.0.0.1 while it runs (0: any free port; -1: off)",
+        type=_port,
+        default=None,
+        help=f"Prometheus endpoint on 127.0.0.1 while it runs (default {DEFAULT_METRICS_PORT}, "
+        "or a free port when that one is busy; 0: any free port; -1: off)",
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume runs whose stored run.json differs in what determines the result; "
+        "each change (old, new, step) is recorded in the run's history.json",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip evaluation of checkpoints")
     parser.add_argument(
@@ -52,6 +65,105 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="train each run in its own process without Ray (one worker per run; quick on a laptop)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+
+DEFAULT_METRICS_PORT = 9400
+LOCK_FILE = "driver.lock"
+
+
+def _port(text: str) -> int:
+    """A TCP port 0-65535, or -1 for off."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port 0-65535 (0: any free port, -1: off), got {port}"
+        )
+    return port
+
+
+def _workdir(text: str) -> Path:
+    """The work folder, created if needed; a file or an unwritable place is a usage error."""
+    workdir = Path(text).expanduser().resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {text}: is a file, expected a folder (or a new path)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--workdir {text}: cannot create it ({exc.strerror})") from None
+    if not os.access(workdir, os.W_OK):
+        raise UsageError(f"--workdir {text}: not writable")
+    return workdir
+
+
+@contextlib.contextmanager
+def _one_driver(workdir: Path) -> Iterator[None]:
+    """An exclusive lock on WORKDIR/driver.lock: a second driver on the same workdir is
+    refused naming the first (the kernel drops the lock when its holder dies, so it
+    never goes stale). Trainers hold their own lease per run in storage."""
+    path = workdir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "{}"
+            try:
+                who = json.loads(holder)
+            except ValueError:
+                who = {}
+            raise RuntimeFault(
+                f"--workdir {workdir}: another polypythia run is driving it (pid "
+                f"{who.get('pid', '?')} on {who.get('host', '?')}, since "
+                f"{who.get('started', '?')}); wait for it, stop it (Ctrl-C or kill PID), "
+                "or use another --workdir"
+            ) from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.ctime()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, systemd, Kubernetes) stops the sweep like Ctrl-C: children are
+    stopped cleanly and the exit code is 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exporter(sweep, port: int | None):
+    """The metrics endpoint; a busy default port falls back to a free one and says so."""
+    from polypythia.local.metrics import LocalExporter
+
+    wanted = DEFAULT_METRICS_PORT if port is None else port
+    try:
+        return LocalExporter(sweep, port=wanted)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        if port is not None:
+            raise UsageError(
+                f"--metrics-port {port}: address already in use; pick another port, "
+                "0 for any free one, or -1 for none"
+            ) from None
+    exporter = LocalExporter(sweep, port=0)
+    print(f"metrics: port {wanted} is busy (another sweep?); using {exporter.port} instead")
+    return exporter
 
 
 def _base_uri(args: argparse.Namespace, sweep, workdir: Path) -> str:
@@ -134,14 +246,16 @@ def main(args: argparse.Namespace) -> int:
     sweep = load_sweep_file(args.sweep)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _workdir(args.workdir)
+    with _one_driver(workdir), _sigterm_as_interrupt():
+        return _drive(args, sweep, workdir)
+
+
+def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
     base_uri = _base_uri(args, sweep, workdir)
     exporter = None
-    if args.metrics_port >= 0:
-        from polypythia.local.metrics import LocalExporter
-
-        exporter = LocalExporter(sweep, port=args.metrics_port)
+    if args.metrics_port is None or args.metrics_port >= 0:
+        exporter = _exporter(sweep, args.metrics_port)
     progress = make_progress(sys.stdout.isatty())
     driver = LocalDriver(
         sweep,
@@ -152,6 +266,7 @@ def main(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent,
             evaluate=not args.no_eval,
             no_ray=args.no_ray,
+            allow_changes=args.allow_changes,
         ),
         on_update=progress.update,
         exporter=exporter,

@@ -33,11 +33,23 @@ from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
 from polypythia.spec import Sweep
-from polypythia.storage import RunStore, StorageError
+from polypythia.storage import (
+    RunStore,
+    StorageError,
+    StorageNotFound,
+    config_changes,
+    describe_changes,
+)
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+RETRY_BASE_S = 5.0  # first retry after 5 s, then 10, 20, ... (capped)
+RETRY_MAX_S = 120.0
+MAX_PREEMPTIONS = 20  # restarts after a kill by signal that spend no retry
+USAGE_EXIT = 2  # the trainer refused its input (config drift, a bad field): retrying cannot help
+# SIGKILL / SIGTERM from outside (exit 130: the trainer stopped cleanly on one): preemption-like
+KILLED = {-9, -15, 128 + 9, 128 + 15, 130}
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
     "Pending",
     "Running",
@@ -69,6 +81,9 @@ class RunState:
     eval_future: Future | None = None
     rewinds: list[dict] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
+    retries: int = 0
+    preemptions: int = 0
+    not_before: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -86,6 +101,8 @@ class DriverOptions:
     max_concurrent: int | None = None
     evaluate: bool = True
     no_ray: bool = False
+    allow_changes: bool = False
+    retry_base_s: float = RETRY_BASE_S
 
 
 class LocalDriver:
@@ -123,11 +140,36 @@ class LocalDriver:
     # -- lifecycle -------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Pick up what storage already holds (a resumed sweep) and check resources."""
+        """Pick up what storage already holds (a resumed sweep), refuse config drift, and
+        trust a finished run only once its final checkpoint matches its manifest."""
+        self._check_drift()
         for run in self.runs:
             self._sync(run, full=True)
+            if run.finished and not run.store.checked(run.total_steps):
+                log.warning(
+                    "%s: final checkpoint step%d was damaged (quarantined); training resumes "
+                    "from the newest sound checkpoint",
+                    run.plan.name,
+                    run.total_steps,
+                )
+                run.checkpoints = run.store.complete_checkpoints()
             if run.finished:
                 run.phase = SUCCEEDED
+
+    def _check_drift(self) -> None:
+        """Exit 2 before anything trains when a stored run ran another recipe
+        (unless --allow-changes: each trainer then records the changes)."""
+        problems = []
+        for run in self.runs:
+            try:
+                stored = run.store.read_run_config()
+            except StorageNotFound:
+                continue
+            changes = config_changes(stored, run.plan.config) if isinstance(stored, dict) else []
+            if changes and (run.store.complete_checkpoints() or run.store.telemetry_files()):
+                problems.append(describe_changes(run.store.uri, changes))
+        if problems and not self.options.allow_changes:
+            raise UsageError("\n".join(problems))
 
     def run(self) -> None:
         """Until every run has ended; KeyboardInterrupt stops children cleanly."""
@@ -172,6 +214,8 @@ class LocalDriver:
                 return
             if run.phase != PENDING or not self._reference_ready(run):
                 continue
+            if time.time() < run.not_before:
+                continue
             self._start_process(run)
             run.phase = RUNNING
             active += 1
@@ -194,6 +238,7 @@ class LocalDriver:
             ray_address=self.ray_address,
             env=env,
             no_ray=self.options.no_ray,
+            allow_changes=self.options.allow_changes,
         )
         run.process.start()
 
@@ -225,9 +270,40 @@ class LocalDriver:
             self._sync(run)
             if code == 0 and run.finished:
                 run.phase = SUCCEEDED
+            elif self._retry(run, code):
+                run.phase = PENDING
             else:
                 run.phase = FAILED
                 run.error = f"exit code {code}: {run.process.error_summary()}"
+
+    def _retry(self, run: RunState, code: int) -> bool:
+        """Whether to start a failed run again (spec.maxRetries, like the operator): after
+        a backoff, resuming from its newest sound checkpoint. A kill by signal from
+        outside (preemption, the OOM killer) spends no retry; a refused input never retries."""
+        if code == USAGE_EXIT:
+            return False
+        preempted = code in KILLED and run.preemptions < MAX_PREEMPTIONS
+        if not preempted and run.retries >= self.sweep.spec["maxRetries"]:
+            return False
+        if preempted:
+            run.preemptions += 1
+            spent = "no retry spent"
+        else:
+            run.retries += 1
+            spent = f"retry {run.retries}/{self.sweep.spec['maxRetries']}"
+        tries = run.retries + run.preemptions
+        delay = min(self.options.retry_base_s * 2 ** (tries - 1), RETRY_MAX_S)
+        run.not_before = time.time() + delay
+        log.warning(
+            "%s: trainer exited with %s (%s); restarting in %.0f s from its last sound "
+            "checkpoint (%s)",
+            run.plan.name,
+            code,
+            run.process.error_summary(),
+            delay,
+            spent,
+        )
+        return True
 
     def _all_done(self) -> bool:
         ended = all(r.phase in (SUCCEEDED, FAILED, STOPPED) for r in self.runs)

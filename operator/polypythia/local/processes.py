@@ -19,6 +19,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 STOP_GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the driver dies, even by SIGKILL, so a
+    rerun never meets an orphan trainer still writing the run (Linux; elsewhere the
+    run's lease refuses the second writer)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass
@@ -33,6 +46,7 @@ class RunProcess:
     process: subprocess.Popen | None = None
     started_at: float = field(default_factory=time.time)
     no_ray: bool = False  # `train --no-ray`: one worker in the child itself, no Ray start-up
+    allow_changes: bool = False  # `train --allow-changes`: config drift accepted and recorded
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "polypythia.cli", "train", "--config", str(self.config_path)]
@@ -40,6 +54,8 @@ class RunProcess:
             cmd += ["--no-ray"]
         elif self.ray_address:
             cmd += ["--ray-address", self.ray_address]
+        if self.allow_changes:
+            cmd += ["--allow-changes"]
         log = open_log(self.log_path, cmd)
         # A new session: Ctrl-C in the terminal reaches the driver only, which then
         # stops every child cleanly (SIGTERM, grace period) instead of all at once.
@@ -49,6 +65,7 @@ class RunProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.started_at = time.time()

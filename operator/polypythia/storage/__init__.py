@@ -4,14 +4,36 @@
 ``RunStore`` and ``SweepStore`` know the layout of runs inside it.
 """
 
-from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, StorageUnavailable
-from polypythia.storage.layout import COMPLETE, RunStore, SweepStore, TelemetryFile, resolve_history
+from polypythia.storage.base import (
+    ObjectStore,
+    StorageError,
+    StorageFull,
+    StorageNotFound,
+    StorageUnavailable,
+)
+from polypythia.storage.drift import config_changes, describe_changes
+from polypythia.storage.layout import (
+    COMPLETE,
+    CheckpointDamaged,
+    RunStore,
+    SweepStore,
+    TelemetryFile,
+    resolve_history,
+)
+from polypythia.storage.lease import LeaseHeld, LeaseLost, RunLease
 from polypythia.storage.local import LocalStore
 from polypythia.storage.s3 import S3Store
 from polypythia.storage.uri import open_store
 
 __all__ = [
     "COMPLETE",
+    "CheckpointDamaged",
+    "LeaseHeld",
+    "LeaseLost",
+    "RunLease",
+    "StorageFull",
+    "config_changes",
+    "describe_changes",
     "LocalStore",
     "ObjectStore",
     "RunStore",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from polypythia.errors import RuntimeFault
 
-class StorageError(Exception):
+
+class StorageError(RuntimeFault):
     """A storage operation failed for a reason other than a missing key or endpoint."""
 
 
@@ -19,6 +21,10 @@ class StorageUnavailable(StorageError, ConnectionError):
 
     The message names the endpoint, never the credentials.
     """
+
+
+class StorageFull(StorageError):
+    """The store has no room left (a full local disk); retrying will not help by itself."""
 
 
 @runtime_checkable
@@ -57,6 +63,18 @@ class ObjectStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with ``prefix``."""
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only when absent (atomically); False when it already existed."""
+
+    def move(self, key: str, new_key: str) -> None:
+        """Rename one object (quarantine); StorageNotFound when ``key`` is absent."""
+
+    def url(self, key: str = "") -> str:
+        """Where ``key`` lives, for messages and URIs (a local path or ``s3://bucket/key``)."""
+
+    def local_dir(self, key: str) -> Path | None:
+        """The file or folder of ``key`` on this machine when the store is local, else None."""
 
 
 def check_key(key: str) -> str:

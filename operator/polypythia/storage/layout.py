@@ -6,20 +6,27 @@
 <run>/checkpoints/step<N>/...        COMPLETE written last
 <run>/evals/step<N>.json
 <run>/telemetry/rewinds.json         spike rewinds and refusals (see ``RunStore.record_rewind``)
+<run>/quarantine/step<N>-<time>/...  a damaged checkpoint, moved aside (never deleted)
+<run>/history.json                   accepted config changes (``--allow-changes``)
+<run>/LEASE                          the one writer of the run (``storage.lease``)
 ```
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, check_key
-from polypythia.storage.local import TEMP_MARK, LocalStore
+from polypythia.storage.local import TEMP_MARK
 from polypythia.storage.uri import open_store
+
+log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run.json"
 COMPLETE = "COMPLETE"
@@ -27,6 +34,22 @@ REWINDS = "telemetry/rewinds.json"  # beside the telemetry it cuts: one listing 
 _TELEMETRY = re.compile(r"^(\d{9,})-(\d{9,})(?:\.a(\d+))?\.jsonl$")
 _CHECKPOINT = re.compile(r"^checkpoints/step(\d+)/COMPLETE$")
 _EVAL = re.compile(r"^evals/step(\d+)\.json$")
+HISTORY = "history.json"
+QUARANTINE = "quarantine"
+_HASH_CHUNK = 8 << 20
+
+
+class CheckpointDamaged(StorageError):
+    """A checkpoint whose files do not match its COMPLETE manifest (size or sha256)."""
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -96,8 +119,7 @@ class RunStore:
     def open(cls, run_uri: str, **store_kwargs) -> RunStore:
         """Open the run at ``run_uri`` (a local path or ``s3://bucket/.../<sweep>/<run>``)."""
         store, prefix = open_store(run_uri, **store_kwargs)
-        uri = str(store.root) if isinstance(store, LocalStore) else run_uri
-        return cls(store, prefix, uri)
+        return cls(store, prefix, store.url(prefix))
 
     @property
     def uri(self) -> str:
@@ -250,9 +272,10 @@ class RunStore:
 
         A checkpoint already there for this step (complete or a crashed upload) is
         removed first, so the step is invisible until the new COMPLETE lands; so is an
-        evaluation of it, which belonged to the old weights (a rewound timeline). A
-        LocalStore run may write straight into ``local_path``-style folder
-        ``checkpoints/step<N>``: committing that folder only writes COMPLETE.
+        evaluation of it, which belonged to the old weights (a rewound timeline). On a
+        local store the trainer may write straight into the folder ``checkpoints/step<N>``:
+        committing that folder only writes COMPLETE. The manifest lists each file's size
+        and sha256, which every reader checks before it trusts the checkpoint.
         ``attempt`` (the writer's telemetry attempt) goes into the manifest, so a
         checkpoint of a timeline abandoned by a rewind can be told apart.
         """
@@ -266,9 +289,8 @@ class RunStore:
         )
         if not files:
             raise ValueError(f"checkpoint step{step}: {local_dir} holds no files")
-        in_place = isinstance(self.store, LocalStore) and (
-            local_dir.resolve() == (self.store.root / self.checkpoint_key(step)).resolve()
-        )
+        in_store = self.store.local_dir(self.checkpoint_key(step))
+        in_place = in_store is not None and local_dir.resolve() == in_store.resolve()
         if in_place:
             self.store.delete(self.checkpoint_key(step, COMPLETE))
         else:
@@ -281,30 +303,127 @@ class RunStore:
             rel = path.relative_to(local_dir).as_posix()
             if not in_place:
                 self.store.put_file(self.checkpoint_key(step, rel), path)
-            manifest["files"].append({"path": rel, "size": path.stat().st_size})
+            manifest["files"].append(
+                {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)}
+            )
         self._write_json(f"checkpoints/step{step}/{COMPLETE}", manifest)
         return manifest
 
     def read_manifest(self, step: int) -> dict:
-        """The COMPLETE manifest of a checkpoint; StorageNotFound when incomplete."""
+        """The COMPLETE manifest of a checkpoint; StorageNotFound when incomplete,
+        CheckpointDamaged when COMPLETE itself is not a manifest."""
         try:
-            return self._read_json(f"checkpoints/step{int(step)}/{COMPLETE}")
+            manifest = self._read_json(f"checkpoints/step{int(step)}/{COMPLETE}")
         except StorageNotFound:
             raise StorageNotFound(
                 f"{self._uri}/checkpoints/step{step}: no complete checkpoint"
             ) from None
+        except StorageError as exc:
+            raise CheckpointDamaged(str(exc)) from None
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, list) or not all(
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and isinstance(f.get("size"), int)
+            for f in files
+        ):
+            raise CheckpointDamaged(
+                f"{self._uri}/checkpoints/step{step}/{COMPLETE}: not a checkpoint manifest "
+                "(expected files: [{path, size, sha256}])"
+            )
+        return manifest
+
+    def _stored_sha256(self, key: str) -> str:
+        """sha256 of a stored object: read in place on a local store, else in ranges."""
+        path = self.store.local_dir(key)
+        if path is not None:
+            return sha256_file(path)
+        digest = hashlib.sha256()
+        offset = 0
+        while chunk := self.store.get_range(key, offset, _HASH_CHUNK):
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest()
+
+    def verify_checkpoint(self, step: int, *, checksums: bool = True) -> None:
+        """Check every file against COMPLETE (size, then sha256 unless ``checksums`` is
+        False); CheckpointDamaged names the first file that differs."""
+        manifest = self.read_manifest(step)
+        where = f"{self._uri}/checkpoints/step{step}"
+        for entry in manifest["files"]:
+            key = self.checkpoint_key(step, check_key(entry["path"]))
+            try:
+                size = self.store.size(key)
+            except StorageNotFound:
+                raise CheckpointDamaged(f"{where}/{entry['path']}: missing") from None
+            if size != entry["size"]:
+                raise CheckpointDamaged(
+                    f"{where}/{entry['path']}: {size} bytes, COMPLETE says {entry['size']}"
+                )
+            if checksums and entry.get("sha256") and self._stored_sha256(key) != entry["sha256"]:
+                raise CheckpointDamaged(f"{where}/{entry['path']}: sha256 differs from COMPLETE")
+
+    def quarantine_checkpoint(self, step: int, reason: str) -> str:
+        """Move a damaged checkpoint aside (COMPLETE first, so it stops existing at
+        once) into ``quarantine/step<N>-<time>/`` with a REASON file; return its URI."""
+        folder = self.key(QUARANTINE, f"step{int(step)}-{int(time.time() * 1000)}")
+        keys = self.store.list(self.checkpoint_key(step) + "/")
+        complete = self.checkpoint_key(step, COMPLETE)
+        keys.sort(key=lambda k: k != complete)
+        prefix = self.checkpoint_key(step) + "/"
+        for key in keys:
+            self.store.move(key, f"{folder}/{key[len(prefix) :]}")
+        self.store.put_bytes(f"{folder}/REASON", reason.encode() + b"\n")
+        return self.store.url(folder)
+
+    def sound_checkpoint(self, at_most: int | None = None, *, checksums: bool = True) -> int | None:
+        """The newest complete checkpoint (at or below ``at_most``) that passes
+        ``verify_checkpoint``; damaged newer ones are quarantined with a warning."""
+        for step in reversed(self.complete_checkpoints()):
+            if at_most is not None and step > at_most:
+                continue
+            if self.checked(step, checksums=checksums):
+                return step
+        return None
+
+    def checked(self, step: int, *, checksums: bool = True) -> bool:
+        """Whether checkpoint ``step`` is sound; a damaged one is quarantined (warning)."""
+        try:
+            self.verify_checkpoint(step, checksums=checksums)
+        except StorageNotFound:
+            return False
+        except CheckpointDamaged as exc:
+            self.quarantine(step, exc)
+            return False
+        return True
+
+    def quarantine(self, step: int, exc: Exception) -> None:
+        """Quarantine checkpoint ``step`` because of ``exc`` and say so on the log."""
+        moved = self.quarantine_checkpoint(step, str(exc))
+        log.warning("damaged checkpoint step%d quarantined to %s: %s", step, moved, exc)
 
     def fetch_checkpoint(self, step: int, local_dir: Path) -> Path:
-        """Download a complete checkpoint into ``local_dir`` and check every file's size."""
+        """Download a complete checkpoint into ``local_dir``; every file's size and
+        sha256 must match COMPLETE (CheckpointDamaged names the first that does not)."""
         manifest = self.read_manifest(step)
         local_dir = Path(local_dir)
         for entry in manifest["files"]:
             target = local_dir / check_key(entry["path"])  # never write outside local_dir
-            self.store.get_file(self.checkpoint_key(step, entry["path"]), target)
+            try:
+                self.store.get_file(self.checkpoint_key(step, entry["path"]), target)
+            except StorageNotFound:
+                raise CheckpointDamaged(
+                    f"{self._uri}/checkpoints/step{step}/{entry['path']}: missing"
+                ) from None
             if target.stat().st_size != entry["size"]:
-                raise StorageError(
+                raise CheckpointDamaged(
                     f"{self._uri}/checkpoints/step{step}/{entry['path']}: "
                     f"{target.stat().st_size} bytes, COMPLETE says {entry['size']}"
+                )
+            if entry.get("sha256") and sha256_file(target) != entry["sha256"]:
+                raise CheckpointDamaged(
+                    f"{self._uri}/checkpoints/step{step}/{entry['path']}: "
+                    "sha256 differs from COMPLETE"
                 )
         return local_dir
 
@@ -314,11 +433,29 @@ class RunStore:
         self.store.delete_prefix(self.checkpoint_key(step) + "/")
 
     def local_path(self, step: int) -> Path | None:
-        """The checkpoint folder itself on a LocalStore (load it in place), else None."""
-        if not isinstance(self.store, LocalStore):
+        """The checkpoint folder itself on a local store (load it in place), else None.
+
+        The folder is verified against COMPLETE first (CheckpointDamaged if it differs).
+        """
+        folder = self.store.local_dir(self.checkpoint_key(step))
+        if folder is None:
             return None
-        self.read_manifest(step)
-        return self.store.root / self.checkpoint_key(step)
+        self.verify_checkpoint(step)
+        return folder
+
+    # config history (`--allow-changes`)
+
+    def read_history(self) -> list[dict]:
+        """Accepted config changes, oldest first: ``{field, old, new, step, at}``."""
+        try:
+            data = self._read_json(HISTORY)
+        except StorageNotFound:
+            return []
+        return list(data.get("changes") or []) if isinstance(data, dict) else []
+
+    def record_changes(self, changes: list[dict]) -> None:
+        """Append accepted changes to ``history.json`` (before run.json is rewritten)."""
+        self._write_json(HISTORY, {"changes": self.read_history() + list(changes)})
 
     # rewinds (spike action `rewind`, docs/contracts.md)
 
@@ -460,8 +597,7 @@ class SweepStore:
     def open(cls, sweep_uri: str, **store_kwargs) -> SweepStore:
         """Open the sweep at ``sweep_uri`` (``<storage.uri>/<sweep>``)."""
         store, prefix = open_store(sweep_uri, **store_kwargs)
-        uri = str(store.root) if isinstance(store, LocalStore) else sweep_uri
-        return cls(store, prefix, uri)
+        return cls(store, prefix, store.url(prefix))
 
     @property
     def uri(self) -> str:

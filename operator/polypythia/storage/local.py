@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from polypythia.storage.base import (
+    StorageFull,
     StorageNotFound,
     check_key,
     check_prefix,
@@ -20,15 +22,41 @@ from polypythia.storage.base import (
 TEMP_MARK = ".polypythia-tmp-"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Create ``path`` by calling ``write(file)`` on a temp file, then renaming it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_MARK, dir=path.parent)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path) -> StorageFull:
+    """The one message a full disk gets, naming the file that could not be written."""
+    return StorageFull(f"{path}: disk full (no space left on the device); free space and rerun")
+
+
+def _write_temp(path: Path, write) -> str:
+    """Write a synced temp file next to ``path`` and return its name; a full disk is
+    StorageFull naming ``path`` (no half-written temp file is left behind)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_MARK, dir=path.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise disk_full(path) from None
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, write) -> None:
+    """Create ``path`` by calling ``write(file)`` on a temp file, then renaming it over."""
+    tmp = _write_temp(path, write)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -125,6 +153,36 @@ class LocalStore:
         """Remove every object whose key starts with ``prefix``."""
         for key in self.list(prefix):
             self.delete(key)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only when absent: a hard link of a complete temp file either
+        lands whole or fails because another writer was first."""
+        path = self._path(key)
+        tmp = _write_temp(path, lambda f: f.write(data))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
+
+    def move(self, key: str, new_key: str) -> None:
+        """Rename one object (one ``os.replace`` on the same file system)."""
+        src, dst = self._path(key), self._path(new_key)
+        if not src.is_file():
+            raise StorageNotFound(f"{src}: no such object")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        self._prune(src.parent)
+
+    def url(self, key: str = "") -> str:
+        """The absolute path of ``key`` (the root for ``""``)."""
+        return str(self.root / key) if key else str(self.root)
+
+    def local_dir(self, key: str) -> Path | None:
+        """``key``'s path under the root: a local store can be read in place."""
+        return self.root / check_prefix(key)
 
     def _prune(self, folder: Path) -> None:
         root = self.root.resolve()

@@ -15,6 +15,7 @@ from pathlib import Path
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
@@ -224,6 +225,34 @@ class S3Store:
         """Remove one object; absent keys are fine."""
         with self._errors("delete", check_key(key)):
             self._client.remove_object(self.bucket, key)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (``If-None-Match: *``, S3 and MinIO since 2024): the store
+        itself decides which of two racing writers creates the object."""
+        try:
+            with self._errors("create", check_key(key)):
+                # The public put_object sends no conditional headers; _put_object is its
+                # single-request core and takes them.
+                self._client._put_object(self.bucket, key, data, headers={"If-None-Match": "*"})
+        except StorageError as exc:
+            if "PreconditionFailed" in str(exc):
+                return False
+            raise
+        return True
+
+    def move(self, key: str, new_key: str) -> None:
+        """Server-side copy, then delete the original (S3 has no rename)."""
+        with self._errors("move", check_key(key)):
+            self._client.copy_object(self.bucket, check_key(new_key), CopySource(self.bucket, key))
+            self._client.remove_object(self.bucket, key)
+
+    def url(self, key: str = "") -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+
+    def local_dir(self, key: str) -> Path | None:
+        """Never: objects must be downloaded before they are read."""
+        return None
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with ``prefix`` (batched DeleteObjects)."""

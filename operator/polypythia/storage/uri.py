@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from polypythia.errors import UsageError
 from polypythia.storage.base import ObjectStore
 from polypythia.storage.local import LocalStore
+from polypythia.storage.retry import RetryingStore
 from polypythia.storage.s3 import S3Store
 
 ENDPOINT_ENV = ("POLYPYTHIA_S3_ENDPOINT", "AWS_ENDPOINT_URL")
@@ -55,13 +56,15 @@ def open_store(
     access_key: str | None = None,
     secret_key: str | None = None,
     create_bucket: bool = False,
+    retry_s: float = 0.0,
 ) -> tuple[ObjectStore, str]:
     """Open the store behind ``uri`` and return it with the key prefix ``uri`` names.
 
     Local paths (relative ones are made absolute now) give a LocalStore rooted at the
     path and an empty prefix; ``s3://bucket/prefix`` gives an S3Store on the bucket.
     The S3 endpoint comes from ``endpoint`` or the environment (``POLYPYTHIA_S3_ENDPOINT``,
-    then ``AWS_ENDPOINT_URL``).
+    then ``AWS_ENDPOINT_URL``). ``retry_s`` > 0 rides out S3 outages that long
+    (``RetryingStore``); pollers that try again anyway keep the default 0.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise UsageError(f"storage URI {uri!r}: expected a local path or s3://bucket/prefix")
@@ -86,7 +89,7 @@ def open_store(
         )
         if create_bucket:
             store.ensure_bucket()
-        return store, prefix
+        return (RetryingStore(store, retry_s) if retry_s > 0 else store), prefix
     if uri.startswith("file://"):
         path = uri[len("file://") :]
     elif _SCHEME.match(uri):

@@ -1,0 +1,56 @@
+"""Config drift: what changed between a run's stored ``run.json`` and a new resolved config.
+
+Pure: no I/O. Only fields that determine the result count (model, training recipe,
+data, seeds, init); where the run trains (resources), where it is stored and how often
+it checkpoints or flushes telemetry may change freely between starts.
+"""
+
+from __future__ import annotations
+
+RESULT_FIELDS = ("size", "seed", "weightSeed", "dataSeed", "init", "model", "training", "data")
+# Placement, not recipe: the global batch and its order stay the same.
+FREE_FIELDS = frozenset({"training.workers", "training.gpusPerWorker", "training.cpusPerWorker"})
+_ABSENT = object()
+
+
+def _flatten(value, path: str, out: dict) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}", out)
+    else:
+        out[path] = value
+
+
+def _fields(config: dict) -> dict:
+    out: dict = {}
+    for name in RESULT_FIELDS:
+        if name in config:
+            _flatten(config[name], name, out)
+    return {k: v for k, v in out.items() if k not in FREE_FIELDS}
+
+
+def config_changes(stored: dict, new: dict) -> list[dict]:
+    """``[{field, old, new}]`` for each result-determining field that differs, sorted."""
+    old_fields, new_fields = _fields(stored), _fields(new)
+    changes = []
+    for name in sorted(old_fields.keys() | new_fields.keys()):
+        old, fresh = old_fields.get(name, _ABSENT), new_fields.get(name, _ABSENT)
+        if old != fresh:
+            changes.append(
+                {
+                    "field": name,
+                    "old": None if old is _ABSENT else old,
+                    "new": None if fresh is _ABSENT else fresh,
+                }
+            )
+    return changes
+
+
+def describe_changes(run_uri: str, changes: list[dict]) -> str:
+    """The refusal: each changed field with its old and new value, and the way out."""
+    listed = "; ".join(f"{c['field']}: {c['old']!r} -> {c['new']!r}" for c in changes)
+    return (
+        f"{run_uri}: the config differs from the stored run.json in what determines the "
+        f"result ({listed}); resuming would mix two runs. Use a new sweep name or storage, "
+        "or pass --allow-changes to continue with the new values (recorded in history.json)"
+    )

@@ -1,0 +1,193 @@
+"""The local driver: a damaged final checkpoint is not "already finished", drift is refused
+before anything trains, failed trainers are retried (spec.maxRetries, backoff), a second
+driver on a workdir is refused, and trainers die with a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from trainer_helpers import nano_config
+
+from polypythia.errors import RuntimeFault, UsageError
+from polypythia.local import driver as driver_module
+from polypythia.local.cli import _one_driver
+from polypythia.local.driver import FAILED, PENDING, RUNNING, DriverOptions, LocalDriver
+from polypythia.spec import sweep_from_object
+from polypythia.storage import RunStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sweep(**training):
+    return sweep_from_object(
+        {
+            "apiVersion": "polypythia.io/v1alpha1",
+            "kind": "PolyPythiaSweep",
+            "metadata": {"name": "f"},
+            "spec": {
+                "sizes": ["nano"],
+                "seeds": {"list": [0, 1]},
+                "training": {
+                    "steps": 10,
+                    "globalBatchSize": 8,
+                    "sequenceLength": 32,
+                    "precision": "fp32",
+                    **training,
+                },
+                "checkpoints": {"schedule": "every", "every": 5},
+                "maxRetries": 2,
+            },
+        }
+    )
+
+
+def driver(tmp_path: Path, **training) -> LocalDriver:
+    return LocalDriver(
+        sweep(**training),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", evaluate=False, retry_base_s=0.0),
+    )
+
+
+def finish(run: RunStore, steps: int, tmp_path: Path, config: dict) -> None:
+    """What a finished run leaves: its run.json and a final checkpoint."""
+    run.write_run_config(config)
+    src = tmp_path / f"ckpt-{run.uri.rsplit('/', 1)[-1]}"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"w" * 4096)
+    run.commit_checkpoint(steps, src)
+
+
+def test_a_damaged_final_checkpoint_is_not_finished(tmp_path: Path) -> None:
+    first = driver(tmp_path)
+    for run in first.runs:
+        finish(run.store, 10, tmp_path, run.plan.config)
+    broken = first.runs[0].store
+    path = Path(broken.uri) / "checkpoints" / "step10" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+    again = driver(tmp_path)
+    again.prepare()
+    assert [r.phase for r in again.runs] == [PENDING, "Succeeded"]
+    assert broken.complete_checkpoints() == []
+    assert list((Path(broken.uri) / "quarantine").glob("step10-*/model.safetensors"))
+
+
+def test_drift_is_refused_before_anything_trains(tmp_path: Path) -> None:
+    first = driver(tmp_path)
+    for run in first.runs:
+        finish(run.store, 5, tmp_path, run.plan.config)
+    with pytest.raises(UsageError) as refused:
+        driver(tmp_path, learningRate=0.01).prepare()
+    assert "training.learningRate" in str(refused.value) and "-> 0.01" in str(refused.value)
+
+
+class Exited:
+    """A trainer process that has already exited with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+    def error_summary(self) -> str:
+        return "RuntimeError: boom (log: x.log)"
+
+
+def test_failed_trainers_are_retried_up_to_max_retries(tmp_path: Path) -> None:
+    d = driver(tmp_path)
+    run = d.runs[0]
+    phases = []
+    for _ in range(3):
+        run.phase, run.process = RUNNING, Exited(1)
+        d._reap()
+        phases.append(run.phase)
+    assert phases == [PENDING, PENDING, FAILED]  # maxRetries 2
+    assert "boom" in run.error
+
+
+def test_kills_from_outside_spend_no_retry_and_refusals_none_at_all(tmp_path: Path) -> None:
+    d = driver(tmp_path)
+    run = d.runs[0]
+    for _ in range(5):
+        run.phase, run.process = RUNNING, Exited(-signal.SIGKILL)
+        d._reap()
+        assert run.phase == PENDING
+    assert run.retries == 0
+    run.phase, run.process = RUNNING, Exited(2)  # config drift, a bad field
+    d._reap()
+    assert run.phase == FAILED
+
+
+def test_retries_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = driver(tmp_path)
+    d.options.retry_base_s = 5.0
+    run = d.runs[0]
+    run.phase, run.process = RUNNING, Exited(1)
+    d._reap()
+    assert run.not_before >= time.time() + 4
+    started = []
+    monkeypatch.setattr(d, "_start_process", lambda r: started.append(r.plan.name))
+    d._launch()
+    assert run.plan.name not in started  # not before its backoff ends
+    monkeypatch.setattr(driver_module.time, "time", lambda: run.not_before + 1)
+    d._launch()
+    assert run.plan.name in started
+
+
+def test_a_second_driver_on_a_workdir_is_refused(tmp_path: Path) -> None:
+    with _one_driver(tmp_path), pytest.raises(RuntimeFault) as refused, _one_driver(tmp_path):
+        pass
+    assert f"pid {os.getpid()}" in str(refused.value)
+    with _one_driver(tmp_path):  # released when the first driver ends
+        pass
+
+
+def test_trainers_die_with_a_killed_driver(tmp_path: Path) -> None:
+    """SIGKILL the driver: its trainer must not keep writing the run alone."""
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(nano_config(tmp_path / "store", steps=100_000)))
+    parent = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from polypythia.local.processes import RunProcess
+        p = RunProcess("r", Path({str(config)!r}), Path({str(tmp_path / "r.log")!r}),
+                       None, {{}}, no_ray=True)
+        p.start()
+        print(p.process.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    paths = [str(REPO / d) for d in ("operator", "trainer_image", "eval_image")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    driver_proc = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, env=env, text=True
+    )
+    child = int(driver_proc.stdout.readline())
+    time.sleep(2)  # the trainer is importing or training by now
+    assert driver_proc.poll() is None
+    driver_proc.kill()
+    driver_proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        # A zombie (dead, not reaped by init yet) counts as gone.
+        state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the trainer outlived its driver")

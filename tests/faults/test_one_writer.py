@@ -1,0 +1,79 @@
+"""One writer per run: the lease in storage refuses a second trainer naming the holder,
+a stale lease (old heartbeat, or a dead process on this host) is broken, and a writer
+that lost its lease commits nothing more."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from polypythia.storage import LeaseHeld, LeaseLost, RunLease, RunStore
+from polypythia.storage.lease import LEASE, check_lease
+
+
+def test_create_if_absent_lets_exactly_one_writer_in(run_uri: str) -> None:
+    store = RunStore.open(run_uri).store
+    assert store.put_bytes_if_absent("x/LEASE", b"first") is True
+    assert store.put_bytes_if_absent("x/LEASE", b"second") is False
+    assert store.get_bytes("x/LEASE") == b"first"
+
+
+def test_a_second_writer_is_refused_naming_the_holder(run_uri: str) -> None:
+    run = RunStore.open(run_uri)
+    first = RunLease(run, owner="polypythia train first")
+    first.acquire()
+    second = RunLease(RunStore.open(run_uri), owner="polypythia train second")
+    with pytest.raises(LeaseHeld) as refused:
+        second.acquire()
+    message = str(refused.value)
+    assert "polypythia train first" in message and f"pid {os.getpid()}" in message
+    assert "expires" in message and "delete" in message and LEASE in message
+    first.release()
+    second.acquire()  # released: the next writer gets it
+    second.release()
+    assert not run.store.exists(run.key(LEASE))
+
+
+def test_a_stale_lease_is_broken(run_uri: str) -> None:
+    run = RunStore.open(run_uri)
+    old = {"token": "t0", "owner": "gone", "host": "elsewhere", "pid": 1, "heartbeat": 0.0}
+    run.store.put_bytes(run.key(LEASE), json.dumps({**old, "ttlSeconds": 60}).encode())
+    lease = RunLease(run, owner="new")
+    lease.acquire()
+    check_lease(run, lease.token)
+    lease.release()
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_broken_at_once(run_uri: str) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = RunStore.open(run_uri)
+    ghost = RunLease(run, owner="killed trainer")
+    run.store.put_bytes(
+        run.key(LEASE),
+        json.dumps(
+            {**json.loads(ghost._body()), "pid": dead.pid, "heartbeat": time.time()}
+        ).encode(),
+    )
+    lease = RunLease(run, owner="rerun")
+    lease.acquire()
+    lease.release()
+
+
+def test_a_writer_that_lost_its_lease_may_not_commit(run_uri: str) -> None:
+    run = RunStore.open(run_uri)
+    lease = RunLease(run, owner="slow", ttl_s=0.01)
+    lease.acquire()
+    time.sleep(0.05)  # its heartbeat is now stale: another writer breaks in
+    other = RunLease(RunStore.open(run_uri), owner="fast")
+    other.acquire()
+    with pytest.raises(LeaseLost, match="fast"):
+        check_lease(run, lease.token)
+    lease.release()  # does not delete the new holder's lease
+    check_lease(run, other.token)
+    other.release()
