@@ -439,7 +439,7 @@ def reconcile(
             where = f"step {resume}" if resume >= 0 else "the start"
             out.actions.append(
                 Event(
-                    "RunRetried",
+                    "RunPreempted" if run.state == "Preempted" else "RunRetried",
                     f"run {run.plan.name}: "
                     + (
                         "preempted, restarted without spending a retry, "
