@@ -71,7 +71,8 @@ def test_kustomize_base_renders_the_chart_objects(tmp_path) -> None:
     objects = _kustomize(tmp_path / "base")
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ConfigMap", "Deployment",
-                            "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"])  # fmt: skip
+                            "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+                            "ClusterRole", "ClusterRole"])  # fmt: skip  (+ aggregated edit/view)
     for obj in objects:
         labels = obj["metadata"].get("labels", {})
         assert "helm.sh/chart" not in labels
