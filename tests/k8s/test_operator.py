@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 import yaml
@@ -182,11 +183,18 @@ def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
         assert rows[name]["phase"] == "Failed" and rows[name].get("rayJob") is None
         assert "reference run isf-nano-s0-base failed" in rows[name]["message"]
     assert "isf-nano-s0-perm" not in _names(cluster.rayjobs("inits", "isf"))
-    events = [
-        e["message"]
-        for e in cluster.emulator.list_objects("v1/events", "inits")
-        if e.get("reason") == "RunFailed" and "-perm: cannot start" in e.get("message", "")
-    ]
+
+    def cannot_start() -> list[str]:
+        return [
+            e["message"]
+            for e in cluster.emulator.list_objects("v1/events", "inits")
+            if e.get("reason") == "RunFailed" and "-perm: cannot start" in e.get("message", "")
+        ]
+
+    # kopf posts Events from a queue, so they may land after the status write.
+    cluster.wait_for("2 RunFailed Events", lambda: len(cannot_start()) >= 2)
+    time.sleep(1.0)
+    events = cannot_start()
     assert len(events) == 2, events
 
 

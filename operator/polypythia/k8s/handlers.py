@@ -43,6 +43,11 @@ CLUSTER_LINGER_S = 600
 # Pod conditions/reasons that mean the pod was taken away, not that it failed.
 DISRUPTION = "DisruptionTarget"
 SETTLED = ("Complete", "Failed", "Invalid")
+# kopf indexes of the sweeps' children, filled by one watch per kind: a pass reads them
+# instead of LISTing. A child this operator created shows in its pass until the watch
+# delivers it, for at most this long.
+RAYJOB_INDEX, EVAL_INDEX = "rayjobs_by_sweep", "evaljobs_by_sweep"
+CREATED_GRACE_S = 60.0
 
 
 @dataclass
@@ -75,6 +80,11 @@ class _SweepState:
     # resourceVersion, and then uses this status instead of the stale one.
     written: tuple[str | None, dict] | None = None
     settled: bool = False  # the last pass found nothing left to do but wait for edits
+    # Children created by this operator and not yet seen through the watch: name ->
+    # (body, monotonic time of creation), per kind.
+    created: dict[str, dict[str, tuple[dict, float]]] = field(
+        default_factory=lambda: {"rayjobs": {}, "jobs": {}}
+    )
 
 
 class Operator:
@@ -94,6 +104,17 @@ class Operator:
         res = (crd.GROUP, crd.VERSION, crd.PLURAL)
         kopf.on.login(registry=registry)(kopf.login_via_client)
         kopf.on.startup(registry=registry)(self.startup)
+        kopf.index(*RAY, labels={L.COMPONENT: L.TRAINER}, id=RAYJOB_INDEX, registry=registry)(
+            self.child_index
+        )
+        kopf.index(
+            "batch",
+            "v1",
+            "jobs",
+            labels={L.COMPONENT: L.EVALUATOR},
+            id=EVAL_INDEX,
+            registry=registry,
+        )(self.child_index)
         kopf.daemon(*res, registry=registry, cancellation_timeout=5.0)(self.sweep_daemon)
         kopf.on.update(*res, field="spec", registry=registry)(self.poke_sweep)
         kopf.on.event(*res, registry=registry)(self.sweep_event)
@@ -131,13 +152,23 @@ class Operator:
             )
         return self.sweeps[key]
 
+    async def child_index(self, body: kopf.Body, **_: object) -> dict:
+        """Children by (namespace, sweep): one watch per kind replaces two LISTs per pass."""
+        sweep = body.metadata.labels.get(L.SWEEP)
+        return {(body.metadata.namespace, sweep): _plain(body)} if sweep else {}
+
     async def sweep_daemon(
-        self, body: kopf.Body, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: object
+        self,
+        body: kopf.Body,
+        stopped: kopf.DaemonStopped,
+        logger: logging.Logger,
+        **kwargs: object,
     ) -> None:
         state = self._state(body.metadata.namespace, body.metadata.name)
+        indexes = (kwargs.get(RAYJOB_INDEX), kwargs.get(EVAL_INDEX))
         while not stopped:
             state.wake.clear()
-            await self.reconcile_once(body, state, logger)
+            await self.reconcile_once(body, state, logger, indexes)
             wait = self.config.idle_interval if state.settled else self.config.poll_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), timeout=wait)
@@ -184,13 +215,17 @@ class Operator:
     # --- one pass ---------------------------------------------------------------------------
 
     async def reconcile_once(
-        self, body: kopf.Body, state: _SweepState, logger: logging.Logger
+        self,
+        body: kopf.Body,
+        state: _SweepState,
+        logger: logging.Logger,
+        indexes: tuple[object, object] = (None, None),
     ) -> None:
         started = time.perf_counter()
         error = False
         try:
             async with state.lock:
-                await self._reconcile(body, state, logger)
+                await self._reconcile(body, state, logger, indexes)
         except ApiException as exc:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc.status} {exc.reason}")
@@ -218,7 +253,36 @@ class Operator:
                     status,
                 )
 
-    async def _reconcile(self, body: kopf.Body, state: _SweepState, logger: logging.Logger) -> None:
+    async def _children(
+        self, ns: str, name: str, uid: str, state: _SweepState, indexes: tuple[object, object]
+    ) -> tuple[list[dict], list[dict]]:
+        """The sweep's RayJobs and eval Jobs: from the watch indexes (plus what this
+        operator created and the watch has not delivered yet), else by LIST."""
+        rayjob_index, eval_index = indexes
+        if rayjob_index is None or eval_index is None:
+            return await asyncio.gather(
+                self._run(self._list_rayjobs, ns, name, uid),
+                self._run(self._list_jobs, ns, name, uid),
+            )
+        out = []
+        for kind, index in (("rayjobs", rayjob_index), ("jobs", eval_index)):
+            seen = [o for o in index.get((ns, name), ()) if _owned(o, uid)]
+            names = {o["metadata"]["name"] for o in seen}
+            created = state.created[kind]
+            now = time.monotonic()
+            for child in list(created):
+                if child in names or now - created[child][1] > CREATED_GRACE_S:
+                    del created[child]
+            out.append(seen + [body for body, _ in created.values()])
+        return out[0], out[1]
+
+    async def _reconcile(
+        self,
+        body: kopf.Body,
+        state: _SweepState,
+        logger: logging.Logger,
+        indexes: tuple[object, object] = (None, None),
+    ) -> None:
         obj = _plain(body)
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         previous = obj.get("status") or {}
@@ -239,9 +303,7 @@ class Operator:
             return
         plan = planner.plan_sweep(sweep)
         uid = obj["metadata"]["uid"]
-        rayjobs, eval_jobs = await asyncio.gather(
-            self._run(self._list_rayjobs, ns, name, uid), self._run(self._list_jobs, ns, name, uid)
-        )
+        rayjobs, eval_jobs = await self._children(ns, name, uid, state, indexes)
         poll = R.runs_to_poll(plan, previous)
         # Ended runs are not polled, but the cross-seed outlier rule needs every seed's
         # history: a started run this observer never read (after a restart) is read once.
@@ -295,7 +357,7 @@ class Operator:
         status = outcome.status
         refusals: list[str] = []
         try:
-            refusals = await self._apply(body, ns, outcome.actions)
+            refusals = await self._apply(body, ns, outcome.actions, state)
         finally:
             # Written whatever happened to the calls: a refused create must show.
             status = R.with_refusals(status, refusals, previous, now, sweep.generation)
@@ -329,9 +391,12 @@ class Operator:
                 self._patch_status, obj["metadata"]["namespace"], obj["metadata"]["name"], status
             )
 
-    async def _apply(self, body: kopf.Body, ns: str, actions: list[R.Action]) -> list[str]:
+    async def _apply(
+        self, body: kopf.Body, ns: str, actions: list[R.Action], state: _SweepState | None = None
+    ) -> list[str]:
         """Carry out ``actions``; returns the calls the API server refused (with Events)."""
         calls = []
+        creates = []
         events: list[R.Event] = []
         for action in actions:
             if isinstance(action, R.Event):
@@ -339,9 +404,16 @@ class Operator:
                 continue
             if isinstance(action, (R.CreateRayJob, R.CreateEvalJob)):
                 kopf.adopt(action.body, owner=body)
+            creates.append(action)
             calls.append(self._run(self._do, action, ns))
         results = await asyncio.gather(*calls)
         refusals = [r for r in results if r]
+        if state is not None:
+            for action, result in zip(creates, results, strict=True):
+                if result is None and isinstance(action, (R.CreateRayJob, R.CreateEvalJob)):
+                    kind = "rayjobs" if isinstance(action, R.CreateRayJob) else "jobs"
+                    meta = action.body["metadata"]
+                    state.created[kind][meta["name"]] = (action.body, time.monotonic())
         for text in refusals[:AGGREGATE_EVENTS_OVER]:
             kopf.event(body, type="Warning", reason="APIRequestRefused", message=text[:1000])
         counts = Counter(e.reason for e in events)
