@@ -67,13 +67,67 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "scrapeTimeout": "5s",
                 "labels": {"release": "kube-prometheus-stack"},
             },
-            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {
+                "enabled": True,
+                "labels": {"release": "kube-prometheus-stack"},
+                "runbookBaseUrl": "https://github.com/polypythia/polypythia/blob/main/docs/runbook.md",
+                "operatorHealth": {"for": "10m"},
+            },
             "dashboard": {
                 "namespace": "monitoring",
                 "labels": {"team": "ml"},
                 "annotations": {"grafana_folder": "PolyPythias"},
             },
         }
+    },
+    "gpu-cluster": {
+        "rayJobs": {"clusterTtlSeconds": 60},
+        "images": {
+            "submitter": {
+                "repository": "rayproject/ray",
+                "tag": "2.60.0-py311",
+                "digest": "sha256:" + "d" * 64,
+            }
+        },  # fmt: skip
+        "runPods": {
+            "imagePullSecrets": ["regcred"],
+            "serviceAccountName": "trainer-irsa",
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "gpu", "operator": "In", "values": ["h100"]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },  # fmt: skip
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                }  # fmt: skip
+            ],
+            "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+            "volumes": [{"name": "pile", "persistentVolumeClaim": {"claimName": "pile"}}],
+            "volumeMounts": [{"name": "pile", "mountPath": "/data"}],
+            "head": {
+                "nodeSelector": {"pool": "cpu"},
+                "tolerations": [{"key": "cpu-only", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {
+                    "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+                },
+            },
+        },
+        "rbac": {"sweepSecretNamespaces": ["research", "team-b"], "aggregateToDefaultRoles": False},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "honorLabels": False},
+            "prometheusRule": {"enabled": True, "operatorHealth": {"enabled": False}},
+        },
     },
     "existing-account": {
         "rbac": {"create": False},

@@ -175,10 +175,15 @@ def test_every_object_carries_the_standard_labels(chart) -> None:
                 assert f"app.kubernetes.io/{key}" in labels, (obj["kind"], key)
 
 
+def _operator_roles(objects: list[dict]) -> list[dict]:
+    """Without the ClusterRoles aggregated into the built-in edit/view roles."""
+    return [o for o in objects if not o["metadata"]["name"].endswith(("-edit", "-view"))]
+
+
 def test_cluster_wide_rbac_binds_the_rules_file_to_the_service_account(chart, chart_dir) -> None:
     rules = yaml.safe_load((chart_dir / "files" / "operator-rbac-rules.yaml").read_text())
     objects = render_objects(chart, {})
-    role = one(objects, "ClusterRole")
+    role = one(_operator_roles(objects), "ClusterRole")
     binding = one(objects, "ClusterRoleBinding")
     account = one(objects, "ServiceAccount")
     assert role["rules"] == rules
@@ -194,7 +199,8 @@ def test_cluster_wide_rbac_binds_the_rules_file_to_the_service_account(chart, ch
 
 def test_watch_namespace_gives_a_role_there_and_namespaced_operator(chart) -> None:
     objects = render_objects(chart, SCENARIOS["namespaced"])
-    assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
+    assert by_kind(_operator_roles(objects), "ClusterRole") == []
+    assert by_kind(objects, "ClusterRoleBinding") == []
     role, binding = one(objects, "Role"), one(objects, "RoleBinding")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "research"
     assert binding["subjects"][0]["namespace"] == NAMESPACE
@@ -267,10 +273,69 @@ def test_monitoring_objects_off_by_default_and_labelled_for_the_prometheus_relea
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 
-def test_prometheus_rule_carries_the_rules_file_unchanged(chart, chart_dir) -> None:
+def test_prometheus_rule_has_absolute_runbook_urls_and_operator_health(chart, chart_dir) -> None:
     groups = yaml.safe_load((chart_dir / "files" / "prometheus-rules.yaml").read_text())["groups"]
     rule = one(render_objects(chart, SCENARIOS["monitoring"]), "PrometheusRule")
-    assert rule["spec"]["groups"] == groups
+    rendered = rule["spec"]["groups"]
+    base = SCENARIOS["monitoring"]["metrics"]["prometheusRule"]["runbookBaseUrl"]
+    assert [g["name"] for g in rendered] == [g["name"] for g in groups] + [
+        "polypythia.operator-health"
+    ]
+    for group in rendered:
+        for r in group["rules"]:
+            assert r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}"
+    down = rendered[-1]["rules"][0]
+    assert down["alert"] == "PolyPythiaOperatorDown" and down["for"] == "10m"
+    assert (
+        down["expr"] == f'absent(up{{job="pp-polypythia-metrics", namespace="{NAMESPACE}"}} == 1)'
+    )
+    # Without a base URL: no runbook_url at all (a relative path is dead in Alertmanager),
+    # the rules otherwise exactly the file's.
+    plain = one(render_objects(chart, SCENARIOS["gpu-cluster"]), "PrometheusRule")
+    assert plain["spec"]["groups"] == groups
+    assert "runbook_url" not in json.dumps(plain)
+
+
+def test_service_monitor_keeps_the_sweeps_namespace_label(chart) -> None:
+    monitor = one(render_objects(chart, SCENARIOS["monitoring"]), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_rbac_grants_no_secrets_unless_namespaces_opt_in(chart) -> None:
+    objects = render_objects(chart, {})
+    assert "secrets" not in json.dumps([o for o in objects if o["kind"].endswith("Role")])
+    edit = one([o for o in objects if o["metadata"]["name"].endswith("-edit")], "ClusterRole")
+    view = one([o for o in objects if o["metadata"]["name"].endswith("-view")], "ClusterRole")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert "create" in edit["rules"][0]["verbs"]
+    gpu = render_objects(chart, SCENARIOS["gpu-cluster"])
+    roles = [o for o in gpu if o["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["research", "team-b"]
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+               for r in roles)  # fmt: skip
+    assert len([o for o in gpu if o["kind"] == "ClusterRole"]) == 1  # no aggregated roles
+    env = {e["name"]: e.get("value") for e in one(gpu, "Deployment")["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}  # fmt: skip
+    assert env["POLYPYTHIA_READ_SWEEP_SECRETS"] == "true"
+    assert "POLYPYTHIA_READ_SWEEP_SECRETS" not in {
+        e["name"]
+        for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_cluster_settings_reach_the_operator(chart) -> None:
+    gpu = SCENARIOS["gpu-cluster"]
+    env = {e["name"]: e.get("value") for e in one(render_objects(chart, gpu), "Deployment")
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["POLYPYTHIA_RAYJOB_TTL_SECONDS"] == "60"
+    assert json.loads(env["POLYPYTHIA_POD_DEFAULTS"]) == gpu["runPods"]
+    assert env["POLYPYTHIA_SUBMITTER_IMAGE"] == "rayproject/ray@sha256:" + "d" * 64
+    default = {e["name"]: e.get("value") for e in one(render_objects(chart, {}), "Deployment")
+               ["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert default["POLYPYTHIA_RAYJOB_TTL_SECONDS"] == "0"
+    assert "POLYPYTHIA_SUBMITTER_IMAGE" not in default
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar(chart, chart_dir) -> None:

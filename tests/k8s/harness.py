@@ -19,7 +19,7 @@ from pathlib import Path
 
 import kubernetes
 
-from support.k8s_emulator import ClusterEmulator, EmulatorThread
+from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -33,6 +33,8 @@ def make_emulator() -> ClusterEmulator:
     emulator = ClusterEmulator()
     emulator.load_crds(str(CRD))
     emulator.load_crds(str(RAYJOB_CRD))
+    # KubeRay's RayClusters (no schema vendored): the operator lists those of ended RayJobs.
+    emulator.register(ResourceType("ray.io", "v1", "rayclusters", "RayCluster"))
     return emulator
 
 
@@ -75,6 +77,8 @@ class Cluster:
             "POLYPYTHIA_TRAINER_IMAGE": TRAINER_IMAGE,
             "POLYPYTHIA_EVAL_IMAGE": EVAL_IMAGE,
             "POLYPYTHIA_S3_ENDPOINT": self.s3.url,
+            # The tests give each namespace its own storage Secret (rbac.sweepSecretNamespaces).
+            "POLYPYTHIA_READ_SWEEP_SECRETS": "true",
         }
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
             env.pop(key, None)

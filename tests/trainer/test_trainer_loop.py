@@ -113,3 +113,19 @@ def test_resume_through_s3_storage(reference, s3_endpoint) -> None:  # noqa: F81
     kwargs = s3_endpoint.store_kwargs()
     assert losses(uri, **kwargs) == expected[:4]
     assert RunStore.open(uri, **kwargs).complete_checkpoints() == [0, 1, 2, 4]
+
+
+def test_a_rewinds_restart_checkpoint_is_never_pruned(tmp_path) -> None:
+    # The operator pins step 2 by recording a rewind to it while the attempt still runs.
+    store = RunStore.open(str(tmp_path))
+    store.store.put_bytes(
+        store.key("telemetry/rewinds.json"),
+        json.dumps(
+            {"rewinds": [{"restartStep": 2, "skipBatches": [100, 101], "spike": {}, "attempt": 0}]}
+        ).encode(),
+    )
+    cfg = nano_config(
+        tmp_path, steps=6, checkpoints={"steps": [0, 4], "resumeEvery": 1, "keepResume": 2}
+    )
+    run_worker(cfg)
+    assert RunStore.open(str(tmp_path)).complete_checkpoints() == [0, 2, 4, 5, 6]

@@ -316,11 +316,17 @@ class Trainer:
         return out
 
     def _prune(self, newest: int) -> None:
-        """Keep the last ``keepResume`` resume-only checkpoints; planned ones stay forever."""
+        """Keep the last ``keepResume`` resume-only checkpoints; planned ones stay forever,
+        and so does every rewind's restart step (pinned from the moment the operator
+        records it in rewinds.json, also while this attempt still runs)."""
         plan = self.cfg.checkpoints
         extra = [s for s in self.store.complete_checkpoints() if not plan.is_planned(s)]
-        for step in extra[: -plan.keep_resume]:
-            if step != newest:
+        doomed = [s for s in extra[: -plan.keep_resume] if s != newest]
+        if not doomed:
+            return
+        pinned = {int(r["restartStep"]) for r in self.store.read_rewinds()["rewinds"]}
+        for step in doomed:
+            if step not in pinned:
                 self.store.delete_checkpoint(step)
 
     # the loop

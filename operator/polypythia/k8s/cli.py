@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 
 from polypythia.errors import UsageError
@@ -24,6 +25,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds between passes over a sweep (storage polling) [10]",
     )
     parser.add_argument("--bind", default="0.0.0.0", help="address of /metrics and /healthz")
+    parser.add_argument(
+        "--cluster-ttl-seconds",
+        type=int,
+        default=int(os.environ.get("POLYPYTHIA_RAYJOB_TTL_SECONDS", "0")),
+        help="seconds KubeRay keeps a finished run's RayCluster (GPUs) before deleting it [0]",
+    )
+    parser.add_argument(
+        "--idle-interval",
+        type=float,
+        default=float(os.environ.get("POLYPYTHIA_IDLE_INTERVAL", "3600")),
+        help="seconds between passes over a settled (Complete/Failed/Invalid) sweep [3600]",
+    )
+    parser.add_argument(
+        "--read-sweep-secrets",
+        action="store_true",
+        default=os.environ.get("POLYPYTHIA_READ_SWEEP_SECRETS", "").lower() in ("1", "true"),
+        help="read each sweep's spec.storage.secretName (needs get secrets in its namespace); "
+        "default: storage is read with the operator's own credentials",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,10 +51,19 @@ def main(args: argparse.Namespace) -> int:
     import kubernetes
 
     from polypythia.k8s.handlers import Operator, OperatorConfig
+    from polypythia.k8s.rayjob import ClusterSettings
     from polypythia.monitoring.exporter import SweepExporter
 
     if args.poll_interval <= 0:
         raise UsageError(f"--poll-interval: must be > 0 seconds, got {args.poll_interval}")
+    if args.idle_interval < args.poll_interval:
+        raise UsageError(
+            f"--idle-interval: must be >= --poll-interval ({args.poll_interval}), "
+            f"got {args.idle_interval}"
+        )
+    if args.cluster_ttl_seconds < 0:
+        raise UsageError(f"--cluster-ttl-seconds: must be >= 0, got {args.cluster_ttl_seconds}")
+    pod_defaults = _pod_defaults(os.environ.get("POLYPYTHIA_POD_DEFAULTS", ""))
     for flag in ("metrics_port", "liveness_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             raise UsageError(f"--{flag.replace('_', '-')}: must be 0-65535")
@@ -59,7 +88,14 @@ def main(args: argparse.Namespace) -> int:
             "secretName": os.environ.get("POLYPYTHIA_S3_SECRET_NAME"),
         },
         poll_interval=args.poll_interval,
+        idle_interval=args.idle_interval,
         exporter=SweepExporter(),
+        cluster=ClusterSettings(
+            cluster_ttl_seconds=args.cluster_ttl_seconds,
+            pod_defaults=pod_defaults,
+            submitter_image=os.environ.get("POLYPYTHIA_SUBMITTER_IMAGE", ""),
+        ),
+        read_sweep_secrets=args.read_sweep_secrets,
     )
     operator = Operator(config, kubernetes.client.ApiClient(client_config))
     registry = kopf.OperatorRegistry()
@@ -81,3 +117,18 @@ def main(args: argparse.Namespace) -> int:
             server.close()
         operator.pool.shutdown(wait=False, cancel_futures=True)
     return 0
+
+
+def _pod_defaults(text: str) -> dict:
+    """POLYPYTHIA_POD_DEFAULTS: a JSON object with spec.pods' fields (chart value runPods)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"POLYPYTHIA_POD_DEFAULTS: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"POLYPYTHIA_POD_DEFAULTS: expected a JSON object, got {type(value).__name__}"
+        )
+    return value

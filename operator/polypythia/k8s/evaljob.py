@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from polypythia.k8s import labels as L
-from polypythia.k8s.pods import compute, container_security, placement, pod_security, storage_env
+from polypythia.k8s.pods import (
+    EVAL_USER,
+    apply_pod_settings,
+    cache_env,
+    cache_volumes,
+    compute,
+    container_security,
+    placement,
+    pod_security,
+    pod_settings,
+    storage_env,
+)
 from polypythia.planner import RunPlan, evaluate_args
 from polypythia.spec import Sweep, resources_for
 
 BACKOFF_LIMIT = 1
-TTL_AFTER_FINISHED_S = 3600
+TTL_AFTER_FINISHED_S = 3600  # a finished Job holds no resources; its pod keeps the logs
 
 
 def render_eval_job(
@@ -19,6 +30,7 @@ def render_eval_job(
     attempt: int = 0,
     eval_image: str,
     storage_endpoint: str | None = None,
+    pod_defaults: dict | None = None,
 ) -> dict:
     """The Job running `polypythia evaluate <runUri> --steps ... --tasks ...` on ``steps``."""
     if not steps:
@@ -30,9 +42,12 @@ def render_eval_job(
     res = evaluation.get("resources", {})
     gpus = int(res.get("gpus", 0))
     args = evaluate_args(sweep.spec, run.config["runUri"], steps)
+    volumes, mounts = cache_volumes(EVAL_USER)
+    run_res = resources_for(sweep.spec, run.size)
     pod_spec: dict = {
         "restartPolicy": "Never",
-        "securityContext": pod_security(),
+        "securityContext": pod_security(EVAL_USER),
+        "volumes": volumes,
         "containers": [
             {
                 "name": "evaluate",
@@ -40,14 +55,20 @@ def render_eval_job(
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["polypythia"],
                 "args": args,
-                "env": storage_env(sweep, storage_endpoint),
-                "resources": compute(res.get("cpu", "2"), res.get("memory", "8Gi"), gpus),
+                "env": storage_env(sweep, storage_endpoint) + cache_env(EVAL_USER),
+                "resources": compute(
+                    res.get("cpu", "2"), res.get("memory", "8Gi"), gpus, run_res.get("gpuResource")
+                ),
                 "securityContext": container_security(),
+                "volumeMounts": mounts,
             }
         ],
     }
+    settings = pod_settings(sweep, pod_defaults)
+    # A CPU evaluation runs where the Ray head runs (CPU nodes); a GPU one where the workers do.
+    apply_pod_settings(pod_spec, settings, head=not gpus)
     if gpus:
-        pod_spec.update(placement(resources_for(sweep.spec, run.size)))
+        pod_spec.update(placement(run_res))
     labels = {**L.run_labels(sweep, run, L.EVALUATOR)}
     return {
         "apiVersion": "batch/v1",

@@ -28,11 +28,26 @@ from polypythia import crd, planner
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
+from polypythia.k8s.rayjob import ClusterSettings
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.spec import SpecError, sweep_from_object, with_storage_defaults
 
 RAY = ("ray.io", "v1", "rayjobs")
+RAY_CLUSTERS = ("ray.io", "v1", "rayclusters")
 AGGREGATE_EVENTS_OVER = 5
+# KubeRay labels the RayCluster of a RayJob with the RayJob's name.
+ORIGINATED_FROM = "ray.io/originated-from-cr-name"
+# After a RayJob ends, its RayCluster is looked for this long (KubeRay deletes it at once
+# with ttlSecondsAfterFinished 0; pods then take their grace period to go).
+CLUSTER_LINGER_S = 600
+# Pod conditions/reasons that mean the pod was taken away, not that it failed.
+DISRUPTION = "DisruptionTarget"
+SETTLED = ("Complete", "Failed", "Invalid")
+# kopf indexes of the sweeps' children, filled by one watch per kind: a pass reads them
+# instead of LISTing. A child this operator created shows in its pass until the watch
+# delivers it, for at most this long.
+RAYJOB_INDEX, EVAL_INDEX = "rayjobs_by_sweep", "evaljobs_by_sweep"
+CREATED_GRACE_S = 60.0
 
 
 @dataclass
@@ -44,8 +59,15 @@ class OperatorConfig:
     storage_endpoint: str | None = None
     storage_defaults: dict = field(default_factory=dict)
     poll_interval: float = 10.0
+    # A sweep that has settled (Complete, Failed, Invalid) and has nothing being
+    # evaluated is passed over this rarely; spec edits and child events still wake it.
+    idle_interval: float = 3600.0
     api_workers: int = 8
     exporter: SweepExporter = field(default_factory=SweepExporter)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    # Read each sweep's spec.storage.secretName (needs `get secrets` in its namespace);
+    # off: the operator reads storage with its own credentials (env or workload identity).
+    read_sweep_secrets: bool = False
 
 
 @dataclass
@@ -57,6 +79,12 @@ class _SweepState:
     # over: a pass woken before the watch delivers that write still sees the old
     # resourceVersion, and then uses this status instead of the stale one.
     written: tuple[str | None, dict] | None = None
+    settled: bool = False  # the last pass found nothing left to do but wait for edits
+    # Children created by this operator and not yet seen through the watch: name ->
+    # (body, monotonic time of creation), per kind.
+    created: dict[str, dict[str, tuple[dict, float]]] = field(
+        default_factory=lambda: {"rayjobs": {}, "jobs": {}}
+    )
 
 
 class Operator:
@@ -76,6 +104,17 @@ class Operator:
         res = (crd.GROUP, crd.VERSION, crd.PLURAL)
         kopf.on.login(registry=registry)(kopf.login_via_client)
         kopf.on.startup(registry=registry)(self.startup)
+        kopf.index(*RAY, labels={L.COMPONENT: L.TRAINER}, id=RAYJOB_INDEX, registry=registry)(
+            self.child_index
+        )
+        kopf.index(
+            "batch",
+            "v1",
+            "jobs",
+            labels={L.COMPONENT: L.EVALUATOR},
+            id=EVAL_INDEX,
+            registry=registry,
+        )(self.child_index)
         kopf.daemon(*res, registry=registry, cancellation_timeout=5.0)(self.sweep_daemon)
         kopf.on.update(*res, field="spec", registry=registry)(self.poke_sweep)
         kopf.on.event(*res, registry=registry)(self.sweep_event)
@@ -83,6 +122,13 @@ class Operator:
         kopf.on.event("batch", "v1", "jobs", labels={L.COMPONENT: L.EVALUATOR}, registry=registry)(
             self.child_event
         )
+        kopf.on.event(
+            "",
+            "v1",
+            "pods",
+            labels={L.RUN: kopf.PRESENT, L.ATTEMPT: kopf.PRESENT},
+            registry=registry,
+        )(self.pod_event)
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -106,15 +152,26 @@ class Operator:
             )
         return self.sweeps[key]
 
+    async def child_index(self, body: kopf.Body, **_: object) -> dict:
+        """Children by (namespace, sweep): one watch per kind replaces two LISTs per pass."""
+        sweep = body.metadata.labels.get(L.SWEEP)
+        return {(body.metadata.namespace, sweep): _plain(body)} if sweep else {}
+
     async def sweep_daemon(
-        self, body: kopf.Body, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: object
+        self,
+        body: kopf.Body,
+        stopped: kopf.DaemonStopped,
+        logger: logging.Logger,
+        **kwargs: object,
     ) -> None:
         state = self._state(body.metadata.namespace, body.metadata.name)
+        indexes = (kwargs.get(RAYJOB_INDEX), kwargs.get(EVAL_INDEX))
         while not stopped:
             state.wake.clear()
-            await self.reconcile_once(body, state, logger)
+            await self.reconcile_once(body, state, logger, indexes)
+            wait = self.config.idle_interval if state.settled else self.config.poll_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), timeout=self.config.poll_interval)
+                await asyncio.wait_for(state.wake.wait(), timeout=wait)
 
     async def poke_sweep(self, body: kopf.Body, **_: object) -> None:
         self._state(body.metadata.namespace, body.metadata.name).wake.set()
@@ -130,23 +187,102 @@ class Operator:
         if state is not None:
             state.wake.set()
 
+    async def pod_event(self, body: kopf.Body, logger: logging.Logger, **_: object) -> None:
+        """A training pod taken away (eviction, preemption, node loss) marks its RayJob,
+        so the attempt's failure is retried without spending spec.maxRetries."""
+        reason = disruption(_plain(body))
+        labels = body.metadata.labels
+        if reason is None or labels.get(L.SWEEP) is None:
+            return
+        try:
+            name = L.rayjob_name(labels[L.RUN], int(labels[L.ATTEMPT]))
+        except ValueError:
+            return
+        patch = {"metadata": {"annotations": {L.PREEMPTED: reason[:200]}}}
+        try:
+            await self._run(
+                self.custom.patch_namespaced_custom_object,
+                *RAY[:2],
+                body.metadata.namespace,
+                RAY[2],
+                name,
+                patch,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                logger.warning(f"cannot mark RayJob {name} preempted: {exc.status} {exc.reason}")
+
     # --- one pass ---------------------------------------------------------------------------
 
     async def reconcile_once(
-        self, body: kopf.Body, state: _SweepState, logger: logging.Logger
+        self,
+        body: kopf.Body,
+        state: _SweepState,
+        logger: logging.Logger,
+        indexes: tuple[object, object] = (None, None),
     ) -> None:
         started = time.perf_counter()
         error = False
         try:
             async with state.lock:
-                await self._reconcile(body, state, logger)
-        except (ApiException, OSError) as exc:
+                await self._reconcile(body, state, logger, indexes)
+        except ApiException as exc:
+            error = True
+            logger.warning(f"reconcile failed, will retry: {exc.status} {exc.reason}")
+            await self._report_refusal(body, f"{exc.status} {exc.reason}: {_api_message(exc)}")
+        except OSError as exc:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc}")
         finally:
             self.config.exporter.observe_reconcile(time.perf_counter() - started, error)
 
-    async def _reconcile(self, body: kopf.Body, state: _SweepState, logger: logging.Logger) -> None:
+    async def _report_refusal(self, body: kopf.Body, message: str) -> None:
+        """A pass the API server refused (RBAC, admission): a Warning Event and Ready False."""
+        kopf.event(body, type="Warning", reason="APIRequestRefused", message=message[:1000])
+        obj = _plain(body)
+        previous = obj.get("status") or {}
+        status = R.with_refusals(
+            previous, [message], previous, _now(), obj["metadata"].get("generation")
+        )
+        if _changed(previous, status):
+            with contextlib.suppress(ApiException, OSError):
+                await self._run(
+                    self._patch_status,
+                    obj["metadata"]["namespace"],
+                    obj["metadata"]["name"],
+                    status,
+                )
+
+    async def _children(
+        self, ns: str, name: str, uid: str, state: _SweepState, indexes: tuple[object, object]
+    ) -> tuple[list[dict], list[dict]]:
+        """The sweep's RayJobs and eval Jobs: from the watch indexes (plus what this
+        operator created and the watch has not delivered yet), else by LIST."""
+        rayjob_index, eval_index = indexes
+        if rayjob_index is None or eval_index is None:
+            return await asyncio.gather(
+                self._run(self._list_rayjobs, ns, name, uid),
+                self._run(self._list_jobs, ns, name, uid),
+            )
+        out = []
+        for kind, index in (("rayjobs", rayjob_index), ("jobs", eval_index)):
+            seen = [o for o in index.get((ns, name), ()) if _owned(o, uid)]
+            names = {o["metadata"]["name"] for o in seen}
+            created = state.created[kind]
+            now = time.monotonic()
+            for child in list(created):
+                if child in names or now - created[child][1] > CREATED_GRACE_S:
+                    del created[child]
+            out.append(seen + [body for body, _ in created.values()])
+        return out[0], out[1]
+
+    async def _reconcile(
+        self,
+        body: kopf.Body,
+        state: _SweepState,
+        logger: logging.Logger,
+        indexes: tuple[object, object] = (None, None),
+    ) -> None:
         obj = _plain(body)
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         previous = obj.get("status") or {}
@@ -167,9 +303,7 @@ class Operator:
             return
         plan = planner.plan_sweep(sweep)
         uid = obj["metadata"]["uid"]
-        rayjobs, eval_jobs = await asyncio.gather(
-            self._run(self._list_rayjobs, ns, name, uid), self._run(self._list_jobs, ns, name, uid)
-        )
+        rayjobs, eval_jobs = await self._children(ns, name, uid, state, indexes)
         poll = R.runs_to_poll(plan, previous)
         # Ended runs are not polled, but the cross-seed outlier rule needs every seed's
         # history: a started run this observer never read (after a restart) is read once.
@@ -180,8 +314,28 @@ class Operator:
             if n not in polled and n not in state.observer.runs
         ]
         observations: dict[str, R.RunObservation] = {}
+        secret_name = sweep.spec["storage"].get("secretName")
+        creds: tuple[str | None, str | None] = (None, None)
+        missing = None
+        if self.config.read_sweep_secrets and secret_name:
+            found = await self._run(self._credentials, ns, secret_name)
+            if found is None:
+                missing = (
+                    f"spec.storage.secretName: Secret {ns}/{secret_name} not found; "
+                    "no run starts until it exists (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+                )
+            else:
+                creds = found
+        clusters: frozenset[str] = frozenset()
+        if R.recently_ended(rayjobs, now, CLUSTER_LINGER_S):
+            clusters = await self._run(self._list_clusters, ns, name)
+        annotations = obj["metadata"].get("annotations") or {}
+        blockers = R.Blockers(
+            secret=missing,
+            allow_destructive=annotations.get(L.ALLOW_DESTRUCTIVE) == "true",
+            clusters=clusters,
+        )
         if poll and sweep.spec["storage"].get("bucket"):
-            creds = await self._run(self._credentials, ns, sweep.spec["storage"].get("secretName"))
             try:
                 observations = await self._run(
                     state.observer.observe,
@@ -194,15 +348,26 @@ class Operator:
                 )
             except Exception as exc:  # storage down must not stop the Kubernetes side
                 logger.warning(f"storage of {ns}/{name} not readable this pass: {exc}")
-        outcome = R.reconcile(sweep, plan, rayjobs, eval_jobs, previous, observations, images, now)
+        outcome = R.reconcile(
+            sweep, plan, rayjobs, eval_jobs, previous, observations, images, now, blockers
+        )
         state.observer.finish(
             [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
         )
-        await self._apply(body, ns, outcome.actions)
-        self._export(sweep, outcome.status)
-        if _changed(previous, outcome.status):
-            await self._run(self._patch_status, ns, name, outcome.status)
-            state.written = (obj["metadata"].get("resourceVersion"), outcome.status)
+        status = outcome.status
+        refusals: list[str] = []
+        try:
+            refusals = await self._apply(body, ns, outcome.actions, state)
+        finally:
+            # Written whatever happened to the calls: a refused create must show.
+            status = R.with_refusals(status, refusals, previous, now, sweep.generation)
+            self._export(sweep, status)
+            state.settled = status.get("phase") in SETTLED and not (
+                status.get("evaluations") or {}
+            ).get("running")
+            if _changed(previous, status):
+                await self._run(self._patch_status, ns, name, status)
+                state.written = (obj["metadata"].get("resourceVersion"), status)
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}
@@ -214,7 +379,7 @@ class Operator:
             )
         if not evaluator:
             raise ValueError("spec.images.eval: no eval image; set it or POLYPYTHIA_EVAL_IMAGE")
-        return R.Images(trainer, evaluator, self.config.storage_endpoint)
+        return R.Images(trainer, evaluator, self.config.storage_endpoint, self.config.cluster)
 
     async def _invalid(
         self, body: kopf.Body, obj: dict, previous: dict, message: str, now: str
@@ -226,8 +391,12 @@ class Operator:
                 self._patch_status, obj["metadata"]["namespace"], obj["metadata"]["name"], status
             )
 
-    async def _apply(self, body: kopf.Body, ns: str, actions: list[R.Action]) -> None:
+    async def _apply(
+        self, body: kopf.Body, ns: str, actions: list[R.Action], state: _SweepState | None = None
+    ) -> list[str]:
+        """Carry out ``actions``; returns the calls the API server refused (with Events)."""
         calls = []
+        creates = []
         events: list[R.Event] = []
         for action in actions:
             if isinstance(action, R.Event):
@@ -235,8 +404,18 @@ class Operator:
                 continue
             if isinstance(action, (R.CreateRayJob, R.CreateEvalJob)):
                 kopf.adopt(action.body, owner=body)
+            creates.append(action)
             calls.append(self._run(self._do, action, ns))
-        await asyncio.gather(*calls)
+        results = await asyncio.gather(*calls)
+        refusals = [r for r in results if r]
+        if state is not None:
+            for action, result in zip(creates, results, strict=True):
+                if result is None and isinstance(action, (R.CreateRayJob, R.CreateEvalJob)):
+                    kind = "rayjobs" if isinstance(action, R.CreateRayJob) else "jobs"
+                    meta = action.body["metadata"]
+                    state.created[kind][meta["name"]] = (action.body, time.monotonic())
+        for text in refusals[:AGGREGATE_EVENTS_OVER]:
+            kopf.event(body, type="Warning", reason="APIRequestRefused", message=text[:1000])
         counts = Counter(e.reason for e in events)
         for reason, n in counts.items():
             same = [e for e in events if e.reason == reason]
@@ -246,6 +425,7 @@ class Operator:
             else:
                 for e in same:
                     kopf.event(body, type=e.type, reason=e.reason, message=e.message)
+        return refusals
 
     # --- Kubernetes calls (worker threads) --------------------------------------------------
 
@@ -264,14 +444,24 @@ class Operator:
         )
         return [o for o in json.loads(resp.data).get("items", []) if _owned(o, uid)]
 
-    def _credentials(self, ns: str, secret: str | None) -> tuple[str | None, str | None]:
-        if not secret:
-            return None, None
+    def _list_clusters(self, ns: str, sweep: str) -> frozenset[str]:
+        """RayJobs of the sweep whose RayCluster still exists (KubeRay copies the RayJob's
+        labels onto its RayCluster)."""
+        resp = self.custom.list_namespaced_custom_object(
+            *RAY_CLUSTERS[:2], ns, RAY_CLUSTERS[2], label_selector=L.selector(sweep, L.TRAINER)
+        )
+        return frozenset(
+            (o["metadata"].get("labels") or {}).get(ORIGINATED_FROM, "")
+            for o in resp.get("items", [])
+        ) - {""}
+
+    def _credentials(self, ns: str, secret: str) -> tuple[str | None, str | None] | None:
+        """The sweep's storage keys, or None when its Secret does not exist."""
         try:
             data = self.core.read_namespaced_secret(secret, ns).data or {}
         except ApiException as exc:
             if exc.status == 404:
-                return None, None
+                return None
             raise
         keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
         access, secret_key = (
@@ -279,7 +469,8 @@ class Operator:
         )
         return access, secret_key
 
-    def _do(self, action: R.Action, ns: str) -> None:
+    def _do(self, action: R.Action, ns: str) -> str | None:
+        """One call; returns what the API server said when it refused it (else None)."""
         try:
             if isinstance(action, R.CreateRayJob):
                 self.custom.create_namespaced_custom_object(*RAY[:2], ns, RAY[2], action.body)
@@ -297,8 +488,12 @@ class Operator:
                 )
         except ApiException as exc:
             # Already there / already gone: the level is what we wanted.
-            if exc.status not in (404, 409):
+            if exc.status in (404, 409):
+                return None
+            if exc.status >= 500 or exc.status == 429:
                 raise
+            return f"{_describe(action)}: {exc.status} {exc.reason}: {_api_message(exc)}"
+        return None
 
     def _patch_status(self, ns: str, name: str, status: dict) -> None:
         try:
@@ -320,6 +515,34 @@ class Operator:
                 rewinds=row.get("rewinds", 0),
                 evaluation_failures=len(row.get("evalFailed", [])),
             )
+
+
+def _describe(action: R.Action) -> str:
+    """`create RayJob ns-70m-s1` for messages."""
+    verb = type(action).__name__
+    target = getattr(action, "name", None) or (getattr(action, "body", {}) or {}).get(
+        "metadata", {}
+    ).get("name")
+    return f"{verb} {target}"
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status message of a refused call (the API server's own words)."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)[:500]
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def disruption(pod: dict) -> str | None:
+    """Why a pod was taken away (DisruptionTarget condition, kubelet eviction), or None."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == DISRUPTION and cond.get("status") == "True":
+            return f"{cond.get('reason') or DISRUPTION}: {cond.get('message') or ''}".strip(": ")
+    if status.get("reason") == "Evicted":
+        return f"Evicted: {status.get('message') or ''}".strip(": ")
+    return None
 
 
 def _owned(obj: dict, uid: str) -> bool:

@@ -17,6 +17,13 @@ COMPONENT = "app.kubernetes.io/component"
 STEPS = f"{DOMAIN}/steps"  # annotation of an eval Job: the checkpoint steps it evaluates
 EVAL_TRY = f"{DOMAIN}/eval-try"
 REWINDS = f"{DOMAIN}/rewinds"  # annotation of a RayJob: rewinds recorded when it was created
+# annotation of a RayJob: attempts of its run lost to preemption (eviction, node loss)
+# when it was created; such attempts do not spend spec.maxRetries.
+PREEMPTIONS = f"{DOMAIN}/preemptions"
+# annotation the operator puts on a RayJob whose pod was disrupted (DisruptionTarget).
+PREEMPTED = f"{DOMAIN}/preempted"
+# annotation of a sweep: "true" allows edits that delete running RayJobs.
+ALLOW_DESTRUCTIVE = f"{DOMAIN}/allow-destructive-changes"
 QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGER = "polypythia-operator"
 TRAINER = "trainer"

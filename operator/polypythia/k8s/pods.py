@@ -1,10 +1,41 @@
-"""Pieces shared by the RayJob and eval Job pod templates: credentials, security, placement."""
+"""Pieces shared by the RayJob and eval Job pod templates: credentials, security, placement.
+
+Every pod the operator makes runs as the user its image was built for (the `USER` line of
+`trainer_image/Dockerfile` and `eval_image/Dockerfile`; tests/images checks both), writes
+only to `emptyDir` volumes it owns, and mounts no ServiceAccount token unless the sweep
+names a ServiceAccount (workload identity: IRSA, GKE Workload Identity).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from polypythia.spec import Sweep
 
 ENDPOINT_ENV = "POLYPYTHIA_S3_ENDPOINT"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+CACHE_VOLUME = "cache"
+TMP_VOLUME = "tmp"
+CACHE_SIZE_LIMIT = "20Gi"
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    """Who an image runs as, and where it keeps caches (HOME/.cache, an emptyDir here)."""
+
+    uid: int
+    gid: int
+    home: str
+
+    @property
+    def cache(self) -> str:
+        return f"{self.home}/.cache"
+
+
+# `USER 1000:100` (Ray's `ray` user, group `users`) in trainer_image/Dockerfile.
+TRAINER_USER = ImageUser(1000, 100, "/home/ray")
+# `USER 10001:10001` in eval_image/Dockerfile.
+EVAL_USER = ImageUser(10001, 10001, "/home/polypythia")
 
 
 def storage_env(sweep: Sweep, default_endpoint: str | None) -> list[dict]:
@@ -27,19 +58,49 @@ def storage_env(sweep: Sweep, default_endpoint: str | None) -> list[dict]:
     return env
 
 
-def pod_security() -> dict:
-    """Non-root, no privilege escalation: the images run as user 1000."""
+def cache_env(user: ImageUser) -> list[dict]:
+    """Caches point into the emptyDir mounted at HOME/.cache (the image's own ENV agrees)."""
+    return [
+        {"name": "HOME", "value": user.home},
+        {"name": "XDG_CACHE_HOME", "value": user.cache},
+        {"name": "HF_HOME", "value": f"{user.cache}/huggingface"},
+        {"name": "TORCH_EXTENSIONS_DIR", "value": f"{user.cache}/torch_extensions"},
+    ]
+
+
+def cache_volumes(user: ImageUser) -> tuple[list[dict], list[dict]]:
+    """emptyDir volumes for HOME/.cache and /tmp, and their mounts."""
+    volumes = [
+        {"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    mounts = [
+        {"name": CACHE_VOLUME, "mountPath": user.cache},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+    return volumes, mounts
+
+
+def pod_security(user: ImageUser) -> dict:
+    """Non-root as the image's own user; fsGroup makes the emptyDir volumes writable."""
     return {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": user.uid,
+        "runAsGroup": user.gid,
+        "fsGroup": user.gid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
 def container_security() -> dict:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    """The Pod Security `restricted` profile's container fields."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def placement(resources: dict) -> dict:
@@ -54,11 +115,72 @@ def placement(resources: dict) -> dict:
     return out
 
 
-def compute(cpu: int | str, memory: str | None, gpus: int) -> dict:
-    """Requests equal limits (Guaranteed QoS for training pods); GPUs only as limits+requests."""
+def compute(cpu: int | str, memory: str | None, gpus: int, gpu_resource: str | None = None) -> dict:
+    """Requests equal limits (Guaranteed QoS for training pods); GPUs only as limits+requests.
+
+    ``gpu_resource`` names the extended resource (`nvidia.com/gpu`, `amd.com/gpu`, a MIG
+    profile such as `nvidia.com/mig-1g.10gb`)."""
     amounts: dict = {"cpu": str(cpu)}
     if memory:
         amounts["memory"] = memory
     if gpus:
-        amounts["nvidia.com/gpu"] = str(gpus)
+        amounts[gpu_resource or DEFAULT_GPU_RESOURCE] = str(gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def pod_settings(sweep: Sweep, defaults: dict | None) -> dict:
+    """``spec.pods`` of the sweep over the operator's defaults (chart value `runPods`).
+
+    Scalars and maps: the sweep's value wins. Lists of named things (env, volumes,
+    volumeMounts, imagePullSecrets): the defaults first, then the sweep's, one per name."""
+    base = dict(defaults or {})
+    own = sweep.spec.get("pods") or {}
+    out = {**base, **{k: v for k, v in own.items() if k not in _LISTS}}
+    for key in _LISTS:
+        merged: dict[str, object] = {}
+        for item in list(base.get(key) or []) + list(own.get(key) or []):
+            merged[item if isinstance(item, str) else item.get("name", str(item))] = item
+        if merged:
+            out[key] = list(merged.values())
+    head = {**(base.get("head") or {}), **(own.get("head") or {})}
+    if head:
+        out["head"] = head
+    return out
+
+
+_LISTS = ("env", "volumes", "volumeMounts", "imagePullSecrets")
+
+
+def apply_pod_settings(pod_spec: dict, settings: dict, *, head: bool = False) -> dict:
+    """Add the pod-template knobs to a pod spec (in place; returned for chaining).
+
+    ``head``: the Ray head and the submitter run no GPU work, so they take the
+    `head` placement (CPU nodes) instead of the GPU workers' affinity and spread."""
+    secrets = settings.get("imagePullSecrets") or []
+    if secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    account = settings.get("serviceAccountName")
+    if account:
+        pod_spec["serviceAccountName"] = account
+        pod_spec["automountServiceAccountToken"] = True
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    if head:
+        placed = settings.get("head") or {}
+        for key in ("nodeSelector", "tolerations", "affinity"):
+            if placed.get(key):
+                pod_spec[key] = placed[key]
+    else:
+        for key in ("affinity", "topologySpreadConstraints"):
+            if settings.get(key):
+                pod_spec[key] = settings[key]
+    if settings.get("volumes"):
+        pod_spec["volumes"] = list(pod_spec.get("volumes") or []) + list(settings["volumes"])
+    for container in pod_spec.get("containers") or []:
+        if settings.get("env"):
+            container["env"] = list(container.get("env") or []) + list(settings["env"])
+        if settings.get("volumeMounts"):
+            container["volumeMounts"] = list(container.get("volumeMounts") or []) + list(
+                settings["volumeMounts"]
+            )
+    return pod_spec

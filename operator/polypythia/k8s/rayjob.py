@@ -9,16 +9,35 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from dataclasses import dataclass, field
 
 from polypythia.k8s import labels as L
-from polypythia.k8s.pods import compute, container_security, placement, pod_security, storage_env
+from polypythia.k8s.pods import (
+    TRAINER_USER,
+    apply_pod_settings,
+    cache_env,
+    cache_volumes,
+    compute,
+    container_security,
+    placement,
+    pod_security,
+    pod_settings,
+    storage_env,
+)
 from polypythia.planner import RunPlan
 from polypythia.spec import Sweep, resources_for
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
-TTL_AFTER_FINISHED_S = 3600
+# KubeRay deletes a finished RayJob's RayCluster this many seconds after the job ends
+# (`shutdownAfterJobFinishes`); 0 releases the GPUs at once. The RayJob object, its
+# status and the submitter Job (driver logs) stay.
+TTL_AFTER_FINISHED_S = 0
 HEAD_RESOURCES = {"cpu": 2, "memory": "8Gi"}
+SUBMITTER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
 DEFAULT_WORKER_MEMORY_PER_CPU_GI = 4
 SHM = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
 SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
@@ -52,7 +71,21 @@ def config_of(rayjob: dict) -> dict | None:
         return None
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How this cluster wants RayJobs rendered (operator flags and chart values).
+
+    ``cluster_ttl_seconds``: `ttlSecondsAfterFinished`. ``pod_defaults``: the chart's
+    `runPods` (same fields as `spec.pods`). ``submitter_image``: image of KubeRay's
+    submitter pod (it only needs the `ray` CLI; empty: the trainer image)."""
+
+    cluster_ttl_seconds: int = TTL_AFTER_FINISHED_S
+    pod_defaults: dict = field(default_factory=dict)
+    submitter_image: str = ""
+
+
 def _container(name: str, image: str, env: list[dict], resources: dict, ports: list) -> dict:
+    _, cache_mounts = cache_volumes(TRAINER_USER)
     out = {
         "name": name,
         "image": image,
@@ -60,7 +93,7 @@ def _container(name: str, image: str, env: list[dict], resources: dict, ports: l
         "env": env,
         "resources": resources,
         "securityContext": container_security(),
-        "volumeMounts": [SHM_MOUNT],
+        "volumeMounts": [SHM_MOUNT, *cache_mounts],
     }
     if ports:
         out["ports"] = ports
@@ -76,14 +109,18 @@ def render_rayjob(
     resume_from: int | None = None,
     storage_endpoint: str | None = None,
     rewinds: int = 0,
+    preemptions: int = 0,
+    cluster: ClusterSettings | None = None,
 ) -> dict:
     """The RayJob of one attempt of one run (see the module docstring).
 
     ``resume_from`` is recorded as an annotation for people reading the object; the
     trainer finds the last complete checkpoint itself. ``rewinds`` (the run's rewinds
     recorded in storage when this attempt was made) tells reconcile whether a newer
-    rewind still needs a new attempt, and which attempts were rewinds, not retries.
+    rewind still needs a new attempt, and which attempts were rewinds, not retries;
+    ``preemptions`` likewise counts attempts lost to evictions and node loss.
     """
+    cluster = cluster or ClusterSettings()
     if not trainer_image:
         raise ValueError(
             "trainer_image: required (spec.images.trainer or POLYPYTHIA_TRAINER_IMAGE)"
@@ -94,10 +131,16 @@ def render_rayjob(
     queue = res.get("queueName")
     if queue:
         meta_labels[L.QUEUE] = queue
-    env = storage_env(sweep, storage_endpoint) + [
-        {"name": "POLYPYTHIA_RUN", "value": run.name},
-        {"name": "POLYPYTHIA_ATTEMPT", "value": str(attempt)},
-    ]
+    env = (
+        storage_env(sweep, storage_endpoint)
+        + cache_env(TRAINER_USER)
+        + [
+            {"name": "POLYPYTHIA_RUN", "value": run.name},
+            {"name": "POLYPYTHIA_ATTEMPT", "value": str(attempt)},
+        ]
+    )
+    settings = pod_settings(sweep, cluster.pod_defaults)
+    volumes = [SHM, *cache_volumes(TRAINER_USER)[0]]
     gpus = int(res["gpusPerWorker"])
     cpus = int(res["cpusPerWorker"])
     memory = res.get("memory") or f"{cpus * DEFAULT_WORKER_MEMORY_PER_CPU_GI}Gi"
@@ -105,7 +148,7 @@ def render_rayjob(
     head_pod = {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
-            "securityContext": pod_security(),
+            "securityContext": pod_security(TRAINER_USER),
             "containers": [
                 _container(
                     "ray-head",
@@ -119,7 +162,7 @@ def render_rayjob(
                     ],
                 )
             ],
-            "volumes": [SHM],
+            "volumes": list(volumes),
             **(
                 {"priorityClassName": res["priorityClassName"]}
                 if res.get("priorityClassName")
@@ -127,24 +170,34 @@ def render_rayjob(
             ),
         },
     }
+    apply_pod_settings(head_pod["spec"], settings, head=True)
     worker_pod = {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
-            "securityContext": pod_security(),
+            "securityContext": pod_security(TRAINER_USER),
             "containers": [
-                _container("ray-worker", trainer_image, env, compute(cpus, memory, gpus), [])
+                _container(
+                    "ray-worker",
+                    trainer_image,
+                    env,
+                    compute(cpus, memory, gpus, res.get("gpuResource")),
+                    [],
+                )
             ],
-            "volumes": [SHM],
+            "volumes": list(volumes),
             **placement(res),
         },
     }
+    apply_pod_settings(worker_pod["spec"], settings)
+    submitter = _submitter_pod(cluster.submitter_image or trainer_image, settings, pod_labels)
     workers = int(res["workers"])
     spec: dict = {
         "entrypoint": entrypoint(run.config),
         "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+        "ttlSecondsAfterFinished": int(cluster.cluster_ttl_seconds),
         "backoffLimit": 0,
         "submissionMode": "K8sJobMode",
+        "submitterPodTemplate": submitter,
         "rayClusterSpec": {
             "enableInTreeAutoscaling": False,
             "headGroupSpec": {
@@ -167,6 +220,11 @@ def render_rayjob(
     deadline = sweep.spec.get("activeDeadlineSeconds")
     if deadline:
         spec["activeDeadlineSeconds"] = int(deadline)
+    pending = sweep.spec.get("pendingTimeoutSeconds")
+    if pending:
+        # KubeRay fails the RayJob (reason PreRunningDeadlineExceeded) when it has not
+        # reached Running this long after it started: the run's message says so.
+        spec["preRunningDeadlineSeconds"] = int(pending)
     if queue:
         spec["suspend"] = True  # Kueue admits the job by unsuspending it
     annotations = {f"{L.DOMAIN}/run-uri": run.config.get("runUri", "")}
@@ -174,6 +232,8 @@ def render_rayjob(
         annotations[f"{L.DOMAIN}/resume-from-step"] = str(resume_from)
     if rewinds:
         annotations[L.REWINDS] = str(rewinds)
+    if preemptions:
+        annotations[L.PREEMPTIONS] = str(preemptions)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -185,6 +245,34 @@ def render_rayjob(
         },
         "spec": spec,
     }
+
+
+_HEAD_ONLY_SKIPS = ("env", "volumes", "volumeMounts", "serviceAccountName")
+
+
+def _submitter_pod(image: str, settings: dict, labels: dict) -> dict:
+    """KubeRay's submitter pod (K8sJobMode), hardened and placed like the head.
+
+    The container has no command: KubeRay fills in `ray job submit ...` itself."""
+    spec = {
+        "restartPolicy": "Never",
+        "securityContext": pod_security(TRAINER_USER),
+        "containers": [
+            {
+                "name": "ray-job-submitter",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "resources": SUBMITTER_RESOURCES,
+                "securityContext": container_security(),
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    trimmed = {k: v for k, v in settings.items() if k not in _HEAD_ONLY_SKIPS}
+    apply_pod_settings(spec, trimmed, head=True)
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
 
 
 def kuberay_rule_errors(rayjob: dict) -> list[str]:
@@ -199,6 +287,10 @@ def kuberay_rule_errors(rayjob: dict) -> list[str]:
         errors.append("spec.suspend: needs spec.shutdownAfterJobFinishes true")
     if spec.get("ttlSecondsAfterFinished", 0) and not finishes:
         errors.append("spec.ttlSecondsAfterFinished: needs spec.shutdownAfterJobFinishes true")
+    if spec.get("preRunningDeadlineSeconds") is not None and spec["preRunningDeadlineSeconds"] <= 0:
+        errors.append("spec.preRunningDeadlineSeconds: must be a positive integer")
+    if spec.get("submissionMode") == "SidecarMode" and spec.get("submitterPodTemplate"):
+        errors.append("spec.submitterPodTemplate: SidecarMode does not support it")
     if spec.get("backoffLimit", 0) < 0:
         errors.append("spec.backoffLimit: must be >= 0")
     labels = rayjob["metadata"].get("labels", {})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from polypythia.k8s import labels as L
 from polypythia.k8s.evaljob import render_eval_job
-from polypythia.k8s.rayjob import config_of, render_rayjob
+from polypythia.k8s.rayjob import ClusterSettings, config_of, render_rayjob
 from polypythia.planner import RunPlan, evaluation_steps
 from polypythia.spec import Sweep
 
@@ -93,6 +93,20 @@ class Images:
     trainer: str
     eval: str
     storage_endpoint: str | None = None
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+
+
+@dataclass(frozen=True)
+class Blockers:
+    """What the handler found outside the sweep that must stop new runs, or allow more.
+
+    ``secret``: why the storage Secret is unusable (missing). ``allow_destructive``: the
+    sweep's allow-destructive-changes annotation. ``clusters``: RayJobs whose RayCluster
+    still exists (KubeRay has not finished deleting it: its GPUs are still held)."""
+
+    secret: str | None = None
+    allow_destructive: bool = False
+    clusters: frozenset[str] = frozenset()
 
 
 def rayjob_state(job: dict) -> str:
@@ -174,18 +188,30 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def condition(kind: str, ok: bool, reason: str, message: str, previous: dict, now: str) -> dict:
-    """A condition that keeps its lastTransitionTime while its status does not change."""
+def condition(
+    kind: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    previous: dict,
+    now: str,
+    generation: int | None = None,
+) -> dict:
+    """A condition that keeps its lastTransitionTime while its status does not change;
+    ``observedGeneration`` is the spec generation it was computed from."""
     status = "True" if ok else "False"
     old = next((c for c in previous.get("conditions", []) if c.get("type") == kind), None)
     since = old["lastTransitionTime"] if old and old.get("status") == status else now
-    return {
+    out = {
         "type": kind,
         "status": status,
         "reason": reason,
         "message": message,
         "lastTransitionTime": since,
     }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
 
 
 def invalid_status(message: str, generation: int | None, previous: dict, now: str) -> dict:
@@ -195,9 +221,17 @@ def invalid_status(message: str, generation: int | None, previous: dict, now: st
         "observedGeneration": generation,
         "phase": "Invalid",
         "conditions": [
-            condition("Ready", False, "InvalidSpec", message, previous, now),
-            condition("Progressing", False, "InvalidSpec", "the spec must be fixed", previous, now),
-            condition("Degraded", True, "InvalidSpec", message, previous, now),
+            condition("Ready", False, "InvalidSpec", message, previous, now, generation),
+            condition(
+                "Progressing",
+                False,
+                "InvalidSpec",
+                "the spec must be fixed",
+                previous,
+                now,
+                generation,
+            ),
+            condition("Degraded", True, "InvalidSpec", message, previous, now, generation),
         ],
     }
 
@@ -217,7 +251,9 @@ class _Run:
     needs: int | None = None  # attempt to create when a slot frees up
     rewinds: int = 0  # rewinds recorded in storage (or, unobserved, the last known count)
     job_rewinds: int = 0  # of those, how many the latest RayJob already obeys
+    preemptions: int = 0  # attempts lost to preemption (they spend no retry)
     message: str | None = None  # why a run without a RayJob waits or failed
+    rewinding: bool = False  # a rewind's old RayJob is being deleted; new attempt after
 
 
 def reconcile(
@@ -229,9 +265,11 @@ def reconcile(
     observations: dict[str, RunObservation],
     images: Images,
     now: str,
+    blockers: Blockers | None = None,
 ) -> Outcome:
     """One level-based pass over a sweep (see the module docstring)."""
     spec = sweep.spec
+    blockers = blockers or Blockers()
     out = Outcome()
     prev_rows = {r.get("name"): r for r in previous.get("runs") or []}
     planned = {r.name: r for r in plan}
@@ -239,14 +277,31 @@ def reconcile(
     for job in rayjobs:
         by_run.setdefault(_label(job, L.RUN) or "", []).append(job)
 
-    # Runs no longer asked for: their RayJobs and eval Jobs go.
+    # Runs no longer asked for: their RayJobs and eval Jobs go, but deleting a running
+    # one needs an explicit yes (spec.allowDestructiveChanges or the annotation).
+    allow = bool(spec.get("allowDestructiveChanges")) or blockers.allow_destructive
+    removed_live = sorted(
+        name
+        for name, jobs in by_run.items()
+        if name not in planned and any(rayjob_state(j) not in ENDED for j in jobs)
+    )
+    destructive = ""
+    if removed_live and not allow:
+        destructive = (
+            f"spec change removes {len(removed_live)} run(s) that are still running "
+            f"({', '.join(removed_live[:3])}{', ...' if len(removed_live) > 3 else ''}); "
+            f"set spec.allowDestructiveChanges: true or annotate the sweep "
+            f"{L.ALLOW_DESTRUCTIVE}=true to delete them, or revert the change"
+        )
     for name, jobs in sorted(by_run.items()):
-        if name not in planned:
+        if name not in planned and not (destructive and name in removed_live):
             for job in jobs:
                 out.actions.append(DeleteRayJob(job["metadata"]["name"]))
             out.actions.append(Event("RunRemoved", f"run {name} left the sweep; RayJobs deleted"))
     for job in eval_jobs:
-        if _label(job, L.RUN) not in planned:
+        if _label(job, L.RUN) not in planned and not (
+            destructive and _label(job, L.RUN) in removed_live
+        ):
             out.actions.append(DeleteEvalJob(job["metadata"]["name"]))
 
     # Changes that would alter the meaning of a run that already has RayJobs are refused.
@@ -269,12 +324,18 @@ def reconcile(
             "seeds is allowed)"
         )
 
+    rejected_reason = "SpecChangeRejected"
+    if destructive and not rejected:
+        rejected, rejected_reason = destructive, "DestructiveChangeRefused"
     runs = [
         _run_state(p, prev_rows.get(p.name, {}), by_run.get(p.name, []), observations, spec)
         for p in plan
     ]
     suspended = bool(spec.get("suspend"))
-    frozen = bool(rejected)
+    failed_now = sum(1 for r in runs if r.state == "Failed")
+    budget = spec.get("maxFailedRuns")
+    exhausted = bool(budget) and failed_now >= int(budget)
+    frozen = bool(rejected) or bool(blockers.secret)
 
     # Suspend / resume running RayJobs.
     for run in runs:
@@ -295,13 +356,26 @@ def reconcile(
 
     # A rewind recorded in storage (observe.py decided it) replaces the running attempt:
     # its trainer must restart from the rewind's checkpoint. Not a retry: maxRewinds bounds it.
+    # The new attempt is created only once the old RayJob is gone (its trainer stopped
+    # writing the run): first pass deletes it, a later pass creates the next attempt.
     for run in runs:
-        if suspended or frozen or run.latest is None or run.rewinds <= run.job_rewinds:
+        if suspended or frozen or run.rewinds <= run.job_rewinds:
             continue
-        if rayjob_state(run.latest) not in ("Queued", "Running"):
+        if run.latest is not None and rayjob_state(run.latest) in ("Queued", "Running"):
+            if not run.row.get("rewinding"):
+                out.actions.append(
+                    Event("RunRewound", _rewind_message(run, observations), "Warning")
+                )
+            out.actions.append(DeleteRayJob(run.latest["metadata"]["name"]))
+            run.rewinding, run.needs = True, None
             continue
-        out.actions.append(DeleteRayJob(run.latest["metadata"]["name"]))
-        attempt = run.attempt + 1
+        if not run.row.get("rewinding"):
+            continue
+        gone = run.row.get("rayJob")
+        if gone and any(j["metadata"]["name"] == gone for j in run.jobs):
+            run.rewinding, run.needs, run.state = True, None, "Queued"
+            continue
+        attempt = max(run.attempt, int(run.row.get("attempt", 0))) + 1
         body = render_rayjob(
             sweep,
             run.plan,
@@ -309,13 +383,24 @@ def reconcile(
             trainer_image=images.trainer,
             storage_endpoint=images.storage_endpoint,
             rewinds=run.rewinds,
+            preemptions=run.preemptions,
+            cluster=images.cluster,
         )
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
-        out.actions.append(Event("RunRewound", _rewind_message(run, observations), "Warning"))
         run.state, run.attempt, run.latest, run.job_rewinds = "Queued", attempt, body, run.rewinds
+        run.needs = None
 
     # Start runs and retries within maxConcurrentRuns, in the planner's order.
-    active = sum(1 for r in runs if r.state in ACTIVE and r.latest is not None)
+    # A run counts while its RayJob is active, while its old RayJob is being deleted for a
+    # rewind, and while KubeRay still deletes the RayCluster of its ended RayJob (the
+    # GPUs are held until the cluster is gone; Kueue and quotas see it too).
+    active = sum(
+        1
+        for r in runs
+        if (r.state in ACTIVE and r.latest is not None)
+        or r.rewinding
+        or any(j["metadata"]["name"] in blockers.clusters for j in r.jobs)
+    )
     slots = max(0, int(spec["maxConcurrentRuns"]) - active)
     candidates = sorted(
         (r for r in runs if r.needs is not None),
@@ -332,7 +417,7 @@ def reconcile(
         elif required and required not in done_runs:
             run.message = f"waiting for reference run {required} to finish"
     for run in candidates:
-        if suspended or frozen or slots <= 0:
+        if suspended or frozen or exhausted or slots <= 0:
             break
         if run.needs is None or (run.plan.requires and run.plan.requires not in done_runs):
             continue
@@ -346,16 +431,23 @@ def reconcile(
             resume_from=resume if attempt and resume >= 0 else None,
             storage_endpoint=images.storage_endpoint,
             rewinds=run.rewinds,
+            preemptions=run.preemptions,
+            cluster=images.cluster,
         )
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
         if attempt:
             where = f"step {resume}" if resume >= 0 else "the start"
             out.actions.append(
                 Event(
-                    "RunRetried",
-                    f"run {run.plan.name}: retry {attempt - run.job_rewinds} of "
-                    f"{spec['maxRetries']}, attempt {attempt}, "
-                    f"resuming from {where}",
+                    "RunPreempted" if run.state == "Preempted" else "RunRetried",
+                    f"run {run.plan.name}: "
+                    + (
+                        "preempted, restarted without spending a retry, "
+                        if run.state == "Preempted"
+                        else f"retry {attempt - run.job_rewinds - run.preemptions} of "
+                        f"{spec['maxRetries']}, "
+                    )
+                    + f"attempt {attempt}, resuming from {where}",
                     "Warning",
                 )
             )
@@ -368,8 +460,26 @@ def reconcile(
         run.state, run.attempt, run.latest = "Queued", attempt, body
         run.job_rewinds = run.rewinds
         slots -= 1
+    if exhausted:
+        for run in runs:
+            if run.needs is not None and run.state in ("Pending", "Retrying", "Preempted"):
+                run.message = (
+                    f"not started: {failed_now} run(s) failed, spec.maxFailedRuns is {budget}"
+                )
 
     eval_actions, eval_rows = _evaluations(sweep, runs, eval_jobs, observations, images)
+    if exhausted and previous.get("phase") != "Failed":
+        out.actions.append(
+            Event(
+                "FailureBudgetExhausted",
+                f"{failed_now} run(s) failed (spec.maxFailedRuns {budget}): no more runs start",
+                "Warning",
+            )
+        )
+    if blockers.secret and blockers.secret not in str(previous.get("conditions")):
+        out.actions.append(Event("SecretMissing", blockers.secret, "Warning"))
+    if destructive and destructive not in str(previous.get("conditions")):
+        out.actions.append(Event("DestructiveChangeRefused", destructive, "Warning"))
     out.actions += eval_actions
     rows = []
     spike_type = (
@@ -377,9 +487,20 @@ def reconcile(
     )
     for run in runs:
         row = _row(run, observations.get(run.plan.name), eval_rows.get(run.plan.name))
+        if run.rewinding:
+            row["rewinding"] = True
         out.actions += _transition_events(run.row, row, spike_type)
         rows.append(row)
-    out.status = _status(sweep, rows, previous, rejected, now, eval_jobs)
+    out.status = _status(
+        sweep,
+        rows,
+        previous,
+        (rejected_reason, rejected),
+        now,
+        eval_jobs,
+        blockers.secret,
+        int(budget) if exhausted else None,
+    )
     out.status["recentRewinds"] = _recent_rewinds(runs, observations, previous)
     return out
 
@@ -458,15 +579,25 @@ def _run_state(
             run.state, run.needs = "Pending", run.attempt
         return run
     run.attempt = _attempt(run.latest)
+    run.preemptions = _count_annotation(run.latest, L.PREEMPTIONS)
     state = rayjob_state(run.latest)
-    if state == "Failed":
-        if run.attempt - run.job_rewinds < int(spec["maxRetries"]):
+    if state == "Failed" and _preempted(run.latest):
+        # Eviction, spot loss, node drain: not the run's fault, so no retry is spent.
+        run.preemptions += 1
+        run.state, run.needs = "Preempted", run.attempt + 1
+    elif state == "Failed":
+        if run.attempt - run.job_rewinds - run.preemptions < int(spec["maxRetries"]):
             run.state, run.needs = "Retrying", run.attempt + 1
         else:
             run.state = "Failed"
     else:
         run.state = state
     return run
+
+
+def _preempted(job: dict) -> bool:
+    """Whether the operator marked this RayJob's pods as disrupted (see handlers)."""
+    return bool((job.get("metadata", {}).get("annotations") or {}).get(L.PREEMPTED))
 
 
 def _evaluations(
@@ -576,7 +707,8 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         "seed": run.plan.seed,
         "phase": run.state,
         "attempt": run.attempt,
-        "retries": run.attempt - run.job_rewinds,
+        "retries": max(0, run.attempt - run.job_rewinds - run.preemptions),
+        "preemptions": run.preemptions or None,
         "rewinds": run.rewinds,
         "rayJob": latest["metadata"]["name"] if latest else None,
         "step": obs.step if obs and obs.step is not None else prev.get("step"),
@@ -593,12 +725,12 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         if obs and obs.refused
         else prev.get("rewindRefusedReason"),
     }
-    if latest is not None:
-        message = (latest.get("status") or {}).get("message")
-        if message and run.state in ("Failed", "Retrying"):
-            row["message"] = message[:300]
-    elif run.message:
+    if run.message and (latest is None or run.state in ("Pending", "Retrying", "Preempted")):
         row["message"] = run.message
+    elif latest is not None:
+        message = (latest.get("status") or {}).get("message")
+        if message and run.state in ("Failed", "Retrying", "Preempted"):
+            row["message"] = message[:300]
     elif prev.get("message") and run.state in ENDED:
         row["message"] = prev["message"]
     row.update(evals or {})
@@ -618,6 +750,15 @@ def _transition_events(prev: dict, row: dict, spike_type: str = "Warning") -> li
         elif phase == "Failed" and not row.get("rayJob"):
             events.append(
                 Event("RunFailed", f"run {name}: cannot start: {row.get('message')}", "Warning")
+            )
+        elif phase == "Preempted":
+            events.append(
+                Event(
+                    "RunPreempted",
+                    f"run {name}: attempt {row['attempt']} lost its pods (eviction or node loss); "
+                    "restarting without spending a retry",
+                    "Warning",
+                )
             )
         elif phase in ("Failed", "Retrying"):
             detail = f": {row['message']}" if row.get("message") else ""
@@ -662,15 +803,27 @@ def _transition_events(prev: dict, row: dict, spike_type: str = "Warning") -> li
 
 
 def _status(
-    sweep: Sweep, rows: list[dict], previous: dict, rejected: str, now: str, eval_jobs: list[dict]
+    sweep: Sweep,
+    rows: list[dict],
+    previous: dict,
+    rejected: tuple[str, str],
+    now: str,
+    eval_jobs: list[dict],
+    secret: str | None = None,
+    budget: int | None = None,
 ) -> dict:
     spec = sweep.spec
+    gen = sweep.generation
+    rejected_reason, rejected_text = rejected
     count = {p: sum(1 for r in rows if r["phase"] == p) for p in ("Succeeded", "Failed")}
     running = sum(1 for r in rows if r["phase"] in ("Queued", "Running"))
     suspended = sum(1 for r in rows if r["phase"] == "Suspended")
     pending = len(rows) - running - suspended - count["Succeeded"] - count["Failed"]
     ended = count["Succeeded"] + count["Failed"] == len(rows)
-    if spec.get("suspend") and not ended:
+    active_now = running + suspended
+    if budget is not None and not active_now:
+        phase = "Failed"
+    elif spec.get("suspend") and not ended:
         phase = "Suspended"
     elif ended:
         phase = "Complete"
@@ -679,17 +832,32 @@ def _status(
     else:
         phase = "Pending"
     failed = [r["name"] for r in rows if r["phase"] == "Failed"]
-    if rejected:
-        ready = condition("Ready", False, "SpecChangeRejected", rejected, previous, now)
+    if rejected_text:
+        ready = condition("Ready", False, rejected_reason, rejected_text, previous, now, gen)
+    elif secret:
+        ready = condition("Ready", False, "SecretMissing", secret, previous, now, gen)
     else:
-        ready = condition("Ready", True, "Reconciled", f"{len(rows)} run(s) planned", previous, now)
+        ready = condition(
+            "Ready", True, "Reconciled", f"{len(rows)} run(s) planned", previous, now, gen
+        )
     if phase == "Suspended":
         progressing = condition(
-            "Progressing", False, "Suspended", "spec.suspend is true", previous, now
+            "Progressing", False, "Suspended", "spec.suspend is true", previous, now, gen
+        )
+    elif budget is not None:
+        progressing = condition(
+            "Progressing",
+            False,
+            "FailureBudgetExhausted",
+            f"{count['Failed']} run(s) failed, spec.maxFailedRuns is {budget}: no run starts; "
+            f"{running} still running",
+            previous,
+            now,
+            gen,
         )
     elif ended:
         progressing = condition(
-            "Progressing", False, "Complete", "every run has ended", previous, now
+            "Progressing", False, "Complete", "every run has ended", previous, now, gen
         )
     else:
         progressing = condition(
@@ -699,18 +867,22 @@ def _status(
             f"{running} running, {pending} waiting",
             previous,
             now,
+            gen,
         )
     if failed:
         degraded = condition(
             "Degraded",
             True,
-            "RunsFailed",
+            "FailureBudgetExhausted" if budget is not None else "RunsFailed",
             f"{len(failed)} run(s) failed after {spec['maxRetries']} retries: {', '.join(failed[:5])}",
             previous,
             now,
+            gen,
         )
     else:
-        degraded = condition("Degraded", False, "AsPlanned", "no run has failed", previous, now)
+        degraded = condition(
+            "Degraded", False, "AsPlanned", "no run has failed", previous, now, gen
+        )
     return {
         "observedGeneration": sweep.generation,
         "phase": phase,
@@ -765,3 +937,36 @@ def runs_started(plan: list[RunPlan], previous: dict) -> list[str]:
         for run in plan
         if run.name in rows and rows[run.name].get("phase") not in (None, "Pending")
     ]
+
+
+def with_refusals(
+    status: dict, refusals: list[str], previous: dict, now: str, generation: int | None
+) -> dict:
+    """``status`` with Ready False (reason APIRequestRefused) naming the calls the API
+    server refused this pass (403 RBAC, 422 admission/validation, quota...)."""
+    if not refusals:
+        return status
+    shown = "; ".join(refusals[:3]) + ("; ..." if len(refusals) > 3 else "")
+    message = f"{len(refusals)} API request(s) refused: {shown}"[:1000]
+    ready = condition("Ready", False, "APIRequestRefused", message, previous, now, generation)
+    conditions = [c for c in status.get("conditions", []) if c["type"] != "Ready"]
+    return {**status, "conditions": [ready, *conditions]}
+
+
+def recently_ended(rayjobs: list[dict], now: str, window_s: int) -> bool:
+    """Whether a RayJob of the sweep ended less than ``window_s`` ago (or has no end
+    time yet): only then may its RayCluster still be on its way out."""
+    stamp = datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    for job in rayjobs:
+        if rayjob_state(job) not in ENDED:
+            continue
+        end = (job.get("status") or {}).get("endTime")
+        if not end:
+            return True
+        try:
+            at = datetime.datetime.strptime(end, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        except ValueError:
+            return True
+        if (stamp - at).total_seconds() < window_s:
+            return True
+    return False

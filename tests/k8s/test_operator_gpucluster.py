@@ -1,0 +1,175 @@
+"""What a GPU cluster's platform engineer meets, against the emulated API server.
+
+The test plays KubeRay (RayJob status, RayClusters that outlive their job for a while)
+and the kubelet/eviction API (a training pod with a DisruptionTarget condition).
+"""
+
+from __future__ import annotations
+
+from k8s.harness import sweep_body
+from polypythia.k8s import labels as L
+
+
+def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
+    return cluster.sweep(ns, name).get("status") or {}
+
+
+def _condition(cluster, ns: str, name: str, kind: str) -> dict:  # type: ignore[no-untyped-def]
+    return next(
+        (c for c in _status(cluster, ns, name).get("conditions", []) if c["type"] == kind), {}
+    )
+
+
+def _row(cluster, ns: str, name: str, run: str) -> dict:  # type: ignore[no-untyped-def]
+    return next((r for r in _status(cluster, ns, name).get("runs", []) if r["name"] == run), {})
+
+
+def _events(cluster, ns: str, reason: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [e for e in cluster.emulator.list_objects("v1/events", ns) if e.get("reason") == reason]
+
+
+def _storage(cluster, ns: str, secret: str | None = "s3") -> dict:  # type: ignore[no-untyped-def]
+    cluster.create_namespace(ns)
+    if secret:
+        cluster.create_secret(ns, secret)
+    return {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
+
+
+def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
+    ns, sweep, run = "preempt", "pre", "pre-nano-s0"
+    storage = _storage(cluster, ns)
+    cluster.apply_sweep(
+        ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage, maxRetries=0)
+    )
+    cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
+    # A worker pod of attempt 0, evicted by a node drain (what KubeRay's pods carry).
+    cluster.core.create_namespaced_pod(
+        ns,
+        {
+            "metadata": {
+                "name": f"{run}-worker-0",
+                "labels": {L.SWEEP: sweep, L.RUN: run, L.ATTEMPT: "0"},
+            },
+            "spec": {"containers": [{"name": "ray-worker", "image": "trainer"}]},
+        },
+    )
+    cluster.core.patch_namespaced_pod_status(
+        f"{run}-worker-0",
+        ns,
+        {
+            "status": {
+                "phase": "Failed",
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "EvictionByEvictionAPI",
+                        "message": "Eviction API: evicting",
+                    }
+                ],
+            }
+        },
+    )
+    cluster.wait_for(
+        "RayJob marked preempted",
+        lambda: (cluster.rayjobs(ns, sweep)[0]["metadata"].get("annotations") or {}).get(
+            L.PREEMPTED
+        ),
+    )
+    cluster.set_rayjob_status(ns, run, "Failed", "FAILED")
+    cluster.wait_for(
+        "attempt 1 with maxRetries 0",
+        lambda: (
+            sorted(j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)) == [run, f"{run}-r1"]
+        ),
+    )
+    row = cluster.wait_for(
+        "row",
+        lambda: _row(cluster, ns, sweep, run).get("attempt") == 1 and _row(cluster, ns, sweep, run),
+    )
+    assert row["retries"] == 0 and row["preemptions"] == 1
+    assert _events(cluster, ns, "RunPreempted")
+    # A real crash of the new attempt then fails the run: no retry was left.
+    cluster.set_rayjob_status(ns, f"{run}-r1", "Failed", "FAILED")
+    cluster.wait_for("Failed", lambda: _row(cluster, ns, sweep, run).get("phase") == "Failed")
+
+
+def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
+    ns, sweep = "nosecret", "ns"
+    storage = _storage(cluster, ns, secret=None)
+    cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
+    ready = cluster.wait_for(
+        "SecretMissing",
+        lambda: (
+            _condition(cluster, ns, sweep, "Ready").get("reason") == "SecretMissing"
+            and _condition(cluster, ns, sweep, "Ready")
+        ),
+    )
+    assert "Secret nosecret/s3 not found" in ready["message"]
+    assert ready["observedGeneration"] == cluster.sweep(ns, sweep)["metadata"]["generation"]
+    assert cluster.rayjobs(ns, sweep) == [] and _events(cluster, ns, "SecretMissing")
+    cluster.create_secret(ns, "s3")
+    cluster.wait_for("RayJob once the Secret exists", lambda: cluster.rayjobs(ns, sweep))
+    cluster.wait_for(
+        "Ready", lambda: _condition(cluster, ns, sweep, "Ready").get("status") == "True"
+    )
+
+
+def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
+    ns, sweep = "refused", "rf"
+    storage = _storage(cluster, ns)
+    # A volume that KubeRay's RayJob schema rejects (hostPath must be an object): 422.
+    body = sweep_body(
+        sweep,
+        seeds=1,
+        sizes=("nano",),
+        storage=storage,
+        pods={"volumes": [{"name": "bad", "hostPath": "not-an-object"}]},
+    )
+    cluster.apply_sweep(ns, body)
+    ready = cluster.wait_for(
+        "APIRequestRefused",
+        lambda: (
+            _condition(cluster, ns, sweep, "Ready").get("reason") == "APIRequestRefused"
+            and _condition(cluster, ns, sweep, "Ready")
+        ),
+    )
+    assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
+    assert _events(cluster, ns, "APIRequestRefused")
+    assert cluster.rayjobs(ns, sweep) == []
+
+
+def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> None:
+    ns, sweep = "linger", "lg"
+    storage = _storage(cluster, ns)
+    cluster.apply_sweep(
+        ns, sweep_body(sweep, seeds=2, sizes=("nano",), storage=storage, maxConcurrentRuns=1)
+    )
+    first = cluster.wait_for("first RayJob", lambda: cluster.rayjobs(ns, sweep))[0]
+    assert first["spec"]["ttlSecondsAfterFinished"] == 0
+    # KubeRay's RayCluster of that RayJob: the RayJob's labels plus originated-from.
+    name = first["metadata"]["name"]
+    labels = {**first["metadata"]["labels"], "ray.io/originated-from-cr-name": name}
+    cluster.custom.create_namespaced_custom_object(
+        "ray.io",
+        "v1",
+        ns,
+        "rayclusters",
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": f"{name}-abcde", "labels": labels},
+            "spec": {},
+        },  # fmt: skip
+    )
+    cluster.set_rayjob_status(ns, name, "Complete", "SUCCEEDED")
+    cluster.wait_for(
+        "run Succeeded", lambda: _row(cluster, ns, sweep, name).get("phase") == "Succeeded"
+    )
+    assert len(cluster.rayjobs(ns, sweep)) == 1  # the cluster still holds the GPUs
+    cluster.custom.delete_namespaced_custom_object(
+        "ray.io", "v1", ns, "rayclusters", f"{name}-abcde"
+    )
+    cluster.wait_for(
+        "second run once the cluster is gone", lambda: len(cluster.rayjobs(ns, sweep)) == 2
+    )
