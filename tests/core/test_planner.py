@@ -109,3 +109,25 @@ def test_evaluation_schedule_selects_checkpoints() -> None:
     spec = sweep(evaluation={"schedule": "final"}, training={"steps": 100}).spec
     assert planner.evaluation_steps(spec, [0, 50]) == []
     assert planner.evaluation_steps(spec, [0, 50, 100]) == [100]
+
+
+def test_pythia_defaults_resolve_to_the_pythia_recipe() -> None:
+    """Pythia-160m on 32 GPUs, 1024 x 2048, 143000 steps: its config's numbers."""
+    s = sweep(
+        sizes=["160m", "1b"],
+        resources={"default": {"workers": 32, "gpusPerWorker": 1}},
+    )
+    by_size = {r.size: r.config["training"] for r in planner.plan_sweep(s, base_uri="s3://b/p")}
+    t = by_size["160m"]
+    assert t["weightDecay"] == 0.1
+    assert t["warmupSteps"] == 1430.0  # 0.01 x 143000, a float as GPT-NeoX keeps it
+    assert t["microBatchSize"] == 32  # 1024 / 32 workers = 32: no accumulation
+    assert by_size["1b"]["learningRate"] == 2.5e-4
+    assert by_size["1b"]["microBatchSize"] == 16  # 32 per worker: accumulation 2
+
+
+def test_micro_batch_defaults_to_the_largest_divisor_below_the_presets() -> None:
+    assert planner.default_micro_batch(32, 1024) == 32
+    assert planner.default_micro_batch(32, 24) == 24
+    assert planner.default_micro_batch(32, 48) == 24
+    assert planner.default_micro_batch(None, 512) == 512
