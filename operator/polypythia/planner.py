@@ -128,14 +128,23 @@ def default_micro_batch(preset_micro: int | None, per_worker: int) -> int:
     return max(d for d in range(1, preset_micro + 1) if per_worker % d == 0)
 
 
+PYTHIA_SEED = 1234  # the original Pythia's GPT-NeoX seed: PolyPythias' "seed 0"
+
+
+def gpt_neox_seed(seeds: dict, seed: int) -> int:
+    """The GPT-NeoX seed of a sweep seed: with ``pythiaNumbering``, seed 0 is 1234."""
+    return PYTHIA_SEED if seeds.get("pythiaNumbering") and seed == 0 else seed
+
+
 def seed_pair(seeds: dict, seed: int) -> tuple[int, int]:
     """(weight seed, data seed) of a sweep seed, by the sweep's seed axis."""
     axis, fixed = seeds["axis"], seeds["fixed"]
+    real = gpt_neox_seed(seeds, seed)
     if axis == "weight":
-        return seed, fixed
+        return real, fixed
     if axis == "data":
-        return fixed, seed
-    return seed, seed
+        return fixed, real
+    return real, real
 
 
 def storage_uri(sweep: Sweep) -> str:
@@ -198,6 +207,11 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "path": data.get("path"),
             "tokenizer": data.get("tokenizer"),
             "skipBatches": [list(pair) for pair in data.get("skipBatches", [])],
+            "order": data.get("order")
+            or ("megatron" if data["format"] == "megatron" else "permutation"),
+            "indexDir": data["indexDir"].replace("{seed}", str(seed))
+            if data.get("indexDir")
+            else None,
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),

@@ -131,3 +131,36 @@ def test_micro_batch_defaults_to_the_largest_divisor_below_the_presets() -> None
     assert planner.default_micro_batch(32, 24) == 24
     assert planner.default_micro_batch(32, 48) == 24
     assert planner.default_micro_batch(None, 512) == 512
+
+
+def test_pythia_numbering_makes_seed_0_gpt_neox_seed_1234() -> None:
+    s = sweep(
+        sizes=["70m"],
+        seeds={"list": [0, 1, 9], "pythiaNumbering": True},
+        data={
+            "format": "megatron",
+            "path": "/d/pile",
+            "tokenizer": "/d/tok",
+            "indexDir": "/idx/seed{seed}",
+        },
+    )
+    runs = planner.plan_sweep(s, base_uri="s3://b/p")
+    assert [(r.seed, r.weight_seed, r.data_seed) for r in runs] == [
+        (0, 1234, 1234),
+        (1, 1, 1),
+        (9, 9, 9),
+    ]
+    first = runs[0].config
+    assert (first["seed"], first["weightSeed"], first["dataSeed"]) == (0, 1234, 1234)
+    assert first["data"]["order"] == "megatron"  # the default for megatron datasets
+    assert [r.config["data"]["indexDir"] for r in runs] == [
+        "/idx/seed0",
+        "/idx/seed1",
+        "/idx/seed9",
+    ]
+
+
+def test_without_pythia_numbering_seeds_are_gpt_neox_seeds() -> None:
+    runs = planner.plan_sweep(sweep(sizes=["nano"], seeds={"list": [0, 1]}), base_uri="s3://b/p")
+    assert [r.data_seed for r in runs] == [0, 1]
+    assert runs[0].config["data"]["order"] == "permutation"  # generated corpus: ours
