@@ -3,6 +3,7 @@ hand-worked examples and GPT-NeoX's own Python loop, not against this project's 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,41 @@ def test_positions_past_the_built_samples_are_refused(hand_dataset: Path) -> Non
     data = _open(hand_dataset, seed=2)
     with pytest.raises(UsageError, match="past the 3 samples"):
         data.batch(5, 2)
+
+
+def _hand_maps(folder: Path, seed: int, shuffle: list[int]) -> None:
+    files = mg.index_files(folder, "hand", mg.num_samples(1, 2), 3, seed)
+    np.save(files.doc, HAND_DOC_IDX, allow_pickle=True)
+    np.save(files.sample, np.array(HAND_SAMPLE_IDX, dtype=np.int32), allow_pickle=True)
+    np.save(files.shuffle, np.array(shuffle, dtype=np.uint32), allow_pickle=True)
+
+
+BATCH_ARGS = ["--seq-length", "3", "--global-batch-size", "2", "--train-iters", "1"]
+
+
+def test_batch_viewer_prints_a_global_batch_as_json(hand_dataset: Path, tmp_path, capsys) -> None:
+    from polypythia.cli import main as cli_main
+
+    released = tmp_path / "seed3"
+    released.mkdir()
+    _hand_maps(released, 3, [1, 2, 0])
+    argv = ["data", "batch", str(hand_dataset), "--seed", "3", *BATCH_ARGS, "--step", "0"]
+    assert cli_main([*argv, "--index-dir", str(released), "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {
+        "step": 0,
+        "samples": [{"index": 0, "tokens": [13, 14, 1, 2]}, {"index": 1, "tokens": [2, 3, 30, 31]}],
+    }
+    assert cli_main([*argv, "--index-dir", str(released)]) == 0
+    table = capsys.readouterr().out
+    assert "1,0" in table and "0,2,3" in table  # documents of samples 1 and 2
+    assert "order megatron, seed 3" in table
+
+
+def test_batch_viewer_refuses_a_bad_index_dir(hand_dataset: Path, tmp_path, capsys) -> None:
+    from polypythia.cli import main as cli_main
+
+    argv = ["data", "batch", str(hand_dataset), "--seed", "4", *BATCH_ARGS, "--step", "0"]
+    assert cli_main([*argv, "--index-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "_4s_doc_idx.npy is missing" in err and "Traceback" not in err

@@ -95,8 +95,12 @@ def open_training_data(
     storage: dict | None = None,
     train_iters: int | None = None,
     global_batch_size: int | None = None,
+    require_tokenizer: bool = True,
 ) -> TrainingData:
     """Open the dataset a run config's ``data`` block names, building the demo one if needed.
+
+    Training needs a tokenizer (checkpoints carry it); the batch viewer passes
+    ``require_tokenizer=False`` and shows token ids when there is none.
 
     ``storage`` is the run config's storage block (``endpoint``, ``secure``, ``region``)
     for ``s3://`` paths; without it the endpoint comes from the environment. The megatron
@@ -126,12 +130,18 @@ def open_training_data(
             name="the generated corpus",
         )
     assert spec.path is not None
-    tokenizer = _resolve_tokenizer(spec, cache_dir, storage)
-    _check_vocab(
-        load(tokenizer, "spec.data.tokenizer").get_vocab_size(with_added_tokens=True),
-        vocab_size,
-        f"tokenizer {tokenizer}",
-    )
+    tokenizer: Path | None = None
+    try:
+        tokenizer = _resolve_tokenizer(spec, cache_dir, storage)
+    except UsageError:
+        if require_tokenizer:
+            raise
+    if tokenizer is not None:
+        _check_vocab(
+            load(tokenizer, "spec.data.tokenizer").get_vocab_size(with_added_tokens=True),
+            vocab_size,
+            f"tokenizer {tokenizer}",
+        )
     index = open_source(f"{spec.path}.idx", field="spec.data.path", storage=storage)
     tokens = open_source(f"{spec.path}.bin", field="spec.data.path", storage=storage)
     try:

@@ -43,7 +43,7 @@ class TrainingData:
         sequence_length: int,
         vocab_size: int,
         data_seed: int,
-        tokenizer: Path,
+        tokenizer: Path | None,
         stored_order: np.ndarray | None = None,
         megatron: MegatronOrder | None = None,
         name: str = "dataset",
@@ -53,7 +53,7 @@ class TrainingData:
         self.sample_length = sequence_length + 1
         self.vocab_size = vocab_size
         self.data_seed = data_seed
-        self.tokenizer = Path(tokenizer)
+        self.tokenizer = Path(tokenizer) if tokenizer is not None else None
         self.name = name
         self.megatron = megatron
         self.order_name = "megatron" if megatron is not None else "permutation"
@@ -179,6 +179,8 @@ class TrainingData:
 
     def save_tokenizer(self, out_dir: Path) -> None:
         """Write the tokenizer as HF files, so ``out_dir`` loads with ``AutoTokenizer``."""
+        if self.tokenizer is None:
+            raise UsageError(f"spec.data.tokenizer: {self.name} has no tokenizer to save")
         copy_hf(self.tokenizer, Path(out_dir))
 
 
