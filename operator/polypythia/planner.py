@@ -79,7 +79,33 @@ def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
     return sorted(s for s in available if s in wanted)
 
 
-def evaluate_args(spec: dict, run_uri: str, steps: list[int]) -> list[str]:
+# The PolyPythias paper's evaluation (CrowS-Pairs restricted to gender, as the paper reports).
+POLYPYTHIAS_TASKS = (
+    "arc_easy",
+    "arc_challenge",
+    "lambada_openai",
+    "logiqa",
+    "piqa",
+    "sciq",
+    "winogrande",
+    "wsc",
+    "blimp_anaphor_gender_agreement",
+    "crows_pairs_english_gender",
+    "simple_cooccurrence_bias",
+)
+# The project's offline tasks: what a tiny model trained on the generated corpus can be scored on.
+OFFLINE_TASKS = ("pp_subject_verb_agreement", "pp_anaphor_gender_agreement", "pp_cloze")
+
+
+def evaluation_tasks(spec: dict, size: str) -> list[str]:
+    """The sweep's tasks; unset, PolyPythias' for Pythia sizes and pp_* for tiny CPU sizes."""
+    tasks = spec["evaluation"].get("tasks")
+    if tasks is not None:
+        return list(tasks)
+    return list(OFFLINE_TASKS if presets.get(size).tiny else POLYPYTHIAS_TASKS)
+
+
+def evaluate_args(spec: dict, run_uri: str, steps: list[int], size: str) -> list[str]:
     """`polypythia evaluate` arguments for ``steps`` of one run: the eval Job's and the
     local driver's evaluation are the same command."""
     evaluation = spec["evaluation"]
@@ -89,7 +115,7 @@ def evaluate_args(spec: dict, run_uri: str, steps: list[int]) -> list[str]:
         "--steps",
         ",".join(map(str, sorted(set(steps)))),
         "--tasks",
-        ",".join(evaluation["tasks"]),
+        ",".join(evaluation_tasks(spec, size)),
     ]
     if evaluation.get("limit"):
         args += ["--limit", str(evaluation["limit"])]

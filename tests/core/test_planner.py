@@ -164,3 +164,33 @@ def test_without_pythia_numbering_seeds_are_gpt_neox_seeds() -> None:
     runs = planner.plan_sweep(sweep(sizes=["nano"], seeds={"list": [0, 1]}), base_uri="s3://b/p")
     assert [r.data_seed for r in runs] == [0, 1]
     assert runs[0].config["data"]["order"] == "permutation"  # generated corpus: ours
+
+
+def test_polypythias_example_is_the_papers_setup() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "manifests/examples/sweep-polypythias.yaml"
+    s = sweep_from_object(yaml.safe_load(path.read_text()))
+    runs = planner.plan_sweep(s)
+    assert len(runs) == 50
+    seeds = sorted({(r.seed, r.data_seed) for r in runs})
+    assert seeds == [(0, 1234)] + [(k, k) for k in range(1, 10)]
+    first = next(r for r in runs if r.seed == 0 and r.size == "410m").config
+    assert first["training"]["precision"] == "fp16"
+    assert first["training"]["weightDecay"] == 0.1
+    assert first["training"]["microBatchSize"] == 32  # Pythia's, accumulation makes up the rest
+    assert first["data"]["indexDir"].endswith("pile-preshuffled-seeds/seed0")
+    assert "deduped" not in first["data"]["path"]
+    assert len(first["checkpoints"]["steps"]) == 154
+    tasks = planner.evaluation_tasks(s.spec, "410m")
+    assert "crows_pairs_english_gender" in tasks and len(tasks) == 11
+
+
+def test_evaluation_tasks_default_by_size() -> None:
+    s = sweep(sizes=["nano", "70m"])
+    assert planner.evaluation_tasks(s.spec, "nano")[0].startswith("pp_")
+    assert planner.evaluation_tasks(s.spec, "70m") == list(planner.POLYPYTHIAS_TASKS)
+    off = sweep(sizes=["70m"], evaluation={"tasks": []})
+    assert planner.evaluation_tasks(off.spec, "70m") == []

@@ -29,7 +29,7 @@ def render_eval_job(
     evaluation = sweep.spec["evaluation"]
     res = evaluation.get("resources", {})
     gpus = int(res.get("gpus", 0))
-    args = evaluate_args(sweep.spec, run.config["runUri"], steps)
+    args = evaluate_args(sweep.spec, run.config["runUri"], steps, run.size)
     pod_spec: dict = {
         "restartPolicy": "Never",
         "securityContext": pod_security(),
