@@ -79,7 +79,33 @@ def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
     return sorted(s for s in available if s in wanted)
 
 
-def evaluate_args(spec: dict, run_uri: str, steps: list[int]) -> list[str]:
+# The PolyPythias paper's evaluation (CrowS-Pairs restricted to gender, as the paper reports).
+POLYPYTHIAS_TASKS = (
+    "arc_easy",
+    "arc_challenge",
+    "lambada_openai",
+    "logiqa",
+    "piqa",
+    "sciq",
+    "winogrande",
+    "wsc",
+    "blimp_anaphor_gender_agreement",
+    "crows_pairs_english_gender",
+    "simple_cooccurrence_bias",
+)
+# The project's offline tasks: what a tiny model trained on the generated corpus can be scored on.
+OFFLINE_TASKS = ("pp_subject_verb_agreement", "pp_anaphor_gender_agreement", "pp_cloze")
+
+
+def evaluation_tasks(spec: dict, size: str) -> list[str]:
+    """The sweep's tasks; unset, PolyPythias' for Pythia sizes and pp_* for tiny CPU sizes."""
+    tasks = spec["evaluation"].get("tasks")
+    if tasks is not None:
+        return list(tasks)
+    return list(OFFLINE_TASKS if presets.get(size).tiny else POLYPYTHIAS_TASKS)
+
+
+def evaluate_args(spec: dict, run_uri: str, steps: list[int], size: str) -> list[str]:
     """`polypythia evaluate` arguments for ``steps`` of one run: the eval Job's and the
     local driver's evaluation are the same command."""
     evaluation = spec["evaluation"]
@@ -89,7 +115,7 @@ def evaluate_args(spec: dict, run_uri: str, steps: list[int]) -> list[str]:
         "--steps",
         ",".join(map(str, sorted(set(steps)))),
         "--tasks",
-        ",".join(evaluation["tasks"]),
+        ",".join(evaluation_tasks(spec, size)),
     ]
     if evaluation.get("limit"):
         args += ["--limit", str(evaluation["limit"])]
@@ -119,14 +145,32 @@ def run_name(sweep: str, size: str, seed: int, init: str | None = None) -> str:
     return head + tail
 
 
+def default_micro_batch(preset_micro: int | None, per_worker: int) -> int:
+    """Pythia's per-GPU micro-batch when it divides the per-worker batch, else the largest
+    divisor below it; sizes without one (tiny CPU presets) take the whole batch at once.
+    Gradient accumulation is then per_worker // micro, as GPT-NeoX derives it."""
+    if preset_micro is None or preset_micro >= per_worker:
+        return per_worker
+    return max(d for d in range(1, preset_micro + 1) if per_worker % d == 0)
+
+
+PYTHIA_SEED = 1234  # the original Pythia's GPT-NeoX seed: PolyPythias' "seed 0"
+
+
+def gpt_neox_seed(seeds: dict, seed: int) -> int:
+    """The GPT-NeoX seed of a sweep seed: with ``pythiaNumbering``, seed 0 is 1234."""
+    return PYTHIA_SEED if seeds.get("pythiaNumbering") and seed == 0 else seed
+
+
 def seed_pair(seeds: dict, seed: int) -> tuple[int, int]:
     """(weight seed, data seed) of a sweep seed, by the sweep's seed axis."""
     axis, fixed = seeds["axis"], seeds["fixed"]
+    real = gpt_neox_seed(seeds, seed)
     if axis == "weight":
-        return seed, fixed
+        return real, fixed
     if axis == "data":
-        return fixed, seed
-    return seed, seed
+        return fixed, real
+    return real, real
 
 
 def storage_uri(sweep: Sweep) -> str:
@@ -165,11 +209,12 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
         "training": {
             "steps": steps,
             "globalBatchSize": training["globalBatchSize"],
-            "microBatchSize": training.get("microBatchSize", per_worker),
+            "microBatchSize": training.get("microBatchSize")
+            or default_micro_batch(preset.micro_batch_size, per_worker),
             "sequenceLength": training["sequenceLength"],
             "learningRate": peak,
             "minLearningRate": training.get("minLearningRate", peak * presets.MIN_LR_FRACTION),
-            "warmupSteps": round(training["warmupFraction"] * steps),
+            "warmupSteps": training["warmupFraction"] * steps,
             "adamBeta1": presets.ADAM_BETAS[0],
             "adamBeta2": presets.ADAM_BETAS[1],
             "adamEps": presets.ADAM_EPS,
@@ -188,6 +233,11 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "path": data.get("path"),
             "tokenizer": data.get("tokenizer"),
             "skipBatches": [list(pair) for pair in data.get("skipBatches", [])],
+            "order": data.get("order")
+            or ("megatron" if data["format"] == "megatron" else "permutation"),
+            "indexDir": data["indexDir"].replace("{seed}", str(seed))
+            if data.get("indexDir")
+            else None,
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),

@@ -1,19 +1,21 @@
 """Model-size presets: the one table of Pythia sizes (and tiny CPU sizes).
 
-Architecture and learning rates follow the Pythia configs (EleutherAI/pythia,
-`models/*.yml`); ``published_params`` is the total in the Pythia README. The
-parameter count is computed without torch (the operator image has none); a test
-holds it to transformers' built model and the table to the published numbers.
+Architecture, learning rates, per-GPU micro-batch and init method follow the Pythia
+v1.0 configs (EleutherAI/pythia, `models/<size>/pythia-<size>.yml`); ``published_params``
+is the total in the Pythia README. The parameter count is computed without torch (the
+operator image has none); a test holds it to transformers' built model and the table to
+the published numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Pythia's optimiser and schedule defaults (models/*.yml in EleutherAI/pythia).
+# Pythia's optimiser and schedule defaults (models/*.yml in EleutherAI/pythia). Every config
+# says weight-decay 0.1; the paper's 0.01 is a typo (EleutherAI/pythia#132).
 ADAM_BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
-WEIGHT_DECAY = 0.01
+WEIGHT_DECAY = 0.1
 GRADIENT_CLIPPING = 1.0
 WARMUP_FRACTION = 0.01
 MIN_LR_FRACTION = 0.1
@@ -22,6 +24,20 @@ SEQUENCE_LENGTH = 2048
 TRAIN_STEPS = 143_000
 ROTARY_PCT = 0.25
 ROTARY_BASE = 10_000
+# `bias-gelu-fusion`: GPT-NeoX's GELU is the tanh approximation; transformers' name for it.
+HIDDEN_ACT = "gelu_pytorch_tanh"
+# fp16 dynamic loss scaling of every Pythia config (DeepSpeed's `fp16` block).
+FP16_LOSS_SCALING = {
+    "loss_scale": 0,
+    "initial_scale_power": 12,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
+# Init methods: Pythia 14m-2.8b name small_init (and wang_init for output layers); 6.9b and
+# 12b name none, so GPT-NeoX's defaults apply (normal 0.02, scaled_normal for output layers).
+SMALL_INIT = "small_init"
+NORMAL_INIT = "normal"
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,8 @@ class Preset:
     hidden_size: int
     num_heads: int
     learning_rate: float
+    micro_batch_size: int | None = None  # Pythia's per-GPU micro-batch; None: whole batch
+    init_method: str = SMALL_INIT
     vocab_size: int = 50_304
     max_position_embeddings: int = SEQUENCE_LENGTH
     published_params: int | None = None
@@ -59,6 +77,8 @@ class Preset:
             "rotaryEmbBase": ROTARY_BASE,
             "parallelResidual": True,
             "tieWordEmbeddings": False,
+            "hiddenAct": HIDDEN_ACT,
+            "initMethod": self.init_method,
         }
 
 
@@ -67,16 +87,20 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("nano", 2, 64, 4, 3e-3, vocab_size=1024, tiny=True),
         Preset("micro", 4, 128, 4, 2e-3, vocab_size=1024, tiny=True),
-        Preset("14m", 6, 128, 4, 1e-3, published_params=14_067_712),
-        Preset("31m", 6, 256, 8, 1e-3, published_params=30_494_720),
-        Preset("70m", 6, 512, 8, 1e-3, published_params=70_426_624),
-        Preset("160m", 12, 768, 12, 6e-4, published_params=162_322_944),
-        Preset("410m", 24, 1024, 16, 3e-4, published_params=405_334_016),
-        Preset("1b", 16, 2048, 8, 3e-4, published_params=1_011_781_632),
-        Preset("1.4b", 24, 2048, 16, 2e-4, published_params=1_414_647_808),
-        Preset("2.8b", 32, 2560, 32, 1.6e-4, published_params=2_775_208_960),
-        Preset("6.9b", 32, 4096, 32, 1.2e-4, vocab_size=50_432, published_params=6_857_302_016),
-        Preset("12b", 36, 5120, 40, 1.2e-4, vocab_size=50_688, published_params=11_846_072_320),
+        Preset("14m", 6, 128, 4, 1e-3, 32, published_params=14_067_712),
+        Preset("31m", 6, 256, 8, 1e-3, 32, published_params=30_494_720),
+        Preset("70m", 6, 512, 8, 1e-3, 32, published_params=70_426_624),
+        Preset("160m", 12, 768, 12, 6e-4, 32, published_params=162_322_944),
+        Preset("410m", 24, 1024, 16, 3e-4, 32, published_params=405_334_016),
+        Preset("1b", 16, 2048, 8, 2.5e-4, 16, published_params=1_011_781_632),
+        Preset("1.4b", 24, 2048, 16, 2e-4, 16, published_params=1_414_647_808),
+        Preset("2.8b", 32, 2560, 32, 1.6e-4, 16, published_params=2_775_208_960),
+        Preset(
+            "6.9b", 32, 4096, 32, 1.2e-4, 8, NORMAL_INIT, 50_432, published_params=6_857_302_016
+        ),
+        Preset(
+            "12b", 36, 5120, 40, 1.2e-4, 8, NORMAL_INIT, 50_688, published_params=11_846_072_320
+        ),
     )
 }
 
@@ -108,7 +132,7 @@ def hf_config(preset: Preset, **overrides):
         rotary_emb_base=block["rotaryEmbBase"],
         use_parallel_residual=block["parallelResidual"],
         tie_word_embeddings=block["tieWordEmbeddings"],
-        hidden_act="gelu",
+        hidden_act=block["hiddenAct"],
         layer_norm_eps=1e-5,
         bos_token_id=0,
         eos_token_id=0,

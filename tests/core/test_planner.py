@@ -109,3 +109,88 @@ def test_evaluation_schedule_selects_checkpoints() -> None:
     spec = sweep(evaluation={"schedule": "final"}, training={"steps": 100}).spec
     assert planner.evaluation_steps(spec, [0, 50]) == []
     assert planner.evaluation_steps(spec, [0, 50, 100]) == [100]
+
+
+def test_pythia_defaults_resolve_to_the_pythia_recipe() -> None:
+    """Pythia-160m on 32 GPUs, 1024 x 2048, 143000 steps: its config's numbers."""
+    s = sweep(
+        sizes=["160m", "1b"],
+        resources={"default": {"workers": 32, "gpusPerWorker": 1}},
+    )
+    by_size = {r.size: r.config["training"] for r in planner.plan_sweep(s, base_uri="s3://b/p")}
+    t = by_size["160m"]
+    assert t["weightDecay"] == 0.1
+    assert t["warmupSteps"] == 1430.0  # 0.01 x 143000, a float as GPT-NeoX keeps it
+    assert t["microBatchSize"] == 32  # 1024 / 32 workers = 32: no accumulation
+    assert by_size["1b"]["learningRate"] == 2.5e-4
+    assert by_size["1b"]["microBatchSize"] == 16  # 32 per worker: accumulation 2
+
+
+def test_micro_batch_defaults_to_the_largest_divisor_below_the_presets() -> None:
+    assert planner.default_micro_batch(32, 1024) == 32
+    assert planner.default_micro_batch(32, 24) == 24
+    assert planner.default_micro_batch(32, 48) == 24
+    assert planner.default_micro_batch(None, 512) == 512
+
+
+def test_pythia_numbering_makes_seed_0_gpt_neox_seed_1234() -> None:
+    s = sweep(
+        sizes=["70m"],
+        seeds={"list": [0, 1, 9], "pythiaNumbering": True},
+        data={
+            "format": "megatron",
+            "path": "/d/pile",
+            "tokenizer": "/d/tok",
+            "indexDir": "/idx/seed{seed}",
+        },
+    )
+    runs = planner.plan_sweep(s, base_uri="s3://b/p")
+    assert [(r.seed, r.weight_seed, r.data_seed) for r in runs] == [
+        (0, 1234, 1234),
+        (1, 1, 1),
+        (9, 9, 9),
+    ]
+    first = runs[0].config
+    assert (first["seed"], first["weightSeed"], first["dataSeed"]) == (0, 1234, 1234)
+    assert first["data"]["order"] == "megatron"  # the default for megatron datasets
+    assert [r.config["data"]["indexDir"] for r in runs] == [
+        "/idx/seed0",
+        "/idx/seed1",
+        "/idx/seed9",
+    ]
+
+
+def test_without_pythia_numbering_seeds_are_gpt_neox_seeds() -> None:
+    runs = planner.plan_sweep(sweep(sizes=["nano"], seeds={"list": [0, 1]}), base_uri="s3://b/p")
+    assert [r.data_seed for r in runs] == [0, 1]
+    assert runs[0].config["data"]["order"] == "permutation"  # generated corpus: ours
+
+
+def test_polypythias_example_is_the_papers_setup() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "manifests/examples/sweep-polypythias.yaml"
+    s = sweep_from_object(yaml.safe_load(path.read_text()))
+    runs = planner.plan_sweep(s)
+    assert len(runs) == 50
+    seeds = sorted({(r.seed, r.data_seed) for r in runs})
+    assert seeds == [(0, 1234)] + [(k, k) for k in range(1, 10)]
+    first = next(r for r in runs if r.seed == 0 and r.size == "410m").config
+    assert first["training"]["precision"] == "fp16"
+    assert first["training"]["weightDecay"] == 0.1
+    assert first["training"]["microBatchSize"] == 32  # Pythia's, accumulation makes up the rest
+    assert first["data"]["indexDir"].endswith("pile-preshuffled-seeds/seed0")
+    assert "deduped" not in first["data"]["path"]
+    assert len(first["checkpoints"]["steps"]) == 154
+    tasks = planner.evaluation_tasks(s.spec, "410m")
+    assert "crows_pairs_english_gender" in tasks and len(tasks) == 11
+
+
+def test_evaluation_tasks_default_by_size() -> None:
+    s = sweep(sizes=["nano", "70m"])
+    assert planner.evaluation_tasks(s.spec, "nano")[0].startswith("pp_")
+    assert planner.evaluation_tasks(s.spec, "70m") == list(planner.POLYPYTHIAS_TASKS)
+    off = sweep(sizes=["70m"], evaluation={"tasks": []})
+    assert planner.evaluation_tasks(off.spec, "70m") == []

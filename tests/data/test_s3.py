@@ -44,7 +44,7 @@ def _upload(local: Path, endpoint) -> str:
 
 def _open(path: str, tmp_path: Path, seed: int, **extra):
     return open_training_data(
-        {"format": "megatron", "path": path, **extra},
+        {"format": "megatron", "path": path, "order": "permutation", **extra},
         sequence_length=SEQ,
         vocab_size=512,
         data_seed=seed,

@@ -30,7 +30,13 @@ def dataset(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 
 def _open(prefix: Path, tmp_path: Path, seed: int = 0, **data) -> object:
-    block = {"format": "megatron", "path": str(prefix), "tokenizer": None, "skipBatches": []}
+    block = {
+        "format": "megatron",
+        "path": str(prefix),
+        "tokenizer": None,
+        "skipBatches": [],
+        "order": "permutation",
+    }
     return open_training_data(
         {**block, **data}, sequence_length=SEQ, vocab_size=512, data_seed=seed, cache_dir=tmp_path
     )
@@ -108,7 +114,7 @@ def test_a_stored_order_file_sets_the_first_epoch(dataset, tmp_path: Path) -> No
 
 def test_token_ids_beyond_the_model_vocabulary_are_refused(dataset, tmp_path: Path) -> None:
     data = open_training_data(
-        {"format": "megatron", "path": str(dataset[0])},
+        {"format": "megatron", "path": str(dataset[0]), "order": "permutation"},
         sequence_length=SEQ,
         vocab_size=290,
         data_seed=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -59,12 +60,15 @@ def test_telemetry_records_carry_the_contract_fields(reference) -> None:
         assert set(r) == RECORD_FIELDS
         assert r["attempt"] == 0 and r["nonfinite"] is False and r["mfu"] is None
         assert r["loss_scale"] is None
-        assert r["grad_norm"] > 0 and r["param_norm"] > 0 and 0 < r["update_ratio"] < 1
+        assert r["grad_norm"] > 0 and r["param_norm"] > 0 and 0 <= r["update_ratio"] < 1
+        # AnnealingLR: the first update uses rate 0 (Pythia's step1 equals step0)
+        assert (r["update_ratio"] == 0) == (r["step"] == 1)
         assert r["max_attn_logit"] > 0 and r["logit_lognorm"] > 0 and r["tokens_per_s"] > 0
         assert r["clipped"] == (r["grad_norm"] > 1.0)
-    assert records[0]["lr"] == pytest.approx(0.0015)  # warm-up: peak * 1/2
-    assert records[1]["lr"] == pytest.approx(0.003)
-    assert records[-1]["lr"] < records[2]["lr"]
+    # AnnealingLR after s - 1 steps, W = 2, T = 6: 0, peak/2, peak, then cosine, m capped at T-W
+    assert [r["lr"] for r in records[:3]] == pytest.approx([0.0, 0.0015, 0.003], rel=1e-12)
+    assert records[3]["lr"] == pytest.approx(0.0015 * (math.cos(math.pi / 6) + 1), rel=1e-12)
+    assert records[-1]["lr"] == records[-2]["lr"] < records[3]["lr"]
 
 
 def test_checkpoints_load_in_hugging_face(reference) -> None:
@@ -129,3 +133,23 @@ def test_a_rewinds_restart_checkpoint_is_never_pruned(tmp_path) -> None:
     )
     run_worker(cfg)
     assert RunStore.open(str(tmp_path)).complete_checkpoints() == [0, 2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("order", ["megatron", "permutation"])
+def test_resume_with_skipped_batches_is_bit_identical_on_both_orders(order, tmp_path) -> None:
+    data = {"order": order, "skipBatches": [[1, 3]]}
+    whole = run_local(nano_config(tmp_path / "whole", data=data))
+    assert whole["status"] == "completed"
+    expected = losses(str(tmp_path / "whole"))
+    first = run_worker(nano_config(tmp_path / "split", data=data), should_stop=stop_after(3))
+    assert first["step"] == 3
+    second = run_worker(nano_config(tmp_path / "split", data=data))
+    assert second["status"] == "completed" and second["resumed_from"] == 2
+    assert losses(str(tmp_path / "split")) == expected
+
+
+def test_megatron_order_trains_on_other_batches_than_the_permutation(reference, tmp_path) -> None:
+    _, permutation = reference
+    run_local(nano_config(tmp_path, data={"order": "megatron"}))
+    megatron = losses(str(tmp_path))
+    assert megatron[0] != permutation[0]

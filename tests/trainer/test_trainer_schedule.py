@@ -1,38 +1,69 @@
-"""Pythia's LR schedule: linear warm-up, cosine decay to the minimum."""
+"""Pythia's LR schedule is GPT-NeoX v1.0's AnnealingLR (megatron/learning_rates.py), exactly.
+
+Expected values are worked out by hand from AnnealingLR's formula with Pythia-410m's numbers
+(FIDELITY.md: peak 3e-4, min 3e-5, warmup 0.01 x 143000 = 1430.0, cosine over 143000).
+"""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from polypythia_trainer.schedule import pythia_lr, pythia_scheduler
 
-KW = {"peak": 1e-3, "minimum": 1e-4, "warmup_steps": 10, "total_steps": 110}
+PYTHIA_410M = {"peak": 3e-4, "minimum": 3e-5, "warmup_steps": 1430.0, "total_steps": 143_000}
 
 
-def test_warmup_is_linear_and_reaches_peak() -> None:
-    lrs = [pythia_lr(s, **KW) for s in range(10)]
-    assert lrs[0] == pytest.approx(1e-4)
-    assert lrs[-1] == pytest.approx(1e-3)
-    steps = [b - a for a, b in zip(lrs, lrs[1:])]
-    assert all(d == pytest.approx(1e-4) for d in steps)
+def test_first_update_uses_rate_zero_and_warmup_is_linear_over_1430_steps() -> None:
+    assert pythia_lr(0, **PYTHIA_410M) == 0.0  # Pythia's step1 equals step0
+    assert pythia_lr(1, **PYTHIA_410M) == pytest.approx(3e-4 / 1430, rel=1e-15)
+    assert pythia_lr(715, **PYTHIA_410M) == pytest.approx(1.5e-4, rel=1e-15)
+    assert pythia_lr(1430, **PYTHIA_410M) == pytest.approx(3e-4, rel=1e-15)
 
 
-def test_cosine_decays_to_minimum_and_stays() -> None:
-    decay = [pythia_lr(s, **KW) for s in range(10, 111)]
-    assert decay[0] == pytest.approx(1e-3)
-    assert all(b <= a for a, b in zip(decay, decay[1:]))
-    assert pythia_lr(60, **KW) == pytest.approx((1e-3 + 1e-4) / 2)  # half way: the mean
-    assert pythia_lr(110, **KW) == pytest.approx(1e-4)
-    assert pythia_lr(500, **KW) == pytest.approx(1e-4)
+def test_warmup_fraction_is_not_rounded() -> None:
+    """0.01 x 1250 steps = 12.5 warm-up iterations: step 12 is still warming up."""
+    kw = {"peak": 1e-3, "minimum": 1e-4, "warmup_steps": 12.5, "total_steps": 1250}
+    assert pythia_lr(12, **kw) == pytest.approx(1e-3 * 12 / 12.5, rel=1e-15)
+    assert pythia_lr(10, **kw) == pytest.approx(8e-4, rel=1e-15)
 
 
-def test_lambda_scheduler_follows_the_pure_function() -> None:
+def test_cosine_values_by_hand() -> None:
+    # n = 1430 + 35750 (T/4): 1.5e-4 x (cos(pi/4) + 1)
+    assert pythia_lr(37_180, **PYTHIA_410M) == pytest.approx(1.5e-4 * (1 + 0.5**0.5), rel=1e-12)
+    # n = 1430 + 71500 (T/2): the cosine's zero, half the peak (not (peak + min) / 2)
+    assert pythia_lr(72_930, **PYTHIA_410M) == pytest.approx(1.5e-4, rel=1e-12)
+    # n = 100000: m = 98570, pi m / T = 2.16551 rad, cos = -0.56027: 1.5e-4 x 0.43973
+    assert pythia_lr(100_000, **PYTHIA_410M) == pytest.approx(6.596e-5, rel=1e-3)
+
+
+def test_floor_at_min_lr_from_about_step_115140_to_the_end() -> None:
+    # cos(pi m / T) = -0.8 at m = acos(-0.8) / pi x T = 0.795167 T = 113708.9, n = 115138.9
+    assert pythia_lr(115_138, **PYTHIA_410M) > 3e-5
+    for n in (115_139, 120_000, 141_570, 142_999, 143_000, 200_000):
+        assert pythia_lr(n, **PYTHIA_410M) == 3e-5
+
+
+def test_step_is_capped_at_t_minus_w_as_gpt_neox_does() -> None:
+    """Without the floor the rate stops falling at n = T - W (m = T - 2W)."""
+    kw = {**PYTHIA_410M, "minimum": 0.0}
+    tail = 1.5e-4 * (math.cos(math.pi * (143_000 - 2 * 1430) / 143_000) + 1)
+    assert pythia_lr(141_570, **kw) == pytest.approx(tail, rel=1e-12)
+    assert pythia_lr(143_000, **kw) == pythia_lr(141_570, **kw)
+
+
+def test_telemetry_lr_of_step_s_is_the_rate_after_s_minus_1_scheduler_steps() -> None:
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    sched = pythia_scheduler(opt, **KW)
-    seen = []
-    for _ in range(110):
-        seen.append(sched.get_last_lr()[0])
+    kw = {"peak": 1e-3, "minimum": 1e-4, "warmup_steps": 2.5, "total_steps": 250}
+    sched = pythia_scheduler(opt, **kw)
+    seen = {}
+    for step in range(1, 251):  # the update producing step `step`
+        seen[step] = sched.get_last_lr()[0]
+        assert opt.param_groups[0]["lr"] == seen[step]
         opt.step()
         sched.step()
-    assert seen == pytest.approx([pythia_lr(s, **KW) for s in range(110)], rel=1e-12)
+    assert seen[1] == 0.0
+    assert seen[2] == 1e-3 * 1 / 2.5
+    assert all(seen[s] == pythia_lr(s - 1, **kw) for s in seen)  # bit for bit

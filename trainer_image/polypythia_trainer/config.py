@@ -12,6 +12,8 @@ from typing import Any
 from polypythia.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu_new", "gelu")
+INIT_METHODS = ("small_init", "normal")
 STRATEGIES = ("ddp", "deepspeed")
 
 
@@ -64,6 +66,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     z_loss: float = 0.0
     qk_layernorm: bool = False
+    hidden_act: str = "gelu_pytorch_tanh"
+    init_method: str = "small_init"
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "model") -> ModelConfig:
@@ -80,7 +84,15 @@ class ModelConfig:
             tie_word_embeddings=_get(block, "tieWordEmbeddings", path, bool, False),
             z_loss=_get(block, "zLoss", path, float, 0.0),
             qk_layernorm=_get(block, "qkLayerNorm", path, bool, False),
+            hidden_act=_get(block, "hiddenAct", path, str, "gelu_pytorch_tanh"),
+            init_method=_get(block, "initMethod", path, str, "small_init"),
         )
+        for name, value, allowed in (
+            ("hiddenAct", out.hidden_act, HIDDEN_ACTS),
+            ("initMethod", out.init_method, INIT_METHODS),
+        ):
+            if value not in allowed:
+                raise UsageError(f"{path}.{name}: must be one of {allowed}, got {value!r}")
         for name in ("numLayers", "hiddenSize", "numHeads", "intermediateSize", "vocabSize"):
             _at_least(block[name], 1, f"{path}.{name}")
         if out.hidden_size % out.num_heads:
@@ -102,11 +114,11 @@ class TrainingConfig:
     sequence_length: int
     learning_rate: float
     min_learning_rate: float
-    warmup_steps: int
+    warmup_steps: float  # GPT-NeoX's warmup_iter: warm-up fraction x steps, not rounded
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
     gradient_clipping: float = 1.0
     precision: str = "auto"
     strategy: str = "ddp"
@@ -124,11 +136,11 @@ class TrainingConfig:
             sequence_length=_get(block, "sequenceLength", path, int),
             learning_rate=_get(block, "learningRate", path, float),
             min_learning_rate=_get(block, "minLearningRate", path, float),
-            warmup_steps=_get(block, "warmupSteps", path, int, 0),
+            warmup_steps=float(_get(block, "warmupSteps", path, float, 0.0)),
             adam_beta1=_get(block, "adamBeta1", path, float, 0.9),
             adam_beta2=_get(block, "adamBeta2", path, float, 0.95),
             adam_eps=_get(block, "adamEps", path, float, 1e-8),
-            weight_decay=_get(block, "weightDecay", path, float, 0.01),
+            weight_decay=_get(block, "weightDecay", path, float, 0.1),
             gradient_clipping=_get(block, "gradientClipping", path, float, 1.0),
             precision=_get(block, "precision", path, str, "auto"),
             strategy=_get(block, "strategy", path, str, "ddp"),
@@ -180,9 +192,9 @@ class TrainingConfig:
         return self.global_batch_size // (self.micro_batch_size * self.workers)
 
     def resolved_precision(self, on_gpu: bool) -> str:
-        """`auto` is bf16 on a GPU and fp32 on CPU."""
+        """`auto` is fp16 on a GPU (Pythia's precision) and fp32 on CPU."""
         if self.precision == "auto":
-            return "bf16" if on_gpu else "fp32"
+            return "fp16" if on_gpu else "fp32"
         return self.precision
 
 

@@ -46,6 +46,8 @@ def open_data(cfg: RunConfig, root: Path):
         vocab_size=cfg.model.vocab_size,
         data_seed=cfg.data_seed,
         cache_dir=root / "data",
+        train_iters=cfg.training.steps,
+        global_batch_size=cfg.training.global_batch_size,
         storage={
             "endpoint": cfg.storage.endpoint,
             "secure": cfg.storage.secure,

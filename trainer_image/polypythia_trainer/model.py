@@ -35,7 +35,7 @@ def hf_config(model: ModelConfig):
         rotary_emb_base=model.rotary_emb_base,
         use_parallel_residual=model.parallel_residual,
         tie_word_embeddings=model.tie_word_embeddings,
-        hidden_act="gelu",
+        hidden_act=model.hidden_act,
         layer_norm_eps=1e-5,
         attention_dropout=0.0,
         hidden_dropout=0.0,
@@ -87,15 +87,25 @@ def apply_qk_layernorm(model: nn.Module) -> None:
         layer.attention.query_key_value = new
 
 
-def init_std(name: str, hidden_size: int, num_layers: int) -> float | None:
+GPT_NEOX_INIT_STD = 0.02  # GPT-NeoX v1.0's init_method_std default
+
+
+def init_std(
+    name: str, hidden_size: int, num_layers: int, method: str = "small_init"
+) -> float | None:
     """Pythia's init std for a parameter, or None for biases/LayerNorms (zeros/ones).
 
-    small_init (Nguyen & Salazar 2019) std = sqrt(2 / (5 d)) everywhere, except the
-    attention output and MLP output projections: wang_init std = 2 / (L sqrt(d)).
+    ``small_init`` (Pythia 14m-2.8b; Nguyen & Salazar 2019): std = sqrt(2 / (5 d))
+    everywhere, except the attention output and MLP output projections: wang_init std =
+    2 / (L sqrt(d)). ``normal`` (6.9b and 12b name no method, so GPT-NeoX's defaults
+    apply): std 0.02, and scaled_normal 0.02 / sqrt(2 L) for those output projections.
     """
     if not name.endswith("weight") or _is_norm(name):
         return None
-    if name.endswith("attention.dense.weight") or name.endswith("mlp.dense_4h_to_h.weight"):
+    output = name.endswith("attention.dense.weight") or name.endswith("mlp.dense_4h_to_h.weight")
+    if method == "normal":
+        return GPT_NEOX_INIT_STD / math.sqrt(2.0 * num_layers) if output else GPT_NEOX_INIT_STD
+    if output:
         return 2.0 / (num_layers * math.sqrt(hidden_size))
     return math.sqrt(2.0 / (5.0 * hidden_size))
 
@@ -105,12 +115,12 @@ def _is_norm(name: str) -> bool:
 
 
 @torch.no_grad()
-def pythia_init_(model: nn.Module, seed: int) -> None:
+def pythia_init_(model: nn.Module, seed: int, method: str = "small_init") -> None:
     """Initialise in place from ``seed`` alone, in parameter-name order (data order plays no part)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
     for name, param in model.named_parameters():
-        std = init_std(name, hidden, layers)
+        std = init_std(name, hidden, layers, method)
         if std is None:
             param.fill_(1.0 if name.endswith("weight") else 0.0)
         else:
@@ -125,7 +135,7 @@ def build_model(model: ModelConfig, weight_seed: int) -> nn.Module:
     net = GPTNeoXForCausalLM(hf_config(model))
     if model.qk_layernorm:
         apply_qk_layernorm(net)
-    pythia_init_(net, weight_seed)
+    pythia_init_(net, weight_seed, model.init_method)
     return net
 
 

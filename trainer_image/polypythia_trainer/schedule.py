@@ -1,4 +1,9 @@
-"""Pythia's learning-rate schedule: linear warm-up, then cosine decay to the minimum."""
+"""Pythia's learning-rate schedule: GPT-NeoX v1.0's ``AnnealingLR`` (cosine), exactly.
+
+Source: EleutherAI/gpt-neox v1.0, ``megatron/learning_rates.py``. The scheduler is stepped
+once per applied optimiser update (DeepSpeed skips it when an fp16 overflow skips the
+update), so the update producing checkpoint step ``s`` uses the rate after ``s - 1`` steps.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,21 @@ import torch
 
 
 def pythia_lr(
-    step: int, *, peak: float, minimum: float, warmup_steps: int, total_steps: int
+    step: int, *, peak: float, minimum: float, warmup_steps: float, total_steps: int
 ) -> float:
-    """LR for the optimiser update that takes the model from ``step`` to ``step + 1``.
+    """AnnealingLR's rate after ``step`` scheduler steps (the rate of the next update).
 
-    Warm-up rises linearly to ``peak`` over ``warmup_steps`` (GPT-NeoX's
-    ``lr * step / warmup``, starting at step 1 so the first update is not wasted);
-    afterwards cosine decay reaches ``minimum`` at ``total_steps`` and stays there.
+    ``warmup_steps`` is GPT-NeoX's ``warmup_iter`` = warm-up fraction x decay iterations,
+    kept as a float (Pythia: 0.01 x 143000 = 1430.0). Warm-up is ``peak x n / W`` with no
+    floor, so the first update uses rate 0; then ``peak / 2 x (cos(pi x m / T) + 1)``
+    with ``m = min(n, T - W) - W``, floored at ``minimum``.
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
-    return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
+    capped = min(step, total_steps - warmup_steps)
+    if warmup_steps > 0 and step <= warmup_steps:
+        return float(peak) * capped / warmup_steps
+    progress = capped - warmup_steps
+    rate = peak / 2.0 * (math.cos(math.pi * progress / total_steps) + 1)
+    return max(rate, minimum)
 
 
 def shock(step: int, perturbations: Sequence[Mapping]) -> float:
@@ -33,16 +40,50 @@ def shock(step: int, perturbations: Sequence[Mapping]) -> float:
     return factor
 
 
+class AnnealingLR(torch.optim.lr_scheduler.LRScheduler):
+    """GPT-NeoX's AnnealingLR as a torch scheduler: sets the rate itself, not a factor of
+    the peak, so the optimiser's rate equals :func:`pythia_lr` to the last bit."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        peak: float,
+        minimum: float,
+        warmup_steps: float,
+        total_steps: int,
+        perturbations: Sequence[Mapping] = (),
+    ) -> None:
+        self.peak = peak
+        self.minimum = minimum
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.perturbations = [dict(p) for p in perturbations]
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        n = self.last_epoch
+        rate = pythia_lr(
+            n,
+            peak=self.peak,
+            minimum=self.minimum,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+        )
+        rate *= shock(n + 1, self.perturbations)
+        return [rate for _ in self.optimizer.param_groups]
+
+
 def pythia_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
     peak: float,
     minimum: float,
-    warmup_steps: int,
+    warmup_steps: float,
     total_steps: int,
     perturbations: Sequence[Mapping] = (),
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR over ``pythia_lr``; the optimiser's initial lr must be ``peak``.
+) -> AnnealingLR:
+    """The run's scheduler: stepped once per applied update (not on skipped fp16 steps).
 
     ``perturbations`` (the sweep's ``training.perturbations``) multiply the rate by
     ``learningRateFactor`` for the updates that produce steps ``step`` to
@@ -51,13 +92,11 @@ def pythia_scheduler(
     for group in optimizer.param_groups:
         group["lr"] = peak
         group["initial_lr"] = peak
-
-    def factor(step: int) -> float:
-        if peak == 0:
-            return 0.0
-        lr = pythia_lr(
-            step, peak=peak, minimum=minimum, warmup_steps=warmup_steps, total_steps=total_steps
-        )
-        return lr / peak * shock(step + 1, perturbations)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return AnnealingLR(
+        optimizer,
+        peak=peak,
+        minimum=minimum,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        perturbations=perturbations,
+    )

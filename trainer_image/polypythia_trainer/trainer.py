@@ -200,7 +200,11 @@ class Trainer:
         t0 = time.perf_counter()
         batch_id = self._batch_index(self.step, self.skips)
         rows = self.data.batch(
-            batch_id, training.global_batch_size, rank=self.rank, world_size=self.world_size
+            batch_id,
+            training.global_batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            micro_batch_size=training.micro_batch_size,
         )
         batch = torch.from_numpy(rows).to(self.device, non_blocking=True)
         micro = batch.split(training.micro_batch_size)

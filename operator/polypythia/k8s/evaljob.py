@@ -41,7 +41,7 @@ def render_eval_job(
     evaluation = sweep.spec["evaluation"]
     res = evaluation.get("resources", {})
     gpus = int(res.get("gpus", 0))
-    args = evaluate_args(sweep.spec, run.config["runUri"], steps)
+    args = evaluate_args(sweep.spec, run.config["runUri"], steps, run.size)
     volumes, mounts = cache_volumes(EVAL_USER)
     run_res = resources_for(sweep.spec, run.size)
     pod_spec: dict = {

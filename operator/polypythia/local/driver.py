@@ -443,7 +443,7 @@ class LocalDriver:
     # -- evaluation ------------------------------------------------------------
 
     def to_evaluate(self, run: RunState) -> list[int]:
-        if not self.sweep.spec["evaluation"]["tasks"]:
+        if not planner.evaluation_tasks(self.sweep.spec, run.plan.size):
             return []
         wanted = planner.evaluation_steps(self.sweep.spec, run.checkpoints)
         return [step for step in wanted if step not in run.evaluated]
@@ -467,7 +467,7 @@ class LocalDriver:
     def _evaluate(self, run: RunState, steps: list[int]) -> None:
         """`polypythia evaluate` on ``steps`` in a child process (see local.evaluation)."""
         workdir = self.options.workdir
-        args = planner.evaluate_args(self.sweep.spec, run.store.uri, steps)
+        args = planner.evaluate_args(self.sweep.spec, run.store.uri, steps, run.plan.size)
         args += ["--workdir", str(workdir / "eval-work" / run.plan.name)]
         args += storage_flags(run.plan.config["storage"])
         evaluate_in_child(

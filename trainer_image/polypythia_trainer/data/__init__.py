@@ -8,11 +8,13 @@ optimiser step to the batch it consumes when batches are skipped.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from polypythia.errors import UsageError
-from polypythia_trainer.data import generated
+from polypythia_trainer.data import generated, megatron
 from polypythia_trainer.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexFormatError
+from polypythia_trainer.data.megatron import MegatronOrder
 from polypythia_trainer.data.order import batch_index
 from polypythia_trainer.data.sources import is_remote, open_remote_dir, open_source
 from polypythia_trainer.data.spec import DataSpec, parse_data_spec
@@ -91,11 +93,18 @@ def open_training_data(
     data_seed: int,
     cache_dir: str | Path,
     storage: dict | None = None,
+    train_iters: int | None = None,
+    global_batch_size: int | None = None,
+    require_tokenizer: bool = True,
 ) -> TrainingData:
     """Open the dataset a run config's ``data`` block names, building the demo one if needed.
 
+    Training needs a tokenizer (checkpoints carry it); the batch viewer passes
+    ``require_tokenizer=False`` and shows token ids when there is none.
+
     ``storage`` is the run config's storage block (``endpoint``, ``secure``, ``region``)
-    for ``s3://`` paths; without it the endpoint comes from the environment.
+    for ``s3://`` paths; without it the endpoint comes from the environment. The megatron
+    order needs ``train_iters`` and ``global_batch_size``: they fix GPT-NeoX's sample count.
     """
     spec = parse_data_spec(data)
     if sequence_length < 1:
@@ -104,27 +113,55 @@ def open_training_data(
     if spec.format == "generated":
         _check_vocab(generated.VOCAB_SIZE, vocab_size, "the generated corpus's tokenizer")
         folder = generated.ensure(cache_dir)
+        dataset = local_dataset(folder / generated.PREFIX)
+        order = None
+        if spec.order == "megatron":
+            order = _megatron_order(
+                spec, str(folder / generated.PREFIX), dataset, sequence_length, data_seed,
+                cache_dir, storage, train_iters, global_batch_size,
+            )  # fmt: skip
         return TrainingData(
-            local_dataset(folder / generated.PREFIX),
+            dataset,
             sequence_length=sequence_length,
             vocab_size=vocab_size,
             data_seed=data_seed,
             tokenizer=folder / generated.TOKENIZER_DIR,
+            megatron=order,
             name="the generated corpus",
         )
     assert spec.path is not None
-    tokenizer = _resolve_tokenizer(spec, cache_dir, storage)
-    _check_vocab(
-        load(tokenizer, "spec.data.tokenizer").get_vocab_size(with_added_tokens=True),
-        vocab_size,
-        f"tokenizer {tokenizer}",
-    )
+    tokenizer: Path | None = None
+    try:
+        tokenizer = _resolve_tokenizer(spec, cache_dir, storage)
+    except UsageError:
+        if require_tokenizer:
+            raise
+    if tokenizer is not None:
+        _check_vocab(
+            load(tokenizer, "spec.data.tokenizer").get_vocab_size(with_added_tokens=True),
+            vocab_size,
+            f"tokenizer {tokenizer}",
+        )
     index = open_source(f"{spec.path}.idx", field="spec.data.path", storage=storage)
     tokens = open_source(f"{spec.path}.bin", field="spec.data.path", storage=storage)
     try:
         dataset = IndexedDataset(index, tokens)
     except IndexFormatError as exc:
         raise UsageError(f"spec.data.path: {exc}") from None
+    if spec.order == "megatron":
+        order = _megatron_order(
+            spec, spec.path, dataset, sequence_length, data_seed, cache_dir, storage,
+            train_iters, global_batch_size,
+        )  # fmt: skip
+        return TrainingData(
+            dataset,
+            sequence_length=sequence_length,
+            vocab_size=vocab_size,
+            data_seed=data_seed,
+            tokenizer=tokenizer,
+            megatron=order,
+            name=spec.path,
+        )
     return TrainingData(
         dataset,
         sequence_length=sequence_length,
@@ -134,3 +171,79 @@ def open_training_data(
         stored_order=load_stored_order(spec.path, data_seed, cache_dir, storage),
         name=spec.path,
     )
+
+
+def _megatron_order(
+    spec: DataSpec,
+    path: str,
+    dataset: IndexedDataset,
+    sequence_length: int,
+    data_seed: int,
+    cache_dir: Path,
+    storage: dict | None,
+    train_iters: int | None,
+    global_batch_size: int | None,
+) -> MegatronOrder:
+    """GPT-NeoX's index maps for this run: from ``indexDir`` as they are, else built once
+    next to a local dataset (or in the cache when that folder is not writable/remote)."""
+    if train_iters is None or global_batch_size is None:
+        raise UsageError(
+            "spec.data.order: megatron needs the run's training.steps and globalBatchSize"
+        )
+    if dataset.num_items < 1 or dataset.total_tokens < 2:
+        raise UsageError(f"spec.data.path: {path} holds no tokens to order")
+    expected = megatron.Expected(
+        num_docs=dataset.num_items,
+        tokens_per_epoch=dataset.total_tokens,
+        seq_length=sequence_length,
+        samples=megatron.num_samples(train_iters, global_batch_size),
+    )
+    data_name = path.rstrip("/").rpartition("/")[2]
+    index_dir = build_dir = None
+    if spec.index_dir is not None:
+        index_dir = _local_index_dir(
+            spec.index_dir, data_name, expected, data_seed, cache_dir, storage
+        )
+    else:
+        build_dir = _build_dir(path, cache_dir)
+    return megatron.open_order(
+        data_name=data_name,
+        sizes_fn=lambda: dataset.sizes,
+        expected=expected,
+        seed=data_seed,
+        build_dir=build_dir,
+        index_dir=index_dir,
+    )
+
+
+def _build_dir(path: str, cache_dir: Path) -> Path:
+    """Next to a local dataset when that folder is writable (GPT-NeoX's place), else cache."""
+    if not is_remote(path):
+        folder = Path(path).expanduser().absolute().parent
+        if os.access(folder, os.W_OK):
+            return folder
+    return cache_dir / "indexmaps" / hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
+def _local_index_dir(
+    index_dir: str,
+    data_name: str,
+    expected: megatron.Expected,
+    seed: int,
+    cache_dir: Path,
+    storage: dict | None,
+) -> Path:
+    """A local ``indexDir`` as it is; a remote one's three files fetched into the cache."""
+    if not is_remote(index_dir):
+        return Path(index_dir).expanduser()
+    local = cache_dir / "indexmaps" / hashlib.sha256(index_dir.encode()).hexdigest()[:16]
+    files = megatron.index_files(local, data_name, expected.samples, expected.seq_length, seed)
+    store, prefix = open_remote_dir(index_dir, storage)
+    for path in files.paths().values():
+        if path.is_file():
+            continue
+        key = f"{prefix}/{path.name}" if prefix else path.name
+        if not store.exists(key):
+            raise UsageError(f"spec.data.indexDir: {index_dir.rstrip('/')}/{path.name} is missing")
+        store.get_file(key, path)
+    return local

@@ -219,6 +219,23 @@ class IndexedDataset:
         pointer = int(self._index.array(self._pointers_at + 8 * i, np.int64, 1)[0])
         return self._data.array(pointer, self.dtype, size)
 
+    def item_starts(self) -> np.ndarray:
+        """Token position of each item in the flat stream (pointers / itemsize)."""
+        return self.pointers // self.dtype.itemsize
+
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        """Tokens ``offset .. offset + length`` of item ``i`` (to its end when ``length`` is
+        None): Megatron's ``MMapIndexedDataset.get``, what GPT-NeoX's samples are cut with."""
+        if not 0 <= i < self.num_items:
+            raise IndexError(f"item {i} out of range ({self.num_items} items)")
+        size = int(self._index.array(self._sizes_at + 4 * i, np.int32, 1)[0])
+        pointer = int(self._index.array(self._pointers_at + 8 * i, np.int64, 1)[0])
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(f"item {i}: tokens [{offset}, {offset + length}) outside [0, {size})")
+        return self._data.array(pointer + offset * self.dtype.itemsize, self.dtype, length)
+
     def document(self, d: int) -> np.ndarray:
         """The tokens of document ``d`` (its items joined)."""
         first, last = (int(x) for x in self._index.array(self._doc_idx_at + 8 * d, np.int64, 2))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from polypythia.errors import UsageError
 
 FORMATS = ("generated", "megatron")
-FIELDS = ("format", "path", "tokenizer", "skipBatches")
+ORDERS = ("megatron", "permutation")
+FIELDS = ("format", "path", "tokenizer", "skipBatches", "order", "indexDir")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class DataSpec:
     path: str | None
     tokenizer: str | None
     skip_batches: tuple[tuple[int, int], ...]
+    order: str = "permutation"
+    index_dir: str | None = None
 
 
 def _optional_str(data: dict, field: str) -> str | None:
@@ -71,4 +74,18 @@ def parse_data_spec(data: dict) -> DataSpec:
             f"spec.data.{field}: not used with format generated (the project builds the corpus "
             "and its tokenizer); set format: megatron to read your own dataset"
         )
-    return DataSpec(fmt, path, tokenizer, _skip_batches(data.get("skipBatches")))
+    order = data.get("order") or default_order(fmt)
+    if order not in ORDERS:
+        raise UsageError(f"spec.data.order: must be one of {', '.join(ORDERS)}, got {order!r}")
+    index_dir = _optional_str(data, "indexDir")
+    if index_dir is not None and order != "megatron":
+        raise UsageError(
+            "spec.data.indexDir: only used with order megatron (GPT-NeoX's index maps), "
+            f"got order {order}"
+        )
+    return DataSpec(fmt, path, tokenizer, _skip_batches(data.get("skipBatches")), order, index_dir)
+
+
+def default_order(fmt: str) -> str:
+    """GPT-NeoX's order for megatron datasets (what Pythia trained on); ours for the demo."""
+    return "megatron" if fmt == "megatron" else "permutation"

@@ -1,6 +1,8 @@
 """What the trainer reads: fixed-length samples in a per-seed order, batch by batch.
 
-As in GPT-NeoX, documents (each ending in the EOD token) lie back to back and the stream
+Two orders. ``megatron`` (the default for megatron datasets) is GPT-NeoX v1.0's, read
+from its index maps (:mod:`megatron`): what Pythia and PolyPythias trained on. With
+``permutation`` (ours, not PolyPythias'), documents (each ending in the EOD token) lie back to back and the stream
 is cut into samples of ``sequence_length + 1`` tokens (inputs and shifted labels). Sample
 ``i`` is tokens ``[i * (L + 1), (i + 1) * (L + 1))``: with Pythia's pre-shuffled Pile,
 whose items are exactly 2049 tokens long, sample ``i`` is item ``i``, as in Pythia's
@@ -8,7 +10,9 @@ whose items are exactly 2049 tokens long, sample ``i`` is item ``i``, as in Pyth
 
 Global batch ``b`` of size ``B`` takes stream positions ``b*B ... b*B + B - 1``; position
 ``p`` is sample ``order(p)`` (see :mod:`order`), so a batch depends only on
-``(data_seed, b)``: a run resumed or rewound at any step reads the same batches.
+``(data_seed, b)``: a run resumed or rewound at any step reads the same batches. The
+positions are split across data-parallel ranks as GPT-NeoX's DistributedBatchSampler does:
+each micro-batch round of ``micro x world`` positions gives rank ``r`` its ``r``-th slice.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from polypythia.errors import UsageError
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
+from polypythia_trainer.data.megatron import MegatronOrder
 from polypythia_trainer.data.sources import LocalFile
 from polypythia_trainer.data.tokenizer import copy_hf
 
@@ -38,8 +43,9 @@ class TrainingData:
         sequence_length: int,
         vocab_size: int,
         data_seed: int,
-        tokenizer: Path,
+        tokenizer: Path | None,
         stored_order: np.ndarray | None = None,
+        megatron: MegatronOrder | None = None,
         name: str = "dataset",
     ) -> None:
         self.dataset = dataset
@@ -47,9 +53,15 @@ class TrainingData:
         self.sample_length = sequence_length + 1
         self.vocab_size = vocab_size
         self.data_seed = data_seed
-        self.tokenizer = Path(tokenizer)
+        self.tokenizer = Path(tokenizer) if tokenizer is not None else None
         self.name = name
-        self.num_samples = dataset.total_tokens // self.sample_length
+        self.megatron = megatron
+        self.order_name = "megatron" if megatron is not None else "permutation"
+        self.num_samples = (
+            megatron.num_samples
+            if megatron is not None
+            else dataset.total_tokens // self.sample_length
+        )
         if self.num_samples < 1:
             raise UsageError(
                 f"spec.data.path: {name} has {dataset.total_tokens} tokens, fewer than one "
@@ -63,10 +75,18 @@ class TrainingData:
             )
         self.stored_order = stored_order
 
-    def sample_ids(
-        self, batch_index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+    def positions(
+        self,
+        batch_index: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batch_size: int | None = None,
     ) -> np.ndarray:
-        """Indices of the samples in ``rank``'s share of global batch ``batch_index``."""
+        """Dataset positions of ``rank``'s share of global batch ``batch_index``, in the
+        order its micro-batches take them (GPT-NeoX: micro-batch round ``a`` of
+        ``micro x world`` positions, rank ``r`` takes slice ``r``)."""
         if batch_index < 0:
             raise ValueError(f"batch_index must be >= 0, got {batch_index}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -76,21 +96,73 @@ class TrainingData:
                 f"batch size {batch_size} must be a positive multiple of world_size {world_size}"
             )
         share = batch_size // world_size
-        first = batch_index * batch_size + rank * share
-        positions = np.arange(first, first + share, dtype=np.int64)
+        micro = micro_batch_size or share
+        if micro < 1 or share % micro:
+            raise ValueError(f"micro-batch {micro} must divide the per-rank share {share}")
+        rounds = np.arange(share // micro, dtype=np.int64)[:, None] * (micro * world_size)
+        within = rank * micro + np.arange(micro, dtype=np.int64)[None, :]
+        return (batch_index * batch_size + rounds + within).reshape(-1)
+
+    def sample_ids(
+        self,
+        batch_index: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Indices of the samples in ``rank``'s share of global batch ``batch_index``."""
+        positions = self.positions(
+            batch_index,
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            micro_batch_size=micro_batch_size,
+        )
+        if self.megatron is not None:
+            return self.megatron.sample_ids(positions)
         return order.sample_ids(positions, self.num_samples, self.data_seed, self.stored_order)
 
     def sample(self, sample_id: int) -> np.ndarray:
         """The tokens of sample ``sample_id``, as stored."""
         if not 0 <= sample_id < self.num_samples:
             raise IndexError(f"sample {sample_id} outside [0, {self.num_samples})")
+        if self.megatron is not None:
+            parts = [
+                self.dataset.get(doc, offset, None if length < 0 else length)
+                for doc, offset, length in self.megatron.pieces(int(sample_id))
+            ]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self.dataset.tokens(int(sample_id) * self.sample_length, self.sample_length)
 
+    def documents(self, sample_id: int) -> list[int]:
+        """Ids of the documents sample ``sample_id`` draws on (for the batch viewer)."""
+        if self.megatron is not None:
+            return [doc for doc, _, _ in self.megatron.pieces(int(sample_id))]
+        start = int(sample_id) * self.sample_length
+        items = self.dataset.item_starts()
+        first = int(np.searchsorted(items, start, side="right")) - 1
+        last = int(np.searchsorted(items, start + self.sample_length - 1, side="right")) - 1
+        return list(range(first, last + 1))
+
     def batch(
-        self, batch_index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+        self,
+        batch_index: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batch_size: int | None = None,
     ) -> np.ndarray:
         """int64 ``(batch_size // world_size, sequence_length + 1)``: rank's share of a batch."""
-        ids = self.sample_ids(batch_index, batch_size, rank=rank, world_size=world_size)
+        ids = self.sample_ids(
+            batch_index,
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            micro_batch_size=micro_batch_size,
+        )
         if self.dataset.remote:
             with ThreadPoolExecutor(min(_REMOTE_READERS, len(ids))) as pool:
                 rows = list(pool.map(self.sample, ids))
@@ -107,6 +179,8 @@ class TrainingData:
 
     def save_tokenizer(self, out_dir: Path) -> None:
         """Write the tokenizer as HF files, so ``out_dir`` loads with ``AutoTokenizer``."""
+        if self.tokenizer is None:
+            raise UsageError(f"spec.data.tokenizer: {self.name} has no tokenizer to save")
         copy_hf(self.tokenizer, Path(out_dir))
 
 
