@@ -15,7 +15,7 @@ import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
-from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
+from polypythia.monitoring.outliers import Family, OutlierVerdict, Point, flag_families
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
@@ -111,18 +111,18 @@ def loss_points(sweep: SweepData, buckets: int = LOSS_BUCKETS) -> list[Point]:
 
 
 def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
-    """Cross-seed outliers on loss and on every evaluation score."""
+    """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
+    false-alarm rate holds over all signals and sizes together)."""
     notes = []
-    verdicts = list(find_outliers(loss_points(sweep), "loss"))
+    families = [Family("loss", "high", loss_points(sweep))]
     for size, tasks in eval_table(sweep).items():
         if len(sweep.by_size(size)) < 4:
             notes.append(f"{size}: fewer than 4 seeds, no cross-seed outlier test")
             continue
         for key, runs in tasks.items():
             points = [Point(size, run, s, v) for run, by in runs.items() for s, v in by.items()]
-            direction = bad_side(key.rsplit("/", 1)[1])
-            verdicts.extend(find_outliers(points, f"eval:{key}", direction=direction))
-    return verdicts, notes
+            families.append(Family(f"eval:{key}", bad_side(key.rsplit("/", 1)[1]), points))
+    return flag_families(families), notes
 
 
 def _series(runs: list[RunData]) -> dict[str, dict[int, dict[str, float]]]:

@@ -107,7 +107,8 @@ def _verdict_rows(result: Analysis) -> tuple[list[list], list[list], list[list]]
         for e in result.spikes
     ]  # fmt: skip
     outliers = [
-        [v.group, v.run, v.signal, v.first_step, v.score, v.checkpoints] for v in result.outliers
+        [v.group, v.run, v.signal, v.test, v.first_step, v.score, v.threshold, v.checkpoints]
+        for v in result.outliers
     ]
     maps = [
         [size, m.n_states, run, m.departures[run] if m.departures[run] is not None else "-"]
@@ -174,7 +175,10 @@ def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "")
         )
     parts.append("<h2>Cross-seed outliers</h2>")
     parts.append(
-        _table(["size", "run", "signal", "first step", "worst z", "checkpoints"], outliers)
+        _table(
+            ["size", "run", "signal", "test", "first step", "score", "threshold", "checkpoints"],
+            outliers,
+        )
         if outliers
         else "<p>No outlier runs.</p>"
     )

@@ -94,7 +94,8 @@ def test_outliers_on_polypythias_training_maps(capsys):
     ]
     assert main(["outliers", str(MAPS)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["GROUP", "RUN", "SIGNAL", "FIRST_STEP"] and len(table) == 3
+    assert table[0].split()[:5] == ["GROUP", "RUN", "SIGNAL", "TEST", "FIRST_STEP"]
+    assert len(table) == 3
 
 
 def test_outliers_jsonl_loss_direction_and_bad_column(tmp_path, capsys):

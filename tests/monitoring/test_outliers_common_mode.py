@@ -25,15 +25,15 @@ def _maps() -> list[Point]:
 def test_polypythias_410m_outliers_are_seeds_3_and_4_only():
     verdicts = find_outliers(_maps(), "eval")
     assert [(v.run, v.first_step) for v in verdicts] == [("3", 83000), ("4", 123000)]
-    assert all(v.score < -3.5 and v.signal == "eval" for v in verdicts)
+    assert all(v.score > v.threshold and v.signal == "eval" for v in verdicts)
 
 
-def test_direction_matters_and_single_checkpoints_do_not_count():
+def test_direction_matters():
     points = _maps()
-    # good-side excursions are not outliers; both sides with one checkpoint flags seed 6 (z 4.0)
+    # better than the others is not an outlier; either side still finds only seeds 3 and 4
     assert find_outliers(points, "eval", direction="high") == []
     both = find_outliers(points, "eval", OutlierSettings(consecutive=1), direction="both")
-    assert {v.run for v in both} == {"3", "4", "6"}
+    assert {v.run for v in both} == {"3", "4"}
 
 
 def test_robust_z_survives_zero_mad():
