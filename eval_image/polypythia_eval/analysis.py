@@ -55,10 +55,12 @@ def _num(value) -> float:
 
 def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
     """Final state of every spike of every run (the last event per spike), labelled
-    data-driven when most runs sharing a data order spike at the same step."""
+    common-mode when most runs (or most of a data order) spike at the same step."""
     events: list[SpikeEvent] = []
+    reached: dict[str, float] = {}
     for run in sweep.runs:
         steps, loss, grad = loss_history(run)
+        reached[run.name] = float(steps[-1]) if len(steps) else -math.inf
         if len(steps) < 2:
             continue
         _, found = RunSpikeDetector.rebuild(run.name, steps, loss, grad)
@@ -66,8 +68,9 @@ def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
         for event in found:
             last[(event.signal, event.onset_step)] = event
         events.extend(last.values())
-    data_order = {r.name: (r.size, r.data_seed) for r in sweep.runs}
-    return sorted(label_common_mode(events, data_order), key=lambda e: (e.run, e.onset_step))
+    data_order = {r.name: r.data_seed for r in sweep.runs}
+    labelled = label_common_mode(events, data_order, last_step=reached)
+    return sorted(labelled, key=lambda e: (e.run, e.onset_step))
 
 
 def eval_table(sweep: SweepData) -> dict[str, dict[str, dict[str, dict[int, float]]]]:

@@ -35,7 +35,7 @@ def _step_axis(ax, steps) -> None:
 
 
 def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: Path) -> Path:
-    """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: data-driven)."""
+    """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: common-mode)."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for run in runs:
         steps, loss, _ = loss_history(run)
@@ -44,9 +44,9 @@ def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: 
         (line,) = ax.plot(steps, loss, lw=0.8, label=run.name)
         for e in spikes:
             if e.run == run.name and e.signal == "loss":
-                marker = "o" if e.kind == "data-driven" else "x"
+                marker = "o" if e.kind == "common-mode" else "x"
                 ax.plot(e.peak_step, e.peak_value, marker, color=line.get_color(), ms=9, mew=2)
-    ax.set_title(f"{size}: training loss, all seeds (x = spike, o = data-driven spike)")
+    ax.set_title(f"{size}: training loss, all seeds (x = spike, o = common-mode spike)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, ncol=2)

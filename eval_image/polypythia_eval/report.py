@@ -103,7 +103,7 @@ def _size_section(sweep: SweepData, size: str, result: Analysis, out: Path, pref
 def _verdict_rows(result: Analysis) -> tuple[list[list], list[list], list[list]]:
     spikes = [
         [e.run, e.signal, e.onset_step, e.peak_step, e.peak_value, e.magnitude, e.status,
-         e.recovery_step, e.kind]
+         e.recovery_step, e.kind, e.cause]
         for e in result.spikes
     ]  # fmt: skip
     outliers = [
@@ -167,6 +167,7 @@ def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "")
                     "status",
                     "recovered at",
                     "kind",
+                    "cause",
                 ],
                 spikes,
             )  # fmt: skip

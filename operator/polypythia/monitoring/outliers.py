@@ -9,8 +9,9 @@ every z is 0 when both are). Two statistics per seed, on the bad side:
   (the old "beyond 3.5 for 2 checkpoints" rule, now with a calibrated cut-off);
 - **change**: the largest standardised shift of the seed's z between the checkpoints
   before an onset and those after it (at least ``consecutive`` after), over the noise of
-  z from one checkpoint to the next (pooled over seeds, from first differences). A seed's
-  own persistent offset cancels, so this finds a seed that *falls away* from the others.
+  z from one checkpoint to the next (pooled over seeds, from first differences), over
+  onsets whose first ``consecutive`` checkpoints each carry at least half the shift. A
+  seed's own persistent offset cancels, so this finds a seed that *falls away*.
 
 Thresholds come from the null distribution, simulated once per (seeds, checkpoints,
 consecutive, sidedness) and cached: seeds exchangeable and Gaussian at each checkpoint,
@@ -212,9 +213,17 @@ def _statistics(z: np.ndarray, k: int, two_sided: bool) -> tuple[np.ndarray, ...
     post_cnt = count - cnt
     ok = (cnt >= 1) & (post_cnt >= k) & valid[..., 1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        shift = (total - cum) / post_cnt - cum / cnt
+        pre = cum / cnt
+        shift = (total - cum) / post_cnt - pre
         std = np.sqrt(1.0 / cnt + 1.0 / post_cnt) * sigma[:, None, None]
         change = np.abs(shift) / std if two_sided else shift / std
+        # Sustained: each of the first k checkpoints from the onset carries at least half
+        # the shift (one huge excursion among many ordinary ones is not a change).
+        for j in range(k):
+            ahead = np.full_like(z, np.nan)
+            ahead[..., : t - 1 - j] = z[..., 1 + j :]
+            ahead = ahead[..., : t - 1]
+            ok &= np.sign(shift) * (ahead - pre) > 0.5 * np.abs(shift)
     change = np.where(ok & np.isfinite(change), change, -np.inf)
     if change.shape[-1]:
         change_at = change.argmax(-1) + 1
