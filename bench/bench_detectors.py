@@ -2,7 +2,7 @@
 
 50 runs (5 sizes x 10 seeds; the data order is the seed, shared across sizes as in
 Pythia) x 143,000 steps of loss and gradient norm, generated with realistic decay
-and noise, 3 seed-specific spikes per run and one data-driven spike per data order
+and noise, 3 seed-specific spikes per run and one common-mode (cause data) spike per data order
 (the same step in the 5 runs sharing it). Prints JSON lines: detection throughput
 and total time on one core, precision/recall on the planted loss spikes, common-mode
 labelling accuracy, the streaming cost per step, and the restart rebuild time.
@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     loss_events = [e for e in labelled if e.signal == "loss"]
     right = sum(
-        (e.kind == "data-driven")
+        (e.kind == "common-mode" and e.cause == "data")
         == any(abs(e.onset_step - s) <= MATCH_STEPS for s in shared_steps[e.run])
         for e in loss_events
     )
     emit(
         metric="common_mode_accuracy",
         value=round(right / max(len(loss_events), 1), 4),
-        data_driven=sum(e.kind == "data-driven" for e in loss_events),
+        data_driven=sum(e.cause == "data" for e in loss_events),
     )
 
     h = runs["run0"]

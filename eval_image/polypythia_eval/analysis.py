@@ -15,7 +15,7 @@ import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
-from polypythia.monitoring.outliers import OutlierVerdict, Point, find_outliers
+from polypythia.monitoring.outliers import Family, OutlierVerdict, Point, flag_families
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
@@ -55,10 +55,12 @@ def _num(value) -> float:
 
 def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
     """Final state of every spike of every run (the last event per spike), labelled
-    data-driven when most runs sharing a data order spike at the same step."""
+    common-mode when most runs (or most of a data order) spike at the same step."""
     events: list[SpikeEvent] = []
+    reached: dict[str, float] = {}
     for run in sweep.runs:
         steps, loss, grad = loss_history(run)
+        reached[run.name] = float(steps[-1]) if len(steps) else -math.inf
         if len(steps) < 2:
             continue
         _, found = RunSpikeDetector.rebuild(run.name, steps, loss, grad)
@@ -66,8 +68,9 @@ def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
         for event in found:
             last[(event.signal, event.onset_step)] = event
         events.extend(last.values())
-    data_order = {r.name: (r.size, r.data_seed) for r in sweep.runs}
-    return sorted(label_common_mode(events, data_order), key=lambda e: (e.run, e.onset_step))
+    data_order = {r.name: r.data_seed for r in sweep.runs}
+    labelled = label_common_mode(events, data_order, last_step=reached)
+    return sorted(labelled, key=lambda e: (e.run, e.onset_step))
 
 
 def eval_table(sweep: SweepData) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
@@ -111,18 +114,18 @@ def loss_points(sweep: SweepData, buckets: int = LOSS_BUCKETS) -> list[Point]:
 
 
 def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
-    """Cross-seed outliers on loss and on every evaluation score."""
+    """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
+    false-alarm rate holds over all signals and sizes together)."""
     notes = []
-    verdicts = list(find_outliers(loss_points(sweep), "loss"))
+    families = [Family("loss", "high", loss_points(sweep))]
     for size, tasks in eval_table(sweep).items():
         if len(sweep.by_size(size)) < 4:
             notes.append(f"{size}: fewer than 4 seeds, no cross-seed outlier test")
             continue
         for key, runs in tasks.items():
             points = [Point(size, run, s, v) for run, by in runs.items() for s, v in by.items()]
-            direction = bad_side(key.rsplit("/", 1)[1])
-            verdicts.extend(find_outliers(points, f"eval:{key}", direction=direction))
-    return verdicts, notes
+            families.append(Family(f"eval:{key}", bad_side(key.rsplit("/", 1)[1]), points))
+    return flag_families(families), notes
 
 
 def _series(runs: list[RunData]) -> dict[str, dict[int, dict[str, float]]]:

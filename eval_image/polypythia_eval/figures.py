@@ -16,7 +16,12 @@ from polypythia_eval.analysis import loss_history  # noqa: E402
 from polypythia_eval.sources import RunData  # noqa: E402
 from polypythia_eval.trainingmaps import TrainingMap  # noqa: E402
 
-KIND_ORDER = ("embedding", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "layernorm", "unembedding")
+KIND_ORDER = (
+    "embedding", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "layernorm_gain", "layernorm_bias",
+    "unembedding",
+)  # fmt: skip
+# nu is unbounded for a Gaussian tensor; the nu panel draws it at this height.
+NU_GAUSSIAN = 1e3
 OUTLIER_COLOUR = "#d62728"
 
 
@@ -35,7 +40,7 @@ def _step_axis(ax, steps) -> None:
 
 
 def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: Path) -> Path:
-    """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: data-driven)."""
+    """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: common-mode)."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for run in runs:
         steps, loss, _ = loss_history(run)
@@ -44,9 +49,9 @@ def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: 
         (line,) = ax.plot(steps, loss, lw=0.8, label=run.name)
         for e in spikes:
             if e.run == run.name and e.signal == "loss":
-                marker = "o" if e.kind == "data-driven" else "x"
+                marker = "o" if e.kind == "common-mode" else "x"
                 ax.plot(e.peak_step, e.peak_value, marker, color=line.get_color(), ms=9, mew=2)
-    ax.set_title(f"{size}: training loss, all seeds (x = spike, o = data-driven spike)")
+    ax.set_title(f"{size}: training loss, all seeds (x = spike, o = common-mode spike)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, ncol=2)
@@ -111,23 +116,66 @@ def _kind_series(runs: list[RunData], getter) -> dict[str, dict[str, tuple[list,
     return out
 
 
-def _student_df(entry: dict) -> float | None:
-    return ((entry.get("fit") or {}).get("families") or {}).get("student_t", {}).get("df")
-
-
 PANELS = (
     ("excess kurtosis", lambda e: e.get("kurtosis"), "linear"),
-    ("Student-t ν (fitted)", _student_df, "log"),
     ("L2 (Frobenius) norm", lambda e: e.get("l2"), "log"),
     ("spectral norm (mean per matrix)", lambda e: e.get("spectral_norm"), "log"),
 )
 
 
+def _nu(value: float | None) -> float:
+    return NU_GAUSSIAN if value is None else min(float(value), NU_GAUSSIAN)
+
+
+def _nu_panel(ax, runs: list[RunData], colours: list[str]) -> None:
+    """Per kind and checkpoint, over seeds: the median tensor's nu (line), the range of the
+    kind's tensors (band) and the median 95% interval (bars); Gaussian drawn at the top."""
+    by_kind: dict[str, dict[int, list[dict]]] = {}
+    for run in runs:
+        for step, result in run.evals.items():
+            for kind, entry in ((result.get("weight_stats") or {}).get("kinds") or {}).items():
+                nu = entry.get("nu") or {}
+                if nu.get("tensors"):
+                    by_kind.setdefault(kind, {}).setdefault(step, []).append(nu)
+    ax.set_title("Student-t ν per tensor: median, range, 95% interval", fontsize=10)
+    if not by_kind:
+        ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes)
+        return
+    all_steps: list[int] = []
+    for i, kind in enumerate(k for k in KIND_ORDER if k in by_kind):
+        steps = sorted(by_kind[kind])
+        colour = colours[i % len(colours)]
+
+        def med(key: str, entries: list[dict]) -> float:
+            return float(np.median([_nu(e.get(key)) for e in entries]))
+
+        mid = [med("nuMedian", by_kind[kind][s]) for s in steps]
+        low = [min(_nu(e.get("nuMin")) for e in by_kind[kind][s]) for s in steps]
+        high = [max(_nu(e.get("nuMax")) for e in by_kind[kind][s]) for s in steps]
+        lo_ci = [med("nuLowMedian", by_kind[kind][s]) for s in steps]
+        hi_ci = [med("nuHighMedian", by_kind[kind][s]) for s in steps]
+        ax.plot(steps, mid, color=colour, lw=1.2, label=kind)
+        ax.fill_between(steps, low, high, color=colour, alpha=0.12)
+        ax.errorbar(
+            steps, mid, yerr=np.maximum(0, [np.subtract(mid, lo_ci), np.subtract(hi_ci, mid)]),
+            fmt="none", ecolor=colour, elinewidth=0.8, capsize=2,
+        )  # fmt: skip
+        all_steps.extend(steps)
+    ax.axhline(NU_GAUSSIAN, color="grey", lw=0.6, ls=":")
+    ax.text(0.01, 0.97, "top = Gaussian (ν unbounded)", transform=ax.transAxes, fontsize=6,
+            va="top")  # fmt: skip
+    _step_axis(ax, all_steps)
+    ax.set_yscale("log")
+    ax.legend(fontsize=6)
+
+
 def weight_trajectories(size: str, runs: list[RunData], path: Path) -> Path:
-    """Kurtosis, Student-t ν and norms by matrix kind over steps; one line per seed."""
+    """Kurtosis, norms by matrix kind over steps (one line per seed) and the kinds' tails."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (title, getter, scale) in zip(axes.flat, PANELS, strict=True):
+    flat = list(axes.flat)
+    _nu_panel(flat[1], runs, colours)
+    for ax, (title, getter, scale) in zip([flat[0], *flat[2:]], PANELS, strict=True):
         series = _kind_series(runs, getter)
         all_steps: list[int] = []
         for i, kind in enumerate(k for k in KIND_ORDER if k in series):
@@ -144,7 +192,7 @@ def weight_trajectories(size: str, runs: list[RunData], path: Path) -> Path:
         _step_axis(ax, all_steps)
         ax.set_yscale(scale)
         ax.legend(fontsize=6)
-    fig.suptitle(f"{size}: weight statistics by matrix kind (one line per seed)")
+    fig.suptitle(f"{size}: weight statistics by matrix kind")
     return _save(fig, path)
 
 

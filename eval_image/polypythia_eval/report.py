@@ -103,11 +103,12 @@ def _size_section(sweep: SweepData, size: str, result: Analysis, out: Path, pref
 def _verdict_rows(result: Analysis) -> tuple[list[list], list[list], list[list]]:
     spikes = [
         [e.run, e.signal, e.onset_step, e.peak_step, e.peak_value, e.magnitude, e.status,
-         e.recovery_step, e.kind]
+         e.recovery_step, e.kind, e.cause]
         for e in result.spikes
     ]  # fmt: skip
     outliers = [
-        [v.group, v.run, v.signal, v.first_step, v.score, v.checkpoints] for v in result.outliers
+        [v.group, v.run, v.signal, v.test, v.first_step, v.score, v.threshold, v.checkpoints]
+        for v in result.outliers
     ]
     maps = [
         [size, m.n_states, run, m.departures[run] if m.departures[run] is not None else "-"]
@@ -166,6 +167,7 @@ def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "")
                     "status",
                     "recovered at",
                     "kind",
+                    "cause",
                 ],
                 spikes,
             )  # fmt: skip
@@ -174,7 +176,10 @@ def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "")
         )
     parts.append("<h2>Cross-seed outliers</h2>")
     parts.append(
-        _table(["size", "run", "signal", "first step", "worst z", "checkpoints"], outliers)
+        _table(
+            ["size", "run", "signal", "test", "first step", "score", "threshold", "checkpoints"],
+            outliers,
+        )
         if outliers
         else "<p>No outlier runs.</p>"
     )

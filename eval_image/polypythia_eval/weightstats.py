@@ -6,8 +6,11 @@ L2 (Frobenius) norms and their ratio, mean and variance of the entries, spectral
 norm, trace, trace/spectral ratio, mean and variance of the singular values. The
 trace is the trace of W itself (sum of the main diagonal, min(m, n) terms); the
 trace of W^T W would only repeat the squared Frobenius norm. Distribution fits
-(Gaussian, logistic, Student-t) run on a seeded uniform subsample and report the
-Kolmogorov-Smirnov statistic of each fit on that sample.
+(Gaussian, logistic, Student-t) run per tensor on a seeded uniform subsample and report
+the Kolmogorov-Smirnov statistic of each fit on that sample; the Student-t is the one
+fitter of ``tailfit`` (nu with a 95% profile-likelihood interval). Kinds are summarised
+by the spread of their tensors' nu, never by a fit to pooled entries: tensors of different
+scales pooled together look heavy-tailed even when each is Gaussian.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import optimize, special, stats
+from scipy import stats
+
+from polypythia_eval.tailfit import fit_tail
 
 KINDS = (
     "embedding",
@@ -28,7 +33,8 @@ KINDS = (
     "attn_out",
     "mlp_in",
     "mlp_out",
-    "layernorm",
+    "layernorm_gain",
+    "layernorm_bias",
     "unembedding",
     "bias",
     "other",
@@ -36,7 +42,8 @@ KINDS = (
 
 # GPT-NeoX parameter names (transformers' GPTNeoXForCausalLM), plus common aliases.
 _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"(norm|\bln_\w*)\.(weight|bias)$", "layernorm"),
+    (r"(norm|\bln_\w*)\.weight$", "layernorm_gain"),
+    (r"(norm|\bln_\w*)\.bias$", "layernorm_bias"),
     (r"(embed_in|wte|embed_tokens)\.weight$", "embedding"),
     (r"(embed_out|lm_head)\.weight$", "unembedding"),
     (r"\.bias$", "bias"),
@@ -149,65 +156,12 @@ def _ks(sample: np.ndarray, cdf) -> float:
     return float(max((i / n - f).max(), (f - (i - 1) / n).max()))
 
 
-NU_BOUNDS = (0.2, 1e4)
+def fit_distributions(sample: np.ndarray, seed: int = 0) -> dict:
+    """Fit Gaussian, logistic and Student-t to one tensor's sample; KS statistic and AIC of
+    each, and the Student-t's nu interval (``tail``).
 
-
-def _t_nll(theta: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean negative log-likelihood of Student-t and its gradient in (log nu, loc, log scale)."""
-    log_nu, loc, log_scale = theta
-    nu, sigma = math.exp(log_nu), math.exp(log_scale)
-    z = (x - loc) / sigma
-    z2 = z * z
-    q = np.log1p(z2 / nu)
-    nll = (
-        -special.gammaln((nu + 1) / 2)
-        + special.gammaln(nu / 2)
-        + 0.5 * math.log(nu * math.pi)
-        + log_scale
-        + (nu + 1) / 2 * q.mean()
-    )
-    ratio = z2 / (nu + z2)
-    d_loc = -((nu + 1) * (z / (nu + z2))).mean() / sigma
-    d_log_scale = 1.0 - (nu + 1) * ratio.mean()
-    d_nu = (
-        -0.5 * special.digamma((nu + 1) / 2)
-        + 0.5 * special.digamma(nu / 2)
-        + 0.5 / nu
-        + 0.5 * q.mean()
-        - (nu + 1) / (2 * nu) * ratio.mean()
-    )
-    return float(nll), np.array([d_nu * nu, d_loc, d_log_scale])
-
-
-def fit_student_t(x: np.ndarray) -> tuple[float, float, float]:
-    """Maximum-likelihood Student-t (nu, loc, scale), nu bounded to NU_BOUNDS.
-
-    L-BFGS-B with the analytic gradient, started from the kurtosis-matched nu:
-    the same optimum as ``scipy.stats.t.fit`` at a fraction of its Nelder-Mead cost,
-    which crawls when the data are near-Gaussian and nu runs to infinity.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    excess = float(stats.kurtosis(x))
-    nu0 = min(max(4.0 + 6.0 / excess, 2.5), 100.0) if excess > 0.06 else 100.0
-    loc0 = float(np.median(x))
-    scale0 = float(x.std()) * math.sqrt((nu0 - 2) / nu0)
-    result = optimize.minimize(
-        _t_nll,
-        np.array([math.log(nu0), loc0, math.log(scale0)]),
-        args=(x,),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=[(math.log(NU_BOUNDS[0]), math.log(NU_BOUNDS[1])), (None, None), (None, None)],
-    )
-    log_nu, loc, log_scale = result.x
-    return float(math.exp(log_nu)), float(loc), float(math.exp(log_scale))
-
-
-def fit_distributions(sample: np.ndarray) -> dict:
-    """Fit Gaussian, logistic and Student-t to a 1-D sample; KS statistic and AIC of each.
-
-    Returns ``{"families": {...}, "best": name}``, or ``{"skipped": reason}`` for a
-    sample too small or constant to fit (e.g. freshly initialised layer norms).
+    Returns ``{"families": {...}, "best": name, "tail": {...}}``, or ``{"skipped": reason}``
+    for a sample too small or constant to fit (e.g. freshly initialised layer norms).
     """
     x = np.asarray(sample, dtype=np.float64).ravel()
     if x.size < 8:
@@ -216,6 +170,7 @@ def fit_distributions(sample: np.ndarray) -> dict:
     if not std > 0 or not np.isfinite(std):
         return {"skipped": "constant or non-finite values"}
     loc0 = float(np.median(x))
+    tail = fit_tail(x, sample=x.size, seed=seed)
     families: dict[str, dict] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -228,20 +183,51 @@ def fit_distributions(sample: np.ndarray) -> dict:
                     strict=True,
                 )
             ),
-            "student_t": dict(zip(("df", "loc", "scale"), fit_student_t(x), strict=True)),
+            "student_t": {"df": tail.nu, "loc": tail.loc, "scale": tail.scale},
         }
         for name, params in fitted.items():
-            dist = _FAMILY_DISTS[name](**params)
+            dist = _frozen(name, params)
             loglik = float(dist.logpdf(x).sum())
             families[name] = {
-                **{k: float(v) for k, v in params.items()},
+                **{k: (float(v) if math.isfinite(v) else None) for k, v in params.items()},
                 "ks": _ks(x, dist.cdf),
                 "aic": 2 * len(params) - 2 * loglik,
             }
     # AIC, not KS, picks the family: the t nests the Gaussian (nu -> inf) and always
     # fits at least as well, so it must pay for its extra parameter.
     best = min(families, key=lambda k: families[k]["aic"])
-    return {"families": families, "best": best, "sample_size": int(x.size)}
+    return {"families": families, "best": best, "sample_size": int(x.size), "tail": tail.to_dict()}
+
+
+def _frozen(name: str, params: Mapping[str, float]):
+    if name == "student_t" and not math.isfinite(params["df"]):
+        return stats.norm(loc=params["loc"], scale=params["scale"])
+    return _FAMILY_DISTS[name](**params)
+
+
+def _nu_summary(fits: list[dict]) -> dict:
+    """A kind's tail: median and range of its tensors' nu and the median interval ends
+    (``None`` = unbounded: Gaussian within the interval); how many tensors are heavy."""
+    tails = [f["tail"] for f in fits if "tail" in f]
+    if not tails:
+        return {"tensors": 0}
+
+    def values(key: str) -> np.ndarray:
+        return np.array([math.inf if t[key] is None else t[key] for t in tails], dtype=float)
+
+    def out(v: float) -> float | None:
+        return float(v) if math.isfinite(v) else None
+
+    nu = values("nu")
+    return {
+        "tensors": len(tails),
+        "heavy": sum(t["tail"] == "heavy" for t in tails),
+        "nuMedian": out(float(np.median(nu))),
+        "nuMin": out(float(nu.min())),
+        "nuMax": out(float(nu.max())),
+        "nuLowMedian": out(float(np.median(values("nuLow")))),
+        "nuHighMedian": out(float(np.median(values("nuHigh")))),
+    }
 
 
 def _sample(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -260,7 +246,7 @@ def _tensor_statistics(name: str, tensor, config: StatsConfig, rng: np.random.Ge
     if t.ndim == 2:
         out.update(singular_value_stats(t, config))
     if config.fit:
-        out["fit"] = fit_distributions(_sample(flat, config.fit_sample_size, rng))
+        out["fit"] = fit_distributions(_sample(flat, config.fit_sample_size, rng), config.seed)
     return out, moments, flat
 
 
@@ -282,8 +268,7 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
 
     Per kind: moments, L1 and L2 are exact over all entries of that kind (pooled
     power sums); matrix metrics (spectral norm, trace, ...) are the mean over the
-    kind's matrices; the fits run on a subsample drawn from all of the kind's
-    entries in proportion to tensor size.
+    kind's matrices; the tail (``nu``) summarises the per-tensor fits.
     """
     config = config or StatsConfig()
     rng = np.random.default_rng(config.seed)
@@ -292,21 +277,14 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
         for name, value in state.items()
         if not (isinstance(value, torch.Tensor) and not value.is_floating_point())
     }
-    total_numel: dict[str, int] = {}
-    for name, value in floats.items():
-        kind = tensor_kind(name)
-        total_numel[kind] = total_numel.get(kind, 0) + int(np.prod(tuple(value.shape)))
     tensors: dict[str, dict] = {}
     pooled: dict[str, np.ndarray] = {}
-    pooled_samples: dict[str, list[np.ndarray]] = {}
     kind_matrices: dict[str, list[dict]] = {}
     for name, value in floats.items():
-        entry, moments, flat = _tensor_statistics(name, value, config, rng)
+        entry, moments, _ = _tensor_statistics(name, value, config, rng)
         tensors[name] = entry
         kind = entry["kind"]
         pooled[kind] = pooled.get(kind, 0) + moments
-        share = max(1, round(config.fit_sample_size * flat.size / total_numel[kind]))
-        pooled_samples.setdefault(kind, []).append(_sample(flat, share, rng))
         if "spectral_norm" in entry:
             kind_matrices.setdefault(kind, []).append(entry)
     kinds: dict[str, dict] = {}
@@ -320,7 +298,9 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
         for key in _MATRIX_KEYS:
             entry[key] = _mean_or_none([m.get(key) for m in matrices])
         if config.fit:
-            entry["fit"] = fit_distributions(np.concatenate(pooled_samples[kind]))
+            entry["nu"] = _nu_summary(
+                [t["fit"] for t in tensors.values() if t["kind"] == kind and "fit" in t]
+            )
         kinds[kind] = entry
     return {
         "method": {
@@ -328,10 +308,11 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
             "trace": "trace of W (sum of the main diagonal, min(m, n) terms), Hu et al. 2023",
             "kurtosis": "excess (Fisher) kurtosis over all entries, exact",
             "kind_matrix_metrics": "mean over the kind's 2-D tensors",
-            "fits": "maximum likelihood on a seeded uniform subsample (Gaussian and logistic: "
-            "scipy.stats; Student-t: L-BFGS-B on (log nu, loc, log scale), nu in "
-            f"[{NU_BOUNDS[0]}, {NU_BOUNDS[1]:g}]); ks = Kolmogorov-Smirnov statistic of the fit "
-            "on that subsample; best = lowest AIC",
+            "fits": "per tensor, maximum likelihood on a seeded uniform subsample (Gaussian and "
+            "logistic: scipy.stats; Student-t: polypythia_eval.tailfit, nu with a 95% profile-"
+            "likelihood interval, tail = gaussian when unbounded above); ks = Kolmogorov-Smirnov "
+            "statistic of the fit on that subsample; best = lowest AIC; kinds: median and range "
+            "of their tensors' nu (no pooled fit)",
         },
         "tensors": tensors,
         "kinds": kinds,

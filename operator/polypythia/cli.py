@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "outliers": ("polypythia.monitoring.cli_outliers", "find cross-seed outlier runs"),
     "evaluate": ("polypythia_eval.cli_evaluate", "evaluate a run's checkpoints"),
     "report": ("polypythia_eval.cli_report", "render the HTML report of a sweep"),
+    "weights": ("polypythia_eval.cli_weights", "Student-t tail fits of a checkpoint's tensors"),
     "operator": ("polypythia.k8s.cli", "run the Kubernetes operator"),
 }
 

@@ -122,7 +122,8 @@ def _describe(error) -> str:
         op = ">" if error.schema.get("exclusiveMinimum") else ">="
         return f"must be {op} {error.validator_value}, got {value!r}"
     if validator == "maximum":
-        return f"must be <= {error.validator_value}, got {value!r}"
+        op = "<" if error.schema.get("exclusiveMaximum") else "<="
+        return f"must be {op} {error.validator_value}, got {value!r}"
     if validator == "minItems":
         return f"must have at least {error.validator_value} item(s), got {len(value)}"
     if validator == "maxItems":

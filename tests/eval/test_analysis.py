@@ -42,8 +42,9 @@ def test_matrix_statistics_match_numpy():
     kurt = (centred**4).mean() / (centred**2).mean() ** 2 - 3
     assert qkv["kurtosis"] == pytest.approx(kurt, abs=1e-9)
     # Freshly initialised layer norms (all ones) cannot be fitted; they say so.
-    ln = out["kinds"]["layernorm"]
-    assert ln["std"] == 0 and "skipped" in ln["fit"]
+    ln = out["kinds"]["layernorm_gain"]
+    assert ln["std"] == 0 and ln["nu"] == {"tensors": 0}
+    assert "skipped" in out["tensors"]["gpt_neox.layers.0.input_layernorm.weight"]["fit"]
     assert out["kinds"]["bias"]["l2"] == 0
     # Pooled kind statistics equal the statistics of the concatenated entries.
     assert out["kinds"]["attn_qkv"]["l2"] == pytest.approx(np.linalg.norm(x), rel=1e-9)
@@ -79,8 +80,8 @@ def test_distribution_fits_recover_the_family():
         ("gpt_neox.layers.3.attention.dense.weight", "attn_out"),
         ("gpt_neox.layers.3.mlp.dense_h_to_4h.weight", "mlp_in"),
         ("gpt_neox.layers.3.mlp.dense_4h_to_h.weight", "mlp_out"),
-        ("gpt_neox.layers.3.post_attention_layernorm.bias", "layernorm"),
-        ("gpt_neox.final_layer_norm.weight", "layernorm"),
+        ("gpt_neox.layers.3.post_attention_layernorm.bias", "layernorm_bias"),
+        ("gpt_neox.final_layer_norm.weight", "layernorm_gain"),
         ("gpt_neox.layers.3.mlp.dense_4h_to_h.bias", "bias"),
     ],
 )

@@ -50,7 +50,7 @@ def test_evaluates_every_complete_checkpoint_with_lm_eval(tiny_run, evaluated):
     assert acc == pytest.approx(result["results"]["pp_subject_verb_agreement"]["acc,none"])
     # Weight statistics of that checkpoint and who it is.
     kinds = result["weight_stats"]["kinds"]
-    assert {"embedding", "attn_qkv", "mlp_in", "unembedding", "layernorm"} <= set(kinds)
+    assert {"embedding", "attn_qkv", "mlp_in", "unembedding", "layernorm_gain"} <= set(kinds)
     assert result["polypythia"]["step"] == 8 and result["polypythia"]["run"] == "sw-nano-s0"
 
 

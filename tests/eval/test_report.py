@@ -49,7 +49,7 @@ def _eval(seed: int, step: int) -> dict:
         "results": {"pp_cloze": {"alias": "pp_cloze", "acc,none": acc, "acc_stderr,none": 0.01}},
         "versions": {"pp_cloze": 1.0},
         "predictions": {"pp_cloze": {"doc_id": list(range(20)), "pred": preds}},
-        "weight_stats": weight_statistics(_weights(seed, step), StatsConfig(fit=False)),
+        "weight_stats": weight_statistics(_weights(seed, step), StatsConfig(fit_sample_size=2000)),
     }
 
 

@@ -46,6 +46,6 @@ def test_a_trained_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
     # Trained weights are no longer the initial Gaussian: statistics are finite and recorded.
     emb = result["weight_stats"]["kinds"]["embedding"]
     assert emb["numel"] == 1024 * 64 and emb["kurtosis"] is not None
-    assert result["weight_stats"]["kinds"]["attn_qkv"]["fit"]["best"] in (
-        "gaussian", "logistic", "student_t"
-    )  # fmt: skip
+    qkv = result["weight_stats"]["tensors"]["gpt_neox.layers.0.attention.query_key_value.weight"]
+    assert qkv["fit"]["best"] in ("gaussian", "logistic", "student_t")
+    assert result["weight_stats"]["kinds"]["attn_qkv"]["nu"]["tensors"] >= 1

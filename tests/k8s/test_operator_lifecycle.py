@@ -248,7 +248,7 @@ def test_eval_scores_flag_an_outlier_and_events_come_once(cluster) -> None:
         ),
     )
     assert row["outlierSignal"] == "eval:pp_cloze/acc" and row["outlierStep"] == 20
-    assert row["outlierScore"] < -3.5
+    assert row["outlierScore"] > 5  # the test's score, above its calibrated threshold
     status = _status(cluster, ns, sweep)
     assert status["outliers"] == 1
     assert [r["name"] for r in status["runs"] if r.get("outlier")] == [runs[3]]

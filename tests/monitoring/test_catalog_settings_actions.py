@@ -37,7 +37,7 @@ def test_settings_from_spec_defaults_and_mapping():
     s = settings_from_spec({})
     assert (s.spikes.window, s.spikes.threshold, s.spikes.min_history) == (128, 6.0, 32)
     assert s.spikes.signals == ("loss", "grad_norm") and s.action == "observe"
-    assert (s.outliers.threshold, s.outliers.consecutive) == (3.5, 2)
+    assert (s.outliers.false_alarm_rate, s.outliers.consecutive) == (0.05, 2)
     assert s.rewind == RewindSettings(100, 200, 3)
     s = settings_from_spec(
         {
@@ -46,13 +46,14 @@ def test_settings_from_spec_defaults_and_mapping():
             "threshold": 5,
             "scoreWindow": 500,
             "commonModeTolerance": 0,
-            "outliers": {"threshold": 3, "signals": ["eval"]},
+            "outliers": {"falseAlarmRate": 0.01, "signals": ["eval"]},
             "action": "rewind",
             "rewind": {"stepsBefore": 50, "maxRewinds": 1},
         }
     )
     assert s.spikes.signals == ("loss",) and s.spikes.threshold == 5.0
     assert s.outliers.signals == ("eval",) and s.rewind.steps_before == 50
+    assert s.outliers.false_alarm_rate == 0.01
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,7 @@ def test_settings_from_spec_defaults_and_mapping():
         ({"action": "panic"}, "spec.instability.action: must be one of"),
         ({"rewind": {"skipBatches": -1}}, "spec.instability.rewind.skipBatches: must be >= 0"),
         ({"outliers": {"consecutive": 0}}, "spec.instability.outliers: consecutive"),
+        ({"outliers": {"falseAlarmRate": 1}}, "spec.instability.outliers: falseAlarmRate"),
     ],
 )
 def test_settings_from_spec_rejects_bad_values(block, message):

@@ -45,6 +45,35 @@ def test_spikes_json_from_csv_with_several_runs(tmp_path, capsys):
     assert all(o["recovery_step"] and o["kind"] == "seed-specific" for o in out)
 
 
+def test_spikes_shared_by_most_runs_are_common_mode_without_a_data_order(tmp_path, capsys):
+    """A shock at step 2500 in every run (a schedule or system event) and one seed's own
+    spike: common-mode without knowing the data order; the order column names the cause."""
+    runs = {
+        f"r{i}": make_history(4_000, 10 + i, spikes=0, data_spike_steps=(2_499,)) for i in range(4)
+    }
+    runs["r4"] = make_history(4_000, 14, spikes=0, data_spike_steps=(3_199,))
+    path = tmp_path / "log.csv"
+    _write_csv(path, runs)
+    assert main(["spikes", str(path), "-o", "json", "--signals", "loss"]) == 0
+    out = {
+        (o["run"], o["onset_step"]): (o["kind"], o["cause"])
+        for o in json.loads(capsys.readouterr().out)
+    }
+    assert out == {(f"r{i}", 2_500): ("common-mode", "unknown") for i in range(4)} | {
+        ("r4", 3_200): ("seed-specific", "none")
+    }
+    with_order = tmp_path / "ordered.csv"
+    rows = path.read_text().splitlines()
+    with_order.write_text(
+        "\n".join([rows[0] + ",order"] + [r + "," + r.split(",")[0] for r in rows[1:]]) + "\n"
+    )
+    assert (
+        main(["spikes", str(with_order), "--signals", "loss", "--data-order-column", "order"]) == 0
+    )
+    table = capsys.readouterr().out
+    assert table.count("schedule-or-system") == 4 and "CAUSE" in table.splitlines()[0]
+
+
 def test_spikes_table_from_telemetry_jsonl_takes_the_latest_attempt(tmp_path, capsys):
     h = make_history(3_000, 4, spikes=0)
     lines = [
@@ -94,7 +123,8 @@ def test_outliers_on_polypythias_training_maps(capsys):
     ]
     assert main(["outliers", str(MAPS)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["GROUP", "RUN", "SIGNAL", "FIRST_STEP"] and len(table) == 3
+    assert table[0].split()[:5] == ["GROUP", "RUN", "SIGNAL", "TEST", "FIRST_STEP"]
+    assert len(table) == 3
 
 
 def test_outliers_jsonl_loss_direction_and_bad_column(tmp_path, capsys):

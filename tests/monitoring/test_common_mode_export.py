@@ -1,5 +1,5 @@
-"""Live exporters label spikes data-driven or seed-specific (common mode across the runs
-sharing a data order): the exporter helper itself, the local driver's exporter and the
+"""Live exporters label spikes common-mode (cause: data, for runs sharing a data order) or
+seed-specific, with the one classification of common_mode.py: the exporter helper itself, the local driver's exporter and the
 operator's storage observer, each also rebuilt from storage as after a restart."""
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ def _labels(sweep: str, run: str) -> RunLabels:
     return RunLabels("default", sweep, size, seed)
 
 
-def _spike_counts(ex: SweepExporter) -> dict[tuple[str, str, str, str], float]:
-    """(size, seed, signal, kind) -> polypythia_spikes_total."""
+def _spike_counts(ex: SweepExporter) -> dict[tuple[str, str, str, str, str], float]:
+    """(size, seed, signal, kind, cause) -> polypythia_spikes_total."""
     out = {}
     for family in text_string_to_metric_families(ex.exposition().decode()):
         for s in family.samples:
             if s.name == "polypythia_spikes_total":
-                out[(s.labels["size"], s.labels["seed"], s.labels["signal"], s.labels["kind"])] = (
-                    s.value
-                )
+                labels = ("size", "seed", "signal", "kind", "cause")
+                out[tuple(s.labels[k] for k in labels)] = s.value
     return out
 
 
@@ -60,10 +59,10 @@ def _in_progress(ex: SweepExporter) -> set[tuple[str, str, str]]:
 
 
 EXPECTED = {
-    (size, "0", signal, "data-driven"): 1.0
+    (size, "0", signal, "common-mode", "data"): 1.0
     for size in ("nano", "micro")
     for signal in ("loss", "grad_norm")
-} | {("nano", "1", signal, "seed-specific"): 1.0 for signal in ("loss", "grad_norm")}
+} | {("nano", "1", signal, "seed-specific", "none"): 1.0 for signal in ("loss", "grad_norm")}
 
 
 def test_spikes_are_counted_once_their_kind_is_settled():
@@ -82,13 +81,18 @@ def test_spikes_are_counted_once_their_kind_is_settled():
 
     advance(f"{sweep}-nano-s0", SHARED + 2)
     # The spike is in progress at once (the alert does not wait) but its kind is not
-    # certain while micro-s0, which shares the data order, has not reached its step.
+    # certain while any run of the sweep has not reached its step.
     assert ("nano", "0", "loss") in _in_progress(ex)
     assert _spike_counts(ex) == {}
     advance(f"{sweep}-micro-s0", SHARED + 10)
-    assert _spike_counts(ex) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}
+    advance(f"{sweep}-micro-s1", SHARED - 100)
+    assert _spike_counts(ex) == {}
     advance(f"{sweep}-nano-s1", STEPS)
-    assert ("nano", "1", "seed-specific") not in {(k[0], k[1], k[3]) for k in _spike_counts(ex)}
+    advance(f"{sweep}-micro-s1", SHARED + 10)
+    assert _spike_counts(ex) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}
+    advance(f"{sweep}-nano-s0", STEPS)
+    advance(f"{sweep}-micro-s0", STEPS)
+    assert _spike_counts(ex) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}
     spikes.finish(f"{sweep}-micro-s1")  # it ended early: nano-s1's spike is its own
     assert _spike_counts(ex) == EXPECTED
 

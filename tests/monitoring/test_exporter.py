@@ -83,7 +83,9 @@ def test_values_follow_the_inputs():
     _fill(ex, RUN)
     s = _samples(ex)
     assert _value(s, "polypythia_run_step") == 4000
-    assert _value(s, "polypythia_spikes_total", signal="loss", kind="seed-specific") == 1
+    assert (
+        _value(s, "polypythia_spikes_total", signal="loss", kind="seed-specific", cause="none") == 1
+    )
     assert _value(s, "polypythia_spike_in_progress", signal="loss") == 0
     assert _value(s, "polypythia_eval_score", task="lambada_openai", metric="acc") == 0.31
     assert _value(s, "polypythia_eval_step") == 2000
@@ -112,7 +114,9 @@ def test_replayed_spike_events_are_counted_once():
     assert _value(s, "polypythia_spike_in_progress", signal="loss") == 1
     ex.observe_spikes(RUN, events)  # a restarted monitor replays everything
     s = _samples(ex)
-    assert _value(s, "polypythia_spikes_total", signal="loss", kind="seed-specific") == 1
+    assert (
+        _value(s, "polypythia_spikes_total", signal="loss", kind="seed-specific", cause="none") == 1
+    )
     assert _value(s, "polypythia_spike_in_progress", signal="loss") == 0
 
 

@@ -6,8 +6,9 @@ Strategies (``init.strategy`` in the run config):
 - ``permute``: each reference tensor's entries in a random order (the exact multiset).
 - ``empirical``: i.i.d. draws from each reference tensor's empirical quantile function
   (linear interpolation between sorted values).
-- ``studentt``: a Student-t (loc, scale, df) fitted by maximum likelihood (EM) to each tensor,
-  then sampled.
+- ``studentt``: a Student-t (loc, scale, df) fitted by maximum likelihood to each tensor
+  (``polypythia_eval.tailfit``, the same fitter as the weight statistics and the report),
+  then sampled; a tensor whose fit is Gaussian (nu unbounded) is sampled from the normal.
 - ``matched-gaussian``: a normal with each tensor's mean and standard deviation.
 
 Which tensors: every parameter of the model follows the same rule, LayerNorm weights and
@@ -98,52 +99,28 @@ def _sample_studentt(flat: torch.Tensor, generator: torch.Generator) -> torch.Te
     values = flat.double().numpy()
     if values.size > FIT_SAMPLE:
         values = values[rng.choice(values.size, FIT_SAMPLE, replace=False)]
-    loc, scale, df = fit_studentt(values)
-    draws = loc + scale * rng.standard_t(df, size=flat.numel())
-    return torch.from_numpy(draws)
+    if values.size < 8:  # too few to fit a tail: the matched normal
+        loc, scale, df = float(values.mean()), float(values.std()), float("inf")
+    else:
+        loc, scale, df = fit_studentt(values)
+    noise = (
+        rng.standard_t(df, flat.numel()) if np.isfinite(df) else rng.standard_normal(flat.numel())
+    )
+    return torch.from_numpy(loc + scale * noise)
 
 
-def fit_studentt(
-    values: np.ndarray, *, max_iter: int = 500, tol: float = 1e-7
-) -> tuple[float, float, float]:
-    """Maximum-likelihood (loc, scale, df) of a Student-t by EM (Liu & Rubin 1995).
+def fit_studentt(values: np.ndarray) -> tuple[float, float, float]:
+    """Maximum-likelihood (loc, scale, df) of a Student-t; df is ``inf`` for a Gaussian fit.
 
-    Much faster than ``scipy.stats.t.fit`` at the same optimum; starts from the median,
-    the MAD and a kurtosis-based df. df is kept in [0.5, 1e4] (1e4 is as good as Gaussian).
+    The project's one tail fitter (``polypythia_eval.tailfit``) on all the values given.
     """
-    from scipy.optimize import brentq
-    from scipy.special import digamma
+    from polypythia_eval.tailfit import fit_tail
 
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size < 2 or np.ptp(x) == 0:
         raise ValueError("a Student-t fit needs at least two distinct values")
-    loc = float(np.median(x))
-    scale = float(1.4826 * np.median(np.abs(x - loc))) or float(x.std())
-    centred = x - x.mean()
-    kurt = float(np.mean(centred**4) / np.mean(centred**2) ** 2 - 3.0)
-    df = float(np.clip(6.0 / kurt + 4.0, 0.5, 1e4)) if kurt > 0 else 1e4
-    for _ in range(max_iter):
-        d2 = ((x - loc) / scale) ** 2
-        w = (df + 1.0) / (df + d2)
-        new_loc = float(np.sum(w * x) / np.sum(w))
-        new_scale = float(np.sqrt(np.mean(w * (x - new_loc) ** 2)))
-        c = 1.0 + np.mean(np.log(w) - w) + digamma((df + 1) / 2) - np.log((df + 1) / 2)
-
-        def score(v: float, c: float = c) -> float:
-            return float(np.log(v / 2) - digamma(v / 2) + c)
-
-        new_df = 1e4 if score(1e4) > 0 else (0.5 if score(0.5) < 0 else brentq(score, 0.5, 1e4))
-        done = (
-            abs(new_loc - loc) <= tol * new_scale
-            and abs(new_scale - scale) <= tol * new_scale
-            and abs(new_df - df) <= tol * max(new_df, 1.0)
-        )
-        loc, scale, df = new_loc, new_scale, float(new_df)
-        if done or scale == 0:
-            break
-    if not (np.isfinite(loc) and np.isfinite(scale) and scale > 0):
-        raise ValueError(f"Student-t fit did not converge (loc={loc}, scale={scale}, df={df})")
-    return loc, scale, df
+    fit = fit_tail(x, sample=max(x.size, 8))
+    return fit.loc, fit.scale, fit.nu
 
 
 def derive_state(

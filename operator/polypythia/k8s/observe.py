@@ -253,7 +253,9 @@ class SweepObserver:
                 outlier=verdict is not None,
                 outlier_signal=verdict.signal if verdict else None,
                 outlier_step=verdict.first_step if verdict else None,
-                outlier_score=round(verdict.score, 2) if verdict else None,
+                outlier_score=(
+                    round(verdict.score, 2) if verdict and math.isfinite(verdict.score) else None
+                ),
             )
         if self.exporter is not None:
             for r in read:

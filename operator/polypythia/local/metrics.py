@@ -21,7 +21,7 @@ class LocalExporter:
     def __init__(self, sweep: Sweep, port: int = 0) -> None:
         self.sweep = sweep
         self.metrics = SweepExporter()
-        # Spikes are counted as data-driven or seed-specific across the runs sharing a data order.
+        # Spikes are counted as common-mode (with a cause) or seed-specific across the sweep.
         self.spikes = CommonModeSpikes(
             self.metrics, settings_from_spec(sweep.spec.get("instability")).spikes
         )

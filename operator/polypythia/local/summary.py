@@ -26,8 +26,8 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
                 len(run.evaluated),
                 len(run.spikes),
                 len(run.rewinds),
-                f"yes ({run.outlier.signal} z={run.outlier.score:.1f} "
-                f"from step {run.outlier.first_step})"
+                f"yes ({run.outlier.signal} {run.outlier.test} {run.outlier.score:.1f} "
+                f"> {run.outlier.threshold:.1f} from step {run.outlier.first_step})"
                 if run.outlier
                 else "no",
             ]

@@ -24,7 +24,8 @@ LABELS: dict[str, str] = {
     "size": "model size preset (e.g. `410m`)",
     "seed": "run seed",
     "signal": "`loss` or `grad_norm` (spikes); `loss` or `eval` (outliers)",
-    "kind": "`seed-specific` or `data-driven` (common mode across runs sharing a data order)",
+    "kind": "`seed-specific` or `common-mode` (most runs, or most runs of a data order, spiked at that step)",
+    "cause": "why a common-mode spike happened: `data` (shared data order), `schedule-or-system` (different orders), `unknown`; `none` for seed-specific",
     "task": "evaluation task",
     "metric": "evaluation metric of the task (e.g. `acc`)",
     "phase": "run phase (see PHASES)",
@@ -74,10 +75,11 @@ METRICS: tuple[Metric, ...] = (
     _run(
         "polypythia_spikes_total",
         "counter",
-        "Spikes detected, by signal and kind; counted once the kind is settled "
-        "(every run sharing the data order passed the onset, or ended).",
+        "Spikes detected, by signal, kind and cause; counted once the kind is settled "
+        "(every run of the sweep passed the onset, or ended).",
         "signal",
         "kind",
+        "cause",
     ),
     _run(
         "polypythia_spike_in_progress",

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections import defaultdict
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.outliers import OutlierSettings, Point, find_outliers
 from polypythia.monitoring.tables import columns, format_table, integer, number, read_rows, text
 
 _HIGH_IS_BAD = ("loss", "perplexity", "ppl", "bpb")
+# More distinct steps than this per run is a per-step log, not checkpoint values.
+MAX_STEPS_PER_RUN = 300
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +38,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="which side is bad (default: high for loss-like columns, else low)",
     )
-    parser.add_argument("--threshold", type=float, default=d.threshold)
+    parser.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=d.false_alarm_rate,
+        help="chance of any flag when seeds differ only by chance (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="average each run's values over blocks of N steps (for per-step logs)",
+    )
     parser.add_argument("--consecutive", type=int, default=d.consecutive)
     parser.add_argument("--min-runs", type=int, default=d.min_runs)
 
@@ -55,10 +71,14 @@ def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], wha
 def main(args: argparse.Namespace) -> int:
     try:
         settings = OutlierSettings(
-            threshold=args.threshold, consecutive=args.consecutive, min_runs=args.min_runs
+            false_alarm_rate=args.false_alarm_rate,
+            consecutive=args.consecutive,
+            min_runs=args.min_runs,
         )
     except ValueError as exc:
-        raise UsageError(f"--{exc}") from None
+        raise UsageError(f"--{exc}".replace("_", "-")) from None
+    if args.every is not None and args.every < 1:
+        raise UsageError(f"--every: must be >= 1, got {args.every}")
     rows = read_rows(args.file)
     if not rows:
         raise UsageError(f"{args.file}: no records")
@@ -77,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
+    points = _checkpoint_resolution(points, args.file, args.every)
     direction = args.direction or (
         "high" if any(k in value_col.lower() for k in _HIGH_IS_BAD) else "low"
     )
@@ -87,14 +108,49 @@ def main(args: argparse.Namespace) -> int:
     if not verdicts:
         print("no outlier runs")
         return 0
-    header = ["GROUP", "RUN", "SIGNAL", "FIRST_STEP", "SCORE", "CHECKPOINTS"]
+    header = ["GROUP", "RUN", "SIGNAL", "TEST", "FIRST_STEP", "SCORE", "THRESHOLD", "CHECKPOINTS"]
     print(
         format_table(
             header,
             [
-                [v.group, v.run, v.signal, str(v.first_step), f"{v.score:.1f}", str(v.checkpoints)]
+                [
+                    v.group,
+                    v.run,
+                    v.signal,
+                    v.test,
+                    str(v.first_step),
+                    f"{v.score:.1f}",
+                    f"{v.threshold:.1f}" if math.isfinite(v.threshold) else "-",
+                    str(v.checkpoints),
+                ]
                 for v in verdicts
             ],
         )
     )
     return 0
+
+
+def _checkpoint_resolution(points: list[Point], path: str, every: int | None) -> list[Point]:
+    """Block means over ``every`` steps (a NaN in a block stays NaN, so it is flagged);
+    without ``every``, refuse a per-step log rather than test its noise."""
+    if every is None:
+        per_run: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for p in points:
+            per_run[(p.group, p.run)].add(p.step)
+        most = max(len(s) for s in per_run.values())
+        if most > MAX_STEPS_PER_RUN:
+            span = max(p.step for p in points) - min(p.step for p in points)
+            suggest = max(1, span // 100)
+            raise UsageError(
+                f"{path}: {most} distinct steps in one run; the cross-seed test expects "
+                f"checkpoint-resolution values (Pythia has 154 per run), at most "
+                f"{MAX_STEPS_PER_RUN}: pass --every N to average blocks of N steps "
+                f"(e.g. --every {suggest})"
+            )
+        return points
+    blocks: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for p in points:
+        blocks[(p.group, p.run, -(-p.step // every) * every)].append(p.value)
+    return [
+        Point(g, r, step, math.fsum(vs) / len(vs)) for (g, r, step), vs in sorted(blocks.items())
+    ]

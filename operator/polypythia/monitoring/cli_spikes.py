@@ -29,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-order-column",
         default=None,
-        help="column giving each run's data order: spikes shared by most runs "
-        "of one data order are labelled data-driven",
+        help="column giving each run's data order: a common-mode spike's cause is then "
+        "data (one shared order) or schedule-or-system (different orders)",
     )
     parser.add_argument("--signals", default=",".join(d.signals), help="loss,grad_norm")
     parser.add_argument("--window", type=int, default=d.window)
@@ -99,10 +99,11 @@ def detect(args: argparse.Namespace) -> list[SpikeEvent]:
             run, steps, loss, grads if has_grad else None, settings
         )
         final += [e for e in events if e.status != "open"] + detector.open_spikes()
-    if orders:
-        final = label_common_mode(
-            final, orders, settings.common_mode_fraction, settings.common_mode_tolerance
-        )
+    known = {run: orders.get(run) for run in runs}
+    last = {run: max(by_step) for run, by_step in runs.items()}
+    final = label_common_mode(
+        final, known, settings.common_mode_fraction, settings.common_mode_tolerance, last
+    )
     return sorted(final, key=lambda e: (e.run, e.onset_step, e.signal))
 
 
@@ -114,7 +115,9 @@ def main(args: argparse.Namespace) -> int:
     if not events:
         print("no spikes found")
         return 0
-    header = ["RUN", "SIGNAL", "ONSET", "PEAK_STEP", "PEAK", "MAGNITUDE", "RECOVERY", "KIND"]
+    header = [
+        "RUN", "SIGNAL", "ONSET", "PEAK_STEP", "PEAK", "MAGNITUDE", "RECOVERY", "KIND", "CAUSE"
+    ]  # fmt: skip
     rows = [
         [
             e.run,
@@ -127,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
             if e.recovery_step is not None
             else ("not recovered" if e.status == "unrecovered" else "open"),
             e.kind,
+            e.cause,
         ]
         for e in events
     ]

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
 from polypythia.monitoring.outliers import (
+    Family,
     OutlierSettings,
     OutlierVerdict,
     Point,
     cross_seed_z,
-    find_outliers,
+    flag_families,
 )
 
 
@@ -79,17 +80,19 @@ def signal_points(histories: Iterable[RunHistory], settings: OutlierSettings) ->
 def cross_seed_outliers(
     histories: Iterable[RunHistory], settings: OutlierSettings | None = None
 ) -> CrossSeedResult:
-    """Robust z across the seeds of each group, for every signal; a run may be flagged on
-    several signals, its verdicts sorted by the step where each streak began."""
+    """Every signal of every group tested as one family (false alarms controlled over all of
+    them); a run may be flagged on several signals, its verdicts sorted by first step."""
     settings = settings or OutlierSettings()
     verdicts: dict[str, list[OutlierVerdict]] = defaultdict(list)
     latest: dict[str, dict[str, float]] = defaultdict(dict)
+    families = []
     for signal, points in sorted(signal_points(histories, settings).items()):
         side = "high" if signal == "loss" else bad_side(signal.rsplit("/", 1)[1])
-        for verdict in find_outliers(points, signal, settings, direction=side):
-            verdicts[verdict.run].append(verdict)
+        families.append(Family(signal, side, points))
         for (_, run), series in cross_seed_z(points, settings.min_runs).items():
             latest[run][signal] = max(series)[1]
+    for verdict in flag_families(families, settings):
+        verdicts[verdict.run].append(verdict)
     for found in verdicts.values():
         found.sort(key=lambda v: (v.first_step, v.signal))
     return CrossSeedResult(dict(verdicts), dict(latest))

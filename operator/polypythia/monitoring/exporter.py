@@ -44,7 +44,7 @@ class _RunState:
     counters: dict[str, dict[tuple[str, ...], float]] = field(
         default_factory=lambda: defaultdict(dict)
     )
-    spike_kinds: dict[tuple[str, int], str] = field(default_factory=dict)
+    spike_kinds: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
     open_spikes: set[tuple[str, int]] = field(default_factory=set)
     closed_spikes: set[tuple[str, int]] = field(default_factory=set)
     unrecovered: set[tuple[str, int]] = field(default_factory=set)
@@ -125,8 +125,8 @@ class SweepExporter:
         self, run: RunLabels, events: Iterable[SpikeEvent], *, count: bool = True
     ) -> None:
         """Spike events of the run. Each spike is counted once, from its ``open`` event,
-        under that event's ``kind`` (pass events settled by ``CommonModeTracker`` where
-        runs share a data order, as ``CommonModeSpikes`` does); closing events end
+        under that event's ``kind`` and ``cause`` (pass events settled by
+        ``CommonModeTracker``, as ``CommonModeSpikes`` does); closing events end
         ``spike_in_progress``. ``count=False``: open events only start
         ``spike_in_progress`` (the kind is not settled yet; alerts must not wait)."""
         with self._lock:
@@ -135,7 +135,7 @@ class SweepExporter:
                 key = (e.signal, e.onset_step)
                 if e.status == "open":
                     if count:
-                        st.spike_kinds.setdefault(key, e.kind)
+                        st.spike_kinds.setdefault(key, (e.kind, e.cause))
                     if key not in st.closed_spikes:
                         st.open_spikes.add(key)
                 else:
@@ -247,11 +247,11 @@ class SweepExporter:
                 for name, values in st.counters.items():
                     for extra, value in values.items():
                         families[name].add_metric([*run, *extra], value)
-                counts: dict[tuple[str, str], int] = defaultdict(int)
-                for key, kind in st.spike_kinds.items():
-                    counts[(key[0], kind)] += 1
-                for (signal, kind), n in sorted(counts.items()):
-                    families["polypythia_spikes_total"].add_metric([*run, signal, kind], n)
+                counts: dict[tuple[str, str, str], int] = defaultdict(int)
+                for key, (kind, cause) in st.spike_kinds.items():
+                    counts[(key[0], kind, cause)] += 1
+                for (signal, kind, cause), n in sorted(counts.items()):
+                    families["polypythia_spikes_total"].add_metric([*run, signal, kind, cause], n)
                 signals = {k[0] for k in (*st.spike_kinds, *st.closed_spikes, *st.open_spikes)}
                 for signal in sorted(signals):
                     active = any(k[0] == signal for k in st.open_spikes)
@@ -278,12 +278,12 @@ class SweepExporter:
 
 
 class CommonModeSpikes:
-    """A sweep's spike events into a ``SweepExporter``, counted as data-driven or
-    seed-specific by a ``CommonModeTracker``.
+    """A sweep's spike events into a ``SweepExporter``, counted as common-mode (with a
+    cause) or seed-specific by a ``CommonModeTracker``.
 
     A spike shows in ``spike_in_progress`` at once, but enters ``spikes_total`` only
-    when its kind is certain: every run sharing its data order has passed its onset or
-    ended (a counter cannot move between kinds later). The kind depends only on the
+    when its kind is certain: every run of the sweep has passed its onset or ended (a
+    counter cannot move between kinds later). The kind depends only on the
     runs' telemetry, so a restarted monitor fed the history from storage counts the
     same spikes under the same kinds.
     """

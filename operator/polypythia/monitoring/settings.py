@@ -97,7 +97,7 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
     opath = f"{_PATH}.outliers"
     try:
         outliers = OutlierSettings(
-            threshold=_get(out_block, "threshold", float, opath, o.threshold),
+            false_alarm_rate=_get(out_block, "falseAlarmRate", float, opath, o.false_alarm_rate),
             consecutive=_get(out_block, "consecutive", int, opath, o.consecutive),
             signals=_signals(
                 out_block.get("signals", list(o.signals)),

@@ -40,7 +40,9 @@ from typing import Literal
 import numpy as np
 
 Signal = Literal["loss", "grad_norm"]
-Kind = Literal["seed-specific", "data-driven"]
+Kind = Literal["seed-specific", "common-mode"]
+# Why a common-mode spike hit many runs (see common_mode.py); "none" for seed-specific ones.
+Cause = Literal["none", "data", "schedule-or-system", "unknown"]
 Status = Literal["open", "recovered", "unrecovered"]
 
 SIGNALS: tuple[str, ...] = ("loss", "grad_norm")
@@ -110,6 +112,7 @@ class SpikeEvent:
     kind: Kind = "seed-specific"
     status: Status = "open"
     precursor_step: int | None = None
+    cause: Cause = "none"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe form (non-finite numbers become null)."""
@@ -650,6 +653,6 @@ class RunSpikeDetector:
         return found
 
 
-def with_kind(event: SpikeEvent, kind: Kind) -> SpikeEvent:
+def with_kind(event: SpikeEvent, kind: Kind, cause: Cause = "none") -> SpikeEvent:
     """The same spike, relabelled (common-mode classification)."""
-    return replace(event, kind=kind)
+    return replace(event, kind=kind, cause=cause)
