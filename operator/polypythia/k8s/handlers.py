@@ -199,7 +199,7 @@ class Operator:
             [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
         )
         await self._apply(body, ns, outcome.actions)
-        self._export(sweep, outcome.status)
+        self._export(sweep, plan, outcome.status)
         if _changed(previous, outcome.status):
             await self._run(self._patch_status, ns, name, outcome.status)
             state.written = (obj["metadata"].get("resourceVersion"), outcome.status)
@@ -309,10 +309,13 @@ class Operator:
             if exc.status != 404:
                 raise
 
-    def _export(self, sweep: object, status: dict) -> None:
+    def _export(self, sweep: object, plan: list[planner.RunPlan], status: dict) -> None:
         exporter = self.config.exporter
+        keys = {r.name: r.key for r in plan}
         for row in status.get("runs", []):
-            labels = RunLabels(sweep.namespace, sweep.name, row["size"], str(row["seed"]))
+            if row["name"] not in keys:
+                continue
+            labels = RunLabels.of(sweep.namespace, keys[row["name"]])
             exporter.set_phase(labels, row["phase"])
             exporter.set_progress(
                 labels,

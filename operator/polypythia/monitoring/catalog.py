@@ -15,7 +15,7 @@ from typing import Literal
 
 MetricType = Literal["gauge", "counter", "histogram"]
 
-RUN_LABELS: tuple[str, ...] = ("namespace", "sweep", "size", "seed")
+RUN_LABELS: tuple[str, ...] = ("namespace", "sweep", "size", "seed", "init", "run")
 SWEEP_LABELS: tuple[str, ...] = ("namespace", "sweep")
 # Every label any metric may carry; each has a bounded set of values.
 LABELS: dict[str, str] = {
@@ -23,6 +23,8 @@ LABELS: dict[str, str] = {
     "sweep": "sweep name",
     "size": "model size preset (e.g. `410m`)",
     "seed": "run seed",
+    "init": "initialisation strategy name of the run (`pythia` unless the sweep sets `inits`)",
+    "run": "run name, unique in the sweep (`<sweep>-<size>-s<seed>[-<init>]`)",
     "signal": "`loss` or `grad_norm` (spikes); `loss` or `eval` (outliers)",
     "kind": "`seed-specific` or `data-driven` (common mode across runs sharing a data order)",
     "task": "evaluation task",

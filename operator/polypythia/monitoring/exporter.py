@@ -23,17 +23,26 @@ from prometheus_client.exposition import start_http_server
 from polypythia.monitoring import catalog
 from polypythia.monitoring.common_mode import CommonModeTracker
 from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.runkey import RunKey
 
 SMOOTHING = 0.05
 
 
 class RunLabels(NamedTuple):
-    """The bounded identity of a run in every per-run series."""
+    """The bounded identity of a run in every per-run series (``catalog.RUN_LABELS``):
+    the init and the run name too, so runs differing only by init are apart."""
 
     namespace: str
     sweep: str
     size: str
     seed: str
+    init: str
+    run: str
+
+    @classmethod
+    def of(cls, namespace: str, key: RunKey) -> RunLabels:
+        """The labels of the run ``key`` in ``namespace``."""
+        return cls(**key.labels(namespace))
 
 
 @dataclass
