@@ -201,6 +201,10 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "keepResume": spec["checkpoints"]["keepResume"],
         },
         "telemetry": {"flushEvery": max(1, min(50, steps // 20 or 1))},
+        "metrics": {
+            "wandbProject": (spec.get("metrics") or {}).get("wandbProject"),
+            "wandbEntity": (spec.get("metrics") or {}).get("wandbEntity"),
+        },
         "storage": {
             "uri": base_uri,
             "endpoint": storage.get("endpoint"),
