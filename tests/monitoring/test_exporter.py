@@ -166,3 +166,18 @@ def test_runs_differing_only_by_init_are_separate_series():
         if name == "polypythia_sweep_runs" and dict(labels)["phase"] == "Running"
     ]
     assert running == [5.0]
+
+
+def test_heldout_loss_is_the_last_step_that_measured_one():
+    ex = SweepExporter()
+    ex.observe_telemetry(
+        RUN,
+        [
+            {"step": 1, "loss": 4.0, "heldout_loss": 4.4},
+            {"step": 2, "loss": 3.9, "heldout_loss": 4.2},
+            {"step": 3, "loss": 3.8},
+        ],
+    )
+    s = _samples(ex)
+    assert _value(s, "polypythia_run_heldout_loss") == 4.2
+    assert _value(s, "polypythia_run_loss") == 3.8

@@ -65,6 +65,11 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         "Exponential moving average of the training loss (weight 0.05 per step).",
     ),
+    _run(
+        "polypythia_run_heldout_loss",
+        "gauge",
+        "Held-out loss of the last step that measured one (telemetry field `heldout_loss`).",
+    ),
     _run("polypythia_run_grad_norm", "gauge", "Gradient norm (before clipping) of the last step."),
     _run("polypythia_run_step", "gauge", "Last optimiser step completed."),
     _run(

@@ -108,7 +108,11 @@ class SweepExporter:
         with self._lock:
             st = self._state(run)
             last: Mapping[str, Any] | None = None
+            heldout: float | None = None
             for rec in records:
+                value = rec.get("heldout_loss")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    heldout = float(value)
                 loss = rec.get("loss")
                 if isinstance(loss, (int, float)) and math.isfinite(loss):
                     prev = st.smoothed
@@ -129,6 +133,8 @@ class SweepExporter:
                     g[name][()] = float(value)
             if st.smoothed is not None:
                 g["polypythia_run_loss_smoothed"][()] = st.smoothed
+            if heldout is not None:
+                g["polypythia_run_heldout_loss"][()] = heldout
 
     def observe_spikes(
         self, run: RunLabels, events: Iterable[SpikeEvent], *, count: bool = True
