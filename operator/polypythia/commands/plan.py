@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from polypythia import __version__, estimate, planner
 from polypythia.argtypes import float_in
@@ -61,7 +62,18 @@ def main(args: argparse.Namespace) -> int:
     sweep = load_sweep_file(args.sweep)
     if args.namespace:
         sweep = type(sweep)(**{**sweep.__dict__, "namespace": args.namespace})
-    runs = planner.plan_sweep(sweep)
+    base_uri = None
+    if not sweep.spec["storage"].get("bucket"):
+        # No bucket: the runs live where `polypythia run` would put them (its --workdir).
+        workdir = Path(os.environ.get("POLYPYTHIA_WORKDIR", "polypythia-work"))
+        base_uri = str((workdir / "store").resolve())
+        if args.output == "yaml":
+            print(
+                f"{args.sweep}: warning: spec.storage.bucket is unset, so these RayJobs "
+                f"would write to {base_uri} inside their pods; set spec.storage.bucket",
+                file=sys.stderr,
+            )
+    runs = planner.plan_sweep(sweep, base_uri=base_uri)
     assumptions = estimate.Assumptions.build(args.device, args.mfu, args.peak_tflops)
     cost = estimate.estimate_sweep(sweep.spec, runs, assumptions)
     if args.output == "json":

@@ -43,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         default=9400,
-        help="Prometheus endpoint on 127.0.0.1 while it runs (0: any free port; -1: off)",
+        help="Prometheus endpoint on 127.0.0.1 while it runs (0: any free port; -1: off; "
+        "default: %(default)s)",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip evaluation of checkpoints")
     parser.add_argument(
