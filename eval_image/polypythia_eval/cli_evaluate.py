@@ -34,26 +34,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-evaluate evaluated steps")
     parser.add_argument("--limit", type=_positive, default=None, help="items per task")
-    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=8,
+        help="sequences per forward pass (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--workdir", type=Path, default=None, help="where task data goes")
     parser.add_argument(
         "--pairs",
         type=_positive,
         default=OfflineItems.pairs_per_phenomenon,
-        help="minimal pairs generated per phenomenon",
+        help="minimal pairs generated per phenomenon (default: %(default)s)",
     )
-    parser.add_argument("--cloze-items", type=_positive, default=OfflineItems.cloze)
+    parser.add_argument(
+        "--cloze-items",
+        type=_positive,
+        default=OfflineItems.cloze,
+        help="cloze items generated (default: %(default)s)",
+    )
     parser.add_argument(
         "--fit-sample",
         type=_positive,
         default=StatsConfig.fit_sample_size,
-        help="weights sampled per distribution fit",
+        help="weights sampled per distribution fit (default: %(default)s)",
     )
-    parser.add_argument("--no-weight-stats", action="store_true")
+    parser.add_argument("--no-weight-stats", action="store_true", help="skip the weight statistics")
     parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:

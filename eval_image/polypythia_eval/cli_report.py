@@ -16,14 +16,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sweep folder (local path or s3://bucket/prefix/<sweep>) or a folder of "
         "lm-eval result files (<model>/.../*step<N>.json)",
     )
-    parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=Path("report"), help="output folder (default: %(default)s)"
+    )
     parser.add_argument(
         "--pythia-evals", default=None, help="folder of Pythia lm-eval files to show alongside"
     )
-    parser.add_argument("--title", default=None)
+    parser.add_argument("--title", default=None, help="report title (default: the sweep name)")
     parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,13 +12,20 @@ import numpy as np
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.tables import format_table
+from polypythia.output import FORMATS, camel_keys, emit
 from polypythia_eval.tailfit import DEFAULT_SAMPLE, fit_tail
 from polypythia_eval.weightstats import tensor_kind
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="HF GPT-NeoX checkpoint folder")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default="table",
+        help="output format (default: %(default)s)",
+    )
     parser.add_argument(
         "--sample",
         type=int,
@@ -91,8 +98,8 @@ def main(args: argparse.Namespace) -> int:
     if args.sample < 8:
         raise UsageError(f"--sample: must be >= 8, got {args.sample}")
     rows = tensor_rows(load_state(folder), args.sample)
-    if args.output == "json":
-        print(json.dumps(rows, indent=2))
+    if args.output != "table":
+        emit(camel_keys(rows), args.output)
         return 0
     header = ["NAME", "KIND", "NUMEL", "NU", "NU_95%", "TAIL"]
     print(

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from polypythia.errors import UsageError
+from polypythia.metrics_sinks import MetricsProcessor, TensorBoardSink, store_put
+from polypythia.monitoring.eval_scores import task_scores
 from polypythia.storage import RunStore, StorageNotFound
 from polypythia_eval.offline_tasks import (
     OfflineItems,
@@ -242,6 +244,8 @@ def evaluate_run(
     if not todo:
         return summary
     identity = _identity(store)
+    # Scores as TensorBoard scalars at their checkpoint steps, beside the training curves.
+    board = MetricsProcessor([TensorBoardSink(store_put(store), attempt=0)])
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="polypythia-eval-") as tmp:
         workdir = Path(options.workdir) if options.workdir else Path(tmp)
@@ -274,6 +278,7 @@ def evaluate_run(
                 "finished": time.time(),
             }
             store.write_eval(step, result)
+            board.log_eval(step, task_scores(result))
             summary.evaluated.append(step)
             scores = ", ".join(
                 f"{task} {k.split(',')[0]}={v:.3f}"

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from polypythia import __version__
 from polypythia.errors import RuntimeFault, UsageError
 
 # name -> (module, one-line help)
@@ -41,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="polypythia", description="PolyPythias-style pre-training sweeps")
+    parser.add_argument("--version", action="version", version=f"polypythia {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from polypythia import crd, presets
+from polypythia.runkey import RunKey
 from polypythia.spec import Sweep, resources_for
 
 MAX_RUN_NAME = 42  # 47 (KubeRay) minus room for a retry suffix `-r<N>`
@@ -31,6 +32,11 @@ class RunPlan:
     order: int
     config: dict
     requires: str | None = None
+
+    @property
+    def key(self) -> RunKey:
+        """The run's identity (sweep, size, seed, init, name) for labels and rows."""
+        return RunKey(self.config["sweep"], self.size, self.seed, self.init, self.name)
 
 
 def pythia_checkpoint_steps(steps: int, count: int = PYTHIA_CHECKPOINT_COUNT) -> list[int]:
@@ -245,6 +251,10 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "keepResume": spec["checkpoints"]["keepResume"],
         },
         "telemetry": {"flushEvery": max(1, min(50, steps // 20 or 1))},
+        "metrics": {
+            "wandbProject": (spec.get("metrics") or {}).get("wandbProject"),
+            "wandbEntity": (spec.get("metrics") or {}).get("wandbEntity"),
+        },
         "storage": {
             "uri": base_uri,
             "endpoint": storage.get("endpoint"),

@@ -32,17 +32,17 @@ def test_spikes_json_from_csv_with_several_runs(tmp_path, capsys):
     _write_csv(path, runs)
     assert main(["spikes", str(path), "-o", "json", "--signals", "loss"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(o["run"], o["onset_step"]) for o in out] == [("a", p.step) for p in runs["a"].planted]
+    assert [(o["run"], o["onsetStep"]) for o in out] == [("a", p.step) for p in runs["a"].planted]
     assert set(out[0]) >= {
         "run",
         "signal",
-        "onset_step",
-        "peak_step",
+        "onsetStep",
+        "peakStep",
         "magnitude",
-        "recovery_step",
+        "recoveryStep",
         "kind",
     }
-    assert all(o["recovery_step"] and o["kind"] == "seed-specific" for o in out)
+    assert all(o["recoveryStep"] and o["kind"] == "seed-specific" for o in out)
 
 
 def test_spikes_shared_by_most_runs_are_common_mode_without_a_data_order(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_spikes_shared_by_most_runs_are_common_mode_without_a_data_order(tmp_pat
     _write_csv(path, runs)
     assert main(["spikes", str(path), "-o", "json", "--signals", "loss"]) == 0
     out = {
-        (o["run"], o["onset_step"]): (o["kind"], o["cause"])
+        (o["run"], o["onsetStep"]): (o["kind"], o["cause"])
         for o in json.loads(capsys.readouterr().out)
     }
     assert out == {(f"r{i}", 2_500): ("common-mode", "unknown") for i in range(4)} | {
@@ -117,7 +117,7 @@ def test_bad_files_name_line_and_column_and_exit_2(tmp_path, content, message):
 def test_outliers_on_polypythias_training_maps(capsys):
     assert main(["outliers", str(MAPS), "-o", "json", "--value-column", "score"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(o["run"], o["signal"], o["first_step"]) for o in out] == [
+    assert [(o["run"], o["signal"], o["firstStep"]) for o in out] == [
         ("3", "score", 83000),
         ("4", "score", 123000),
     ]
@@ -142,6 +142,6 @@ def test_outliers_jsonl_loss_direction_and_bad_column(tmp_path, capsys):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     assert main(["outliers", str(path), "-o", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(o["group"], o["run"], o["first_step"]) for o in out] == [("70m", "s2", 2000)]
+    assert [(o["group"], o["run"], o["firstStep"]) for o in out] == [("70m", "s2", 2000)]
     assert main(["outliers", str(path), "--value-column", "acc"]) == 2
     assert "--value-column 'acc': no such column" in capsys.readouterr().err

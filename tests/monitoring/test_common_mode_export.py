@@ -35,7 +35,7 @@ def _histories(sweep: str) -> dict[str, History]:
 
 def _labels(sweep: str, run: str) -> RunLabels:
     size, seed = run.removeprefix(f"{sweep}-").split("-s")
-    return RunLabels("default", sweep, size, seed)
+    return RunLabels("default", sweep, size, seed, "pythia", run)
 
 
 def _spike_counts(ex: SweepExporter) -> dict[tuple[str, str, str, str, str], float]:

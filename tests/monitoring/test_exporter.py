@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from polypythia import planner
 from polypythia.monitoring import catalog
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import RunSpikeDetector
 from polypythia.monitoring.synthetic import make_history
+from polypythia.spec import load_sweep_file
 from support.prometheus import promtool
 
-RUN = RunLabels("default", "tiny", "nano", "0")
-OTHER = RunLabels("default", "other", "nano", "1")
+RUN = RunLabels("default", "tiny", "nano", "0", "pythia", "tiny-nano-s0")
+OTHER = RunLabels("default", "other", "nano", "1", "pythia", "other-nano-s1")
+INIT_STUDY = Path(__file__).resolve().parents[2] / "manifests/examples/sweep-init-study.yaml"
 
 
 def _fill(ex: SweepExporter, run: RunLabels) -> None:
@@ -136,6 +140,48 @@ def test_serve_answers_scrapes():
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
             body = r.read().decode()
-        assert 'polypythia_run_step{namespace="default",seed="0",size="nano",sweep="tiny"}' in body
+        assert (
+            'polypythia_run_step{init="pythia",namespace="default",run="tiny-nano-s0",'
+            'seed="0",size="nano",sweep="tiny"}'
+        ) in body
     finally:
         server.close()
+
+
+def test_runs_differing_only_by_init_are_separate_series():
+    """The init-study example runs seed 0 of `nano` under five inits: five loss series,
+    each with its own value, none overwriting another."""
+    sweep = load_sweep_file(str(INIT_STUDY))
+    seed0 = [r for r in planner.plan_sweep(sweep) if r.seed == 0]
+    assert len({(r.size, r.seed) for r in seed0}) == 1 and len(seed0) == 5
+    ex = SweepExporter()
+    for i, plan in enumerate(seed0):
+        ex.observe_telemetry(RunLabels.of("default", plan.key), [{"step": 10, "loss": 5.0 + i}])
+        ex.set_phase(RunLabels.of("default", plan.key), "Running")
+    losses = {
+        (dict(labels)["init"], dict(labels)["run"]): value
+        for (name, labels), value in _samples(ex).items()
+        if name == "polypythia_run_loss"
+    }
+    assert losses == {(r.init, r.name): 5.0 + i for i, r in enumerate(seed0)}
+    running = [
+        v
+        for (name, labels), v in _samples(ex).items()
+        if name == "polypythia_sweep_runs" and dict(labels)["phase"] == "Running"
+    ]
+    assert running == [5.0]
+
+
+def test_heldout_loss_is_the_last_step_that_measured_one():
+    ex = SweepExporter()
+    ex.observe_telemetry(
+        RUN,
+        [
+            {"step": 1, "loss": 4.0, "heldout_loss": 4.4},
+            {"step": 2, "loss": 3.9, "heldout_loss": 4.2},
+            {"step": 3, "loss": 3.8},
+        ],
+    )
+    s = _samples(ex)
+    assert _value(s, "polypythia_run_heldout_loss") == 4.2
+    assert _value(s, "polypythia_run_loss") == 3.8

@@ -38,8 +38,8 @@ def _loss_alerts(prom):
 def test_spike_counter_and_alert_state_in_prometheus():
     h = make_history(6_000, seed=21, spikes=1)
     onset = h.planted[0].step
-    run = RunLabels("default", "e2e", "nano", "0")
-    quiet = RunLabels("default", "e2e", "nano", "1")
+    run = RunLabels("default", "e2e", "nano", "0", "pythia", "e2e-nano-s0")
+    quiet = RunLabels("default", "e2e", "nano", "1", "pythia", "e2e-nano-s1")
     ex = SweepExporter()
     for r in (run, quiet):
         ex.set_phase(r, "Running")

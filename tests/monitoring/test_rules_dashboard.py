@@ -111,10 +111,71 @@ def test_dashboard_has_what_grafana_needs():
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for word in ("loss", "gradient norm", "spike", "outlier", "evaluation", "phase", "throughput"):
         assert word in titles
-    assert any("polypythia_spikes_total" in a["expr"] for a in dash["annotations"]["list"])
-    for name in ("sweep", "size"):
+    # Spikes are marked while they happen (onset to recovery), not when a counter settles.
+    loss_spikes = next(a for a in dash["annotations"]["list"] if a["name"] == "Loss spikes")
+    assert "polypythia_spike_in_progress" in loss_spikes["expr"]
+    assert "polypythia_spikes_total" not in loss_spikes["expr"]
+    for name in ("namespace", "sweep", "size", "task"):
         names = _metric_names(variables[name]["query"]["query"])
         assert names and names <= catalog.series_names()
+
+
+def _panels(dash: dict, kind: str) -> list[dict]:
+    return [p for p in dash["panels"] if p["type"] == kind]
+
+
+def test_every_per_run_query_is_scoped_to_the_namespace_variable():
+    dash = json.loads(DASHBOARD.read_text())
+    for expr in _dashboard_exprs(dash):
+        if "$sweep" in expr:
+            assert 'namespace=~"$namespace"' in expr, expr
+    for legend in (t.get("legendFormat", "") for p in dash["panels"] for t in p.get("targets", [])):
+        assert "s{{seed}}" not in legend  # runs differing only by init would share a legend
+
+
+def test_loss_is_overlaid_by_training_step_per_size():
+    """An XY chart per size: loss (train, held-out) against the step series of the same run,
+    joined by time and labels, one series per run."""
+    dash = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in _panels(dash, "xychart") if p["title"].startswith("Loss by step")]
+    assert panel["repeat"] == "size" and panel["options"]["dims"]["x"] == "step"
+    names = [_metric_names(t["expr"]) for t in panel["targets"]]
+    assert names == [
+        {"polypythia_run_loss"},
+        {"polypythia_run_step"},
+        {"polypythia_run_heldout_loss"},
+    ]
+    assert all(t["format"] == "table" for t in panel["targets"])
+    steps = [t["id"] for t in panel["transformations"]]
+    assert steps == ["merge", "organize", "partitionByValues"]
+    renamed = panel["transformations"][1]["options"]["renameByName"]
+    assert renamed["Value #B"] == "step" and renamed["Value #A"] == "train loss"
+    assert panel["transformations"][2]["options"]["fields"] == ["run"]
+
+
+def test_evaluation_panels_keep_accuracy_and_perplexity_apart_by_step():
+    dash = json.loads(DASHBOARD.read_text())
+    xy = {p["title"]: p for p in _panels(dash, "xychart")}
+    headline = xy["Evaluation $task: headline score by step"]
+    perplexity = xy["Evaluation perplexity by step"]
+    head_exprs = " ".join(t["expr"] for t in headline["targets"])
+    assert 'metric="acc"' in head_exprs and "perplexity" not in head_exprs
+    assert all('metric="perplexity"' in t["expr"] for t in perplexity["targets"])
+    assert "sample_len" not in json.dumps(dash)
+    for panel in (headline, perplexity):
+        assert panel["options"]["dims"]["x"] == "step"
+        assert "polypythia_eval_step" in panel["targets"][1]["expr"]
+    assert perplexity["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log"
+
+
+def test_operator_health_row_watches_reconcile_passes():
+    dash = json.loads(DASHBOARD.read_text())
+    rows = [p["title"] for p in _panels(dash, "row")]
+    assert "Operator health" in rows
+    after = dash["panels"][[p["title"] for p in dash["panels"]].index("Operator health") + 1 :]
+    exprs = " ".join(t["expr"] for p in after for t in p.get("targets", []))
+    assert "polypythia_reconcile_duration_seconds_bucket" in exprs
+    assert "polypythia_reconcile_errors_total" in exprs
 
 
 def test_every_dashboard_query_parses_and_uses_catalogue_names(tmp_path):

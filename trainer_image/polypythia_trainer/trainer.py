@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from polypythia.metrics_sinks import build_processor
 from polypythia.storage import CheckpointDamaged
 from polypythia.storage.lease import check_lease
 from polypythia_trainer import checkpoint as ckpt
@@ -113,6 +114,18 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.module.config, training.sequence_length)
         self.peak_flops = device_peak_flops(device)
         self.buffer = TelemetryBuffer(self._write_telemetry, cfg.flush_every)
+        # TensorBoard files beside the telemetry (and W&B if asked): rank 0 writes storage.
+        self.metrics = (
+            build_processor(
+                store,
+                cfg.raw,
+                attempt=self.attempt,
+                work_dir=self.work_dir,
+                resumed_from=resume_step,
+            )
+            if rank == 0
+            else None
+        )
 
     # collectives
 
@@ -338,6 +351,8 @@ class Trainer:
     def _write_telemetry(self, records: list[dict]) -> None:
         if self.rank == 0:
             self.store.append_telemetry(records, self.attempt)
+            if self.metrics is not None:
+                self.metrics.log_records(records)
 
     def train(self, should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Run to ``training.steps`` or until a stop is requested (on any rank)."""
@@ -371,5 +386,8 @@ class Trainer:
     def close(self) -> None:
         """Flush telemetry and drop hooks; the process group belongs to the caller."""
         self.buffer.flush()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.probe is not None:
             self.probe.remove()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from polypythia import presets
+from polypythia.output import FORMATS, emit
 from polypythia.tables import render_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default="table",
+        help="table, or json/yaml with camelCase keys (default: %(default)s)",
+    )
 
 
 def rows() -> list[dict]:
@@ -35,8 +41,8 @@ def rows() -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     table = rows()
-    if args.output == "json":
-        print(json.dumps(table, indent=2))
+    if args.output != "table":
+        emit(table, args.output)
         return 0
     headers = ["NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "PARAMETERS", "PUBLISHED"]
     print(

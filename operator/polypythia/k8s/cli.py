@@ -16,26 +16,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scope.add_argument(
         "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
     )
-    parser.add_argument("--metrics-port", type=int, default=8000, help="port of /metrics (0: off)")
-    parser.add_argument("--liveness-port", type=int, default=8080, help="port of /healthz (0: off)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8000,
+        help="port of /metrics (0: off; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--liveness-port",
+        type=int,
+        default=8080,
+        help="port of /healthz (0: off; default: %(default)s)",
+    )
     parser.add_argument(
         "--poll-interval",
         type=float,
         default=float(os.environ.get("POLYPYTHIA_POLL_INTERVAL", "10")),
-        help="seconds between passes over a sweep (storage polling) [10]",
+        help="seconds between passes over a sweep (storage polling; default: "
+        "$POLYPYTHIA_POLL_INTERVAL or 10, here %(default)s)",
     )
-    parser.add_argument("--bind", default="0.0.0.0", help="address of /metrics and /healthz")
+    parser.add_argument(
+        "--bind", default="0.0.0.0", help="address of /metrics and /healthz (default: %(default)s)"
+    )
     parser.add_argument(
         "--cluster-ttl-seconds",
         type=int,
         default=int(os.environ.get("POLYPYTHIA_RAYJOB_TTL_SECONDS", "0")),
-        help="seconds KubeRay keeps a finished run's RayCluster (GPUs) before deleting it [0]",
+        help="seconds KubeRay keeps a finished run's RayCluster (GPUs) before deleting it (default: %(default)s)",
     )
     parser.add_argument(
         "--idle-interval",
         type=float,
         default=float(os.environ.get("POLYPYTHIA_IDLE_INTERVAL", "3600")),
-        help="seconds between passes over a settled (Complete/Failed/Invalid) sweep [3600]",
+        help="seconds between passes over a settled (Complete/Failed/Invalid) sweep (default: %(default)s)",
     )
     parser.add_argument(
         "--read-sweep-secrets",

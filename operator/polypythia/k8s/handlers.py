@@ -361,7 +361,7 @@ class Operator:
         finally:
             # Written whatever happened to the calls: a refused create must show.
             status = R.with_refusals(status, refusals, previous, now, sweep.generation)
-            self._export(sweep, status)
+            self._export(sweep, plan, status)
             state.settled = status.get("phase") in SETTLED and not (
                 status.get("evaluations") or {}
             ).get("running")
@@ -504,10 +504,13 @@ class Operator:
             if exc.status != 404:
                 raise
 
-    def _export(self, sweep: object, status: dict) -> None:
+    def _export(self, sweep: object, plan: list[planner.RunPlan], status: dict) -> None:
         exporter = self.config.exporter
+        keys = {r.name: r.key for r in plan}
         for row in status.get("runs", []):
-            labels = RunLabels(sweep.namespace, sweep.name, row["size"], str(row["seed"]))
+            if row["name"] not in keys:
+                continue
+            labels = RunLabels.of(sweep.namespace, keys[row["name"]])
             exporter.set_phase(labels, row["phase"])
             exporter.set_progress(
                 labels,

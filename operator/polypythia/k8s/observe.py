@@ -263,4 +263,4 @@ class SweepObserver:
                     self.exporter.set_outlier(self._labels(sweep, r), signal, z, flagged)
 
     def _labels(self, sweep: Sweep, run: RunPlan) -> RunLabels:
-        return RunLabels(sweep.namespace, sweep.name, run.size, str(run.seed))
+        return RunLabels.of(sweep.namespace, run.key)

@@ -705,6 +705,7 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         "name": run.plan.name,
         "size": run.plan.size,
         "seed": run.plan.seed,
+        "init": run.plan.init,
         "phase": run.state,
         "attempt": run.attempt,
         "retries": max(0, run.attempt - run.job_rewinds - run.preemptions),

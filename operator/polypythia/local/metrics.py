@@ -31,7 +31,7 @@ class LocalExporter:
         self._exported: dict[str, set[int]] = {}
 
     def labels(self, run: RunState) -> RunLabels:
-        return RunLabels(self.sweep.namespace, self.sweep.name, run.plan.size, str(run.plan.seed))
+        return RunLabels.of(self.sweep.namespace, run.plan.key)
 
     def observe_records(self, run: RunState, records: list[dict], events: list[SpikeEvent]) -> None:
         labels = self.labels(run)

@@ -15,7 +15,7 @@ from typing import Literal
 
 MetricType = Literal["gauge", "counter", "histogram"]
 
-RUN_LABELS: tuple[str, ...] = ("namespace", "sweep", "size", "seed")
+RUN_LABELS: tuple[str, ...] = ("namespace", "sweep", "size", "seed", "init", "run")
 SWEEP_LABELS: tuple[str, ...] = ("namespace", "sweep")
 # Every label any metric may carry; each has a bounded set of values.
 LABELS: dict[str, str] = {
@@ -23,6 +23,8 @@ LABELS: dict[str, str] = {
     "sweep": "sweep name",
     "size": "model size preset (e.g. `410m`)",
     "seed": "run seed",
+    "init": "initialisation strategy name of the run (`pythia` unless the sweep sets `inits`)",
+    "run": "run name, unique in the sweep (`<sweep>-<size>-s<seed>[-<init>]`)",
     "signal": "`loss` or `grad_norm` (spikes); `loss` or `eval` (outliers)",
     "kind": "`seed-specific` or `common-mode` (most runs, or most runs of a data order, spiked at that step)",
     "cause": "why a common-mode spike happened: `data` (shared data order), `schedule-or-system` (different orders), `unknown`; `none` for seed-specific",
@@ -63,6 +65,11 @@ METRICS: tuple[Metric, ...] = (
         "polypythia_run_loss_smoothed",
         "gauge",
         "Exponential moving average of the training loss (weight 0.05 per step).",
+    ),
+    _run(
+        "polypythia_run_heldout_loss",
+        "gauge",
+        "Held-out loss of the last step that measured one (telemetry field `heldout_loss`).",
     ),
     _run("polypythia_run_grad_norm", "gauge", "Gradient norm (before clipping) of the last step."),
     _run("polypythia_run_step", "gauge", "Last optimiser step completed."),

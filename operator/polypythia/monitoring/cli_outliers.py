@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import defaultdict
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.outliers import OutlierSettings, Point, find_outliers
 from polypythia.monitoring.tables import columns, format_table, integer, number, read_rows, text
+from polypythia.output import FORMATS, camel_keys, emit
 
 _HIGH_IS_BAD = ("loss", "perplexity", "ppl", "bpb")
 # More distinct steps than this per run is a per-step log, not checkpoint values.
@@ -19,19 +19,29 @@ MAX_STEPS_PER_RUN = 300
 def configure(parser: argparse.ArgumentParser) -> None:
     d = OutlierSettings()
     parser.add_argument("file", metavar="FILE", help="CSV, TSV or JSONL: step, seed or run, value")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default="table",
+        help="table, or json/yaml with camelCase keys (default: %(default)s)",
+    )
     parser.add_argument(
         "--value-column",
         default=None,
         help="column to compare (default: the first of value, score, loss)",
     )
-    parser.add_argument("--run-column", default=None, help="default: run, else seed")
+    parser.add_argument(
+        "--run-column", default=None, help="column naming the run (default: run, else seed)"
+    )
     parser.add_argument(
         "--group-column",
         default=None,
         help="runs are compared within a group (default: size if present)",
     )
-    parser.add_argument("--step-column", default="step")
+    parser.add_argument(
+        "--step-column", default="step", help="column of the checkpoint step (default: %(default)s)"
+    )
     parser.add_argument(
         "--direction",
         choices=["low", "high", "both"],
@@ -51,8 +61,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="average each run's values over blocks of N steps (for per-step logs)",
     )
-    parser.add_argument("--consecutive", type=int, default=d.consecutive)
-    parser.add_argument("--min-runs", type=int, default=d.min_runs)
+    parser.add_argument(
+        "--consecutive",
+        type=int,
+        default=d.consecutive,
+        help="off checkpoints in a row that make a run an outlier (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-runs",
+        type=int,
+        default=d.min_runs,
+        help="fewest runs in a group for a comparison (default: %(default)s)",
+    )
 
 
 def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], what: str) -> str:
@@ -102,8 +122,8 @@ def main(args: argparse.Namespace) -> int:
         "high" if any(k in value_col.lower() for k in _HIGH_IS_BAD) else "low"
     )
     verdicts = find_outliers(points, value_col, settings, direction)
-    if args.output == "json":
-        print(json.dumps([v.to_dict() for v in verdicts], indent=2))
+    if args.output != "table":
+        emit([camel_keys(v.to_dict()) for v in verdicts], args.output)
         return 0
     if not verdicts:
         print("no outlier runs")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,36 +10,97 @@ from polypythia.errors import UsageError
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
 from polypythia.monitoring.tables import format_table, integer, number, read_rows, text
+from polypythia.output import FORMATS, camel_keys, emit
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     d = SpikeSettings()
     parser.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV or JSONL (telemetry)")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default="table",
+        help="table, or json/yaml with camelCase keys (default: %(default)s)",
+    )
     parser.add_argument(
         "--run-column",
         default="run",
-        help="column naming the run (default: run; "
+        help="column naming the run (default: %(default)s; "
         "without it each file is one run named after the file)",
     )
-    parser.add_argument("--step-column", default="step")
-    parser.add_argument("--loss-column", default="loss")
-    parser.add_argument("--grad-norm-column", default="grad_norm", help="used when present")
+    parser.add_argument(
+        "--step-column", default="step", help="column of the training step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--loss-column", default="loss", help="column of the loss (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grad-norm-column",
+        default="grad_norm",
+        help="column of the gradient norm, used when present (default: %(default)s)",
+    )
     parser.add_argument(
         "--data-order-column",
         default=None,
         help="column giving each run's data order: a common-mode spike's cause is then "
         "data (one shared order) or schedule-or-system (different orders)",
     )
-    parser.add_argument("--signals", default=",".join(d.signals), help="loss,grad_norm")
-    parser.add_argument("--window", type=int, default=d.window)
-    parser.add_argument("--threshold", type=float, default=d.threshold)
-    parser.add_argument("--min-history", type=int, default=d.min_history)
-    parser.add_argument("--score-window", type=int, default=d.score_window)
-    parser.add_argument("--score-threshold", type=float, default=d.score_threshold)
-    parser.add_argument("--recovery-steps", type=int, default=d.recovery_steps)
-    parser.add_argument("--common-mode-fraction", type=float, default=d.common_mode_fraction)
-    parser.add_argument("--common-mode-tolerance", type=int, default=d.common_mode_tolerance)
+    parser.add_argument(
+        "--signals",
+        default=",".join(d.signals),
+        help="signals to watch, comma-separated: loss, grad_norm (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=d.window,
+        help="steps in the rolling baseline (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help="a spike starts this many robust sd above the baseline (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-history",
+        type=int,
+        default=d.min_history,
+        help="steps of baseline needed before any spike is called (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--score-window",
+        type=int,
+        default=d.score_window,
+        help="steps in the OLMo 2 spike score (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=d.score_threshold,
+        help="sd from the rolling mean that counts towards the spike score (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--recovery-steps",
+        type=int,
+        default=d.recovery_steps,
+        help="a spike still above baseline this many steps after onset is unrecovered "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--common-mode-fraction",
+        type=float,
+        default=d.common_mode_fraction,
+        help="share of the runs of one data order spiking together that makes a spike "
+        "data-driven (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--common-mode-tolerance",
+        type=int,
+        default=d.common_mode_tolerance,
+        help="steps apart that still count as the same spike across runs (default: %(default)s)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> SpikeSettings:
@@ -109,8 +169,8 @@ def detect(args: argparse.Namespace) -> list[SpikeEvent]:
 
 def main(args: argparse.Namespace) -> int:
     events = detect(args)
-    if args.output == "json":
-        print(json.dumps([e.to_dict() for e in events], indent=2))
+    if args.output != "table":
+        emit([camel_keys(e.to_dict()) for e in events], args.output)
         return 0
     if not events:
         print("no spikes found")

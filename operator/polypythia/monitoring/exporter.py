@@ -23,17 +23,26 @@ from prometheus_client.exposition import start_http_server
 from polypythia.monitoring import catalog
 from polypythia.monitoring.common_mode import CommonModeTracker
 from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.runkey import RunKey
 
 SMOOTHING = 0.05
 
 
 class RunLabels(NamedTuple):
-    """The bounded identity of a run in every per-run series."""
+    """The bounded identity of a run in every per-run series (``catalog.RUN_LABELS``):
+    the init and the run name too, so runs differing only by init are apart."""
 
     namespace: str
     sweep: str
     size: str
     seed: str
+    init: str
+    run: str
+
+    @classmethod
+    def of(cls, namespace: str, key: RunKey) -> RunLabels:
+        """The labels of the run ``key`` in ``namespace``."""
+        return cls(**key.labels(namespace))
 
 
 @dataclass
@@ -99,7 +108,11 @@ class SweepExporter:
         with self._lock:
             st = self._state(run)
             last: Mapping[str, Any] | None = None
+            heldout: float | None = None
             for rec in records:
+                value = rec.get("heldout_loss")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    heldout = float(value)
                 loss = rec.get("loss")
                 if isinstance(loss, (int, float)) and math.isfinite(loss):
                     prev = st.smoothed
@@ -120,6 +133,8 @@ class SweepExporter:
                     g[name][()] = float(value)
             if st.smoothed is not None:
                 g["polypythia_run_loss_smoothed"][()] = st.smoothed
+            if heldout is not None:
+                g["polypythia_run_heldout_loss"][()] = heldout
 
     def observe_spikes(
         self, run: RunLabels, events: Iterable[SpikeEvent], *, count: bool = True

@@ -1,0 +1,98 @@
+"""Cost before launch: `plan` states tokens, FLOPs, hours, checkpoint bytes and evaluations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polypythia import estimate, planner, presets
+from polypythia.spec import load_sweep_file
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests/examples"
+POLYPYTHIAS = EXAMPLES / "sweep-polypythias.yaml"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polypythia.cli", *args], capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("size", [p.name for p in presets.PRESETS.values() if p.published_params])
+def test_parameter_count_from_the_model_block_is_pythias_published_count(size: str) -> None:
+    preset = presets.get(size)
+    assert estimate.parameter_count(preset.model_block()) == preset.published_params
+
+
+def test_flops_per_token_is_palms_formula_worked_by_hand_for_70m() -> None:
+    # N without the input embedding: 70,426,624 - 50,304 x 512 = 44,670,976.
+    # 6N = 268,025,856; 12 L d T = 12 x 6 x 512 x 2048 = 75,497,472.
+    assert estimate.flops_per_token(presets.get("70m").model_block(), 2048) == 343_523_328
+
+
+def test_plan_json_on_the_polypythias_example_states_tokens_and_tb_checkpoints() -> None:
+    result = _cli("plan", str(POLYPYTHIAS), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    cost = out["estimate"]
+    assert len(out["runs"]) == len(cost["runs"]) == cost["total"]["runs"] == 50
+    per_run = 143_000 * 1_024 * 2_048
+    assert {r["tokens"] for r in cost["runs"]} == {per_run}
+    assert cost["total"]["tokens"] == 50 * per_run
+    assert 1e12 < cost["total"]["checkpointBytes"] < 1e15
+    assert cost["total"]["flops"] == pytest.approx(sum(r["flops"] for r in cost["runs"]))
+    by_size = {r["size"]: r for r in cost["runs"]}
+    assert by_size["410m"]["parameters"] == 405_334_016
+    assert by_size["410m"]["checkpointBytes"] > 100 * by_size["410m"]["weightBytesPerCheckpoint"]
+    assert cost["mfu"] == 0.4 and cost["peakFlopsPerSecond"] == 989e12
+    hours = by_size["410m"]["flops"] / (989e12 * 0.4) / 3600
+    assert by_size["410m"]["acceleratorHours"] == pytest.approx(hours, abs=1e-3)
+
+
+def test_hours_follow_the_stated_device_and_mfu() -> None:
+    sweep = load_sweep_file(str(POLYPYTHIAS))
+    runs = [r for r in planner.plan_sweep(sweep) if r.size == "160m"][:1]
+    h100 = estimate.estimate_sweep(sweep.spec, runs, estimate.Assumptions.build("h100", 0.4))
+    a100 = estimate.estimate_sweep(sweep.spec, runs, estimate.Assumptions.build("a100", 0.2))
+    assert a100.accelerator_hours == pytest.approx(h100.accelerator_hours * 989 / 312 * 2)
+    assert a100.flops == h100.flops
+
+
+def test_optimiser_state_dominates_a_deepspeed_bf16_checkpoint() -> None:
+    """DeepSpeed bf16 saves a 16-bit module plus fp32 master weights and Adam moments."""
+    weights, optimiser = estimate.checkpoint_bytes_per_parameter(
+        {"strategy": "deepspeed", "precision": "bf16", "gpusPerWorker": 1}
+    )
+    assert (weights, optimiser) == (2, 12)
+    assert estimate.checkpoint_bytes_per_parameter(
+        {"strategy": "ddp", "precision": "auto", "gpusPerWorker": 0}
+    ) == (4, 8)
+
+
+def test_plan_table_ends_with_a_total_and_states_its_assumptions() -> None:
+    result = _cli("plan", str(EXAMPLES / "sweep-tiny.yaml"), "--device", "a100", "--mfu", "0.5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("TOTAL (6 runs)")
+    assert "50% MFU" in lines[-1] and "A100" in lines[-1]
+
+
+def test_bad_mfu_is_a_one_line_usage_error() -> None:
+    result = _cli("plan", str(EXAMPLES / "sweep-tiny.yaml"), "--mfu", "1.5")
+    assert result.returncode == 2
+    assert "--mfu: must be in (0, 1], got 1.5" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_warns_over_the_checkpoint_threshold() -> None:
+    big = _cli("validate", str(POLYPYTHIAS))
+    assert big.returncode == 0
+    assert "warning: checkpoints would take" in big.stderr and " TB " in big.stderr
+    tiny = _cli("validate", str(EXAMPLES / "sweep-tiny.yaml"))
+    assert tiny.returncode == 0 and "warning" not in tiny.stderr
+    lowered = _cli("validate", str(EXAMPLES / "sweep-tiny.yaml"), "--checkpoint-warn-tb", "1e-6")
+    assert "warning: checkpoints would take" in lowered.stderr
