@@ -220,3 +220,14 @@ def test_every_ignore_file_admits_the_same_context() -> None:
     texts = {p: p.read_text() for p in [REPO / ".dockerignore"] + [
         Path(str(path) + ".dockerignore") for path, _ in IMAGES.values()]}  # fmt: skip
     assert len(set(texts.values())) == 1, sorted(map(str, texts))
+
+
+def test_make_commands_in_the_images_page_are_real_targets() -> None:
+    text = (REPO / "docs" / "images.md").read_text()
+    commands = re.findall(r"^make ([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE)
+    assert len(commands) >= 6
+    for command in commands:
+        words = command.split()
+        targets = [w for w in words if "=" not in w]
+        variables = dict(w.split("=", 1) for w in words if "=" in w)
+        _make_dry_run(*targets, **variables)
