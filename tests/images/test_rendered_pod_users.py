@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dockerfiles import IMAGES, final_user
+from pending import PENDING_16
 from pod_to_podman import find_container, security
 
 from polypythia import planner
@@ -20,11 +21,6 @@ from polypythia.spec import load_sweep_file
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "polypythia"
-PENDING_16 = pytest.mark.xfail(
-    strict=True,
-    reason="#16 (pod users per image) not merged here: pods run as 1000:1000, "
-    "the trainer image is built for 1000:100 and the eval image for 10001:10001",
-)
 
 
 def _operator_pods() -> list[tuple[dict, str]]:
