@@ -64,7 +64,7 @@ def built(name: str) -> str:
     if not ENGINE:
         pytest.fail("no podman or docker on PATH: the image tests need one")
     image = image_of(name)
-    if engine("image", "inspect", image, timeout=60).returncode:
+    if engine("image", "inspect", image, timeout=600).returncode:
         pytest.fail(f"{image} is not built (make test-images builds it)")
     return image
 
