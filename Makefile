@@ -20,6 +20,8 @@ help:
 	@echo "make test    lint + the whole test suite (creates .venv, installs Prometheus)"
 	@echo "make bench   benchmarks, JSON lines"
 	@echo "make images  build the operator, trainer and eval images (needs Docker)"
+	@echo "make test-cluster  tests against a real control plane (builds it with Go once; docs/cluster-tests.md)"
+	@echo "make cluster-up / cluster-down  start / stop that control plane (.cluster/kubeconfig)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +68,7 @@ bench: install-dev
 	@for script in bench/bench_*.py; do PYTHONPATH=$(PYTHONPATH):$(CURDIR)/tests $(PY) $$script || exit 1; done
 
 -include mk/images.mk
+-include mk/cluster.mk
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) bench-results .pytest_cache
