@@ -716,7 +716,9 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
         "lastCheckpoint": max(obs.checkpoints)
         if obs and obs.checkpoints
         else prev.get("lastCheckpoint"),
-        "spikes": obs.spikes if obs else prev.get("spikes", 0),
+        # Spikes ever detected: never lower than status says, so an observer rebuilding after a
+        # restart (spikes count once their kind settles) cannot make one spike two Events.
+        "spikes": max(obs.spikes, prev.get("spikes", 0)) if obs else prev.get("spikes", 0),
         "outlier": obs.outlier if obs else prev.get("outlier", False),
         "outlierSignal": obs.outlier_signal if obs else prev.get("outlierSignal"),
         "outlierStep": obs.outlier_step if obs else prev.get("outlierStep"),
