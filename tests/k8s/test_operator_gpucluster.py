@@ -6,6 +6,8 @@ and the kubelet/eviction API (a training pod with a DisruptionTarget condition).
 
 from __future__ import annotations
 
+import time
+
 from k8s.harness import sweep_body
 from polypythia.k8s import labels as L
 
@@ -135,7 +137,9 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
         ),
     )
     assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
-    assert _events(cluster, ns, "APIRequestRefused")
+    cluster.wait_for("Event", lambda: _events(cluster, ns, "APIRequestRefused"))
+    time.sleep(2.0)  # four more passes, each refused the same way: still one Event
+    assert len(_events(cluster, ns, "APIRequestRefused")) == 1
     assert cluster.rayjobs(ns, sweep) == []
 
 
