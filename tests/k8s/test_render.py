@@ -248,7 +248,8 @@ def test_rewind_starts_the_new_attempt_only_after_the_old_rayjob_is_gone() -> No
     obs = {"sw-nano-s0": R.RunObservation(checkpoints=(5,), rewinds=(spike,))}
     plan = planner.plan_sweep(sweep)
     rewind = R.reconcile(sweep, plan, [job], [], first.status, obs, IMAGES, NOW)
-    assert [a.name for a in rewind.actions if isinstance(a, R.DeleteRayJob)] == ["sw-nano-s0"]
+    deletes = [a for a in rewind.actions if isinstance(a, R.DeleteRayJob)]
+    assert deletes == [R.DeleteRayJob("sw-nano-s0", foreground=True)]  # after its cluster
     assert _creates(rewind) == []
     row = next(r for r in rewind.status["runs"] if r["name"] == "sw-nano-s0")
     assert row["rewinding"] is True

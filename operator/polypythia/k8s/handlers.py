@@ -370,9 +370,11 @@ class Operator:
                         body, type="Warning", reason="APIRequestRefused", message=text[:1000]
                     )
             self._export(sweep, status)
-            state.settled = status.get("phase") in SETTLED and not (
-                status.get("evaluations") or {}
-            ).get("running")
+            state.settled = (
+                status.get("phase") in SETTLED
+                and not (status.get("evaluations") or {}).get("running")
+                and all(r.get("evaluationDone", True) for r in status.get("runs") or [])
+            )
             if _changed(previous, status):
                 await self._run(self._patch_status, ns, name, status)
                 state.written = (obj["metadata"].get("resourceVersion"), status)
@@ -484,7 +486,11 @@ class Operator:
                 self.batch.create_namespaced_job(ns, action.body)
             elif isinstance(action, R.DeleteRayJob):
                 self.custom.delete_namespaced_custom_object(
-                    *RAY[:2], ns, RAY[2], action.name, propagation_policy="Background"
+                    *RAY[:2],
+                    ns,
+                    RAY[2],
+                    action.name,
+                    propagation_policy="Foreground" if action.foreground else "Background",
                 )
             elif isinstance(action, R.DeleteEvalJob):
                 self.batch.delete_namespaced_job(action.name, ns, propagation_policy="Background")

@@ -52,6 +52,9 @@ class CreateRayJob:
 @dataclass(frozen=True)
 class DeleteRayJob:
     name: str
+    # Foreground: the RayJob goes only after its RayCluster and pods are gone, so a
+    # rewind's next attempt never overlaps the old trainer.
+    foreground: bool = False
 
 
 @dataclass(frozen=True)
@@ -366,7 +369,7 @@ def reconcile(
                 out.actions.append(
                     Event("RunRewound", _rewind_message(run, observations), "Warning")
                 )
-            out.actions.append(DeleteRayJob(run.latest["metadata"]["name"]))
+            out.actions.append(DeleteRayJob(run.latest["metadata"]["name"], foreground=True))
             run.rewinding, run.needs = True, None
             continue
         if not run.row.get("rewinding"):
