@@ -6,10 +6,16 @@ every pod runs as its image's user, hardened, with emptyDir caches.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import re
+
+import pytest
 
 from k8s.harness import RAYJOB_CRD, sweep_body
 from polypythia import planner
+from polypythia.errors import UsageError
+from polypythia.k8s import cli as operator_cli
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.evaljob import render_eval_job
@@ -270,3 +276,20 @@ def test_conditions_carry_observed_generation() -> None:
     out = _pass(_sweep(generation=7), [])
     assert {c["observedGeneration"] for c in out.status["conditions"]} == {7}
     assert out.status["observedGeneration"] == 7
+
+
+def test_operator_refuses_bad_cluster_settings_with_a_one_line_error(monkeypatch) -> None:
+    """Checked before any connection: UsageError (exit 2) naming the setting."""
+    for extra_env, args, needle in (
+        ({"POLYPYTHIA_POD_DEFAULTS": "[1]"}, [], "POLYPYTHIA_POD_DEFAULTS: expected a JSON object"),
+        ({"POLYPYTHIA_POD_DEFAULTS": "{"}, [], "POLYPYTHIA_POD_DEFAULTS: not JSON"),
+        ({}, ["--cluster-ttl-seconds", "-1"], "--cluster-ttl-seconds: must be >= 0"),
+        ({}, ["--idle-interval", "1"], "--idle-interval: must be >= --poll-interval"),
+    ):
+        monkeypatch.delenv("POLYPYTHIA_POD_DEFAULTS", raising=False)
+        for key, value in extra_env.items():
+            monkeypatch.setenv(key, value)
+        parser = argparse.ArgumentParser()
+        operator_cli.configure(parser)
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            operator_cli.main(parser.parse_args(args))
