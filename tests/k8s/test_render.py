@@ -293,3 +293,21 @@ def test_operator_refuses_bad_cluster_settings_with_a_one_line_error(monkeypatch
         operator_cli.configure(parser)
         with pytest.raises(UsageError, match=re.escape(needle)):
             operator_cli.main(parser.parse_args(args))
+
+
+def test_a_rewind_in_progress_survives_a_suspend() -> None:
+    sweep = _sweep(instability={"action": "rewind"}, maxConcurrentRuns=1)
+    plan = planner.plan_sweep(sweep)
+    first = _pass(sweep, [])
+    job = next(a.body for a in first.actions if isinstance(a, R.CreateRayJob))
+    job["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+    spike = {"restartStep": 5, "skipBatches": [5, 9], "spike": {"signal": "loss", "onsetStep": 9}}
+    obs = {"sw-nano-s0": R.RunObservation(checkpoints=(5,), rewinds=(spike,))}
+    rewind = R.reconcile(sweep, plan, [job], [], first.status, obs, IMAGES, NOW)
+    suspended = _sweep(instability={"action": "rewind"}, maxConcurrentRuns=1, suspend=True)
+    held = R.reconcile(suspended, plan, [], [], rewind.status, obs, IMAGES, NOW)
+    assert _creates(held) == []
+    row = next(r for r in held.status["runs"] if r["name"] == "sw-nano-s0")
+    assert row["rewinding"] is True
+    resumed = R.reconcile(sweep, plan, [], [], held.status, obs, IMAGES, NOW)
+    assert _creates(resumed) == ["sw-nano-s0-r1"]

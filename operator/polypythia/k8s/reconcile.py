@@ -391,7 +391,7 @@ def reconcile(
         )
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
         run.state, run.attempt, run.latest, run.job_rewinds = "Queued", attempt, body, run.rewinds
-        run.needs = None
+        run.needs, run.rewinding = None, False
 
     # Start runs and retries within maxConcurrentRuns, in the planner's order.
     # A run counts while its RayJob is active, while its old RayJob is being deleted for a
@@ -570,6 +570,8 @@ def _run_state(
     run.job_rewinds = _job_rewinds(run.latest)
     known = len(obs.rewinds) if obs is not None else int(row.get("rewinds", 0))
     run.rewinds = max(known, run.job_rewinds)
+    # A rewind's old RayJob was being deleted at the last pass; over once an attempt obeys it.
+    run.rewinding = bool(row.get("rewinding")) and run.rewinds > run.job_rewinds
     if run.latest is None:
         obs = observations.get(plan.name)
         final = spec["training"]["steps"]
