@@ -311,3 +311,27 @@ def test_a_rewind_in_progress_survives_a_suspend() -> None:
     assert row["rewinding"] is True
     resumed = R.reconcile(sweep, plan, [], [], held.status, obs, IMAGES, NOW)
     assert _creates(resumed) == ["sw-nano-s0-r1"]
+
+
+def test_an_attempt_pending_past_the_timeout_fails_and_is_retried() -> None:
+    """KubeRay before 1.6 drops preRunningDeadlineSeconds: the operator applies it."""
+    sweep = _sweep(pendingTimeoutSeconds=600, maxConcurrentRuns=1, seeds=1)
+    first = _pass(sweep, [])
+    job = next(a.body for a in first.actions if isinstance(a, R.CreateRayJob))
+    job["status"] = {"jobDeploymentStatus": "Initializing", "startTime": "2026-12-01T11:51:00Z"}
+    # 9 minutes in: within the timeout (KubeRay >= 1.6 would act at 10 minutes).
+    assert _creates(_pass(sweep, [job], first.status)) == []
+    job["status"]["startTime"] = "2026-12-01T11:48:00Z"  # 12 minutes: past timeout + grace
+    out = _pass(sweep, [job], first.status)
+    marks = [a for a in out.actions if isinstance(a, R.AnnotateRayJob)]
+    assert [m.name for m in marks] == ["sw-nano-s0"] and L.TIMED_OUT in marks[0].annotations
+    assert R.SuspendRayJob("sw-nano-s0", True) in out.actions  # its pending pods go
+    assert _creates(out) == ["sw-nano-s0-r1"]
+    row = out.status["runs"][0]
+    assert row["retries"] == 1
+    retried = next(a for a in out.actions if isinstance(a, R.Event) and a.reason == "RunRetried")
+    assert "pendingTimeoutSeconds" in retried.message
+    # Kueue's RayJobs wait for quota, not nodes: left alone.
+    queued = copy.deepcopy(job)
+    queued["metadata"]["labels"][L.QUEUE] = "gpus"
+    assert not R.pending_too_long(queued, 600, NOW)

@@ -494,6 +494,14 @@ class Operator:
                 )
             elif isinstance(action, R.DeleteEvalJob):
                 self.batch.delete_namespaced_job(action.name, ns, propagation_policy="Background")
+            elif isinstance(action, R.AnnotateRayJob):
+                self.custom.patch_namespaced_custom_object(
+                    *RAY[:2],
+                    ns,
+                    RAY[2],
+                    action.name,
+                    {"metadata": {"annotations": action.annotations}},
+                )
             elif isinstance(action, R.SuspendRayJob):
                 self.custom.patch_namespaced_custom_object(
                     *RAY[:2], ns, RAY[2], action.name, {"spec": {"suspend": action.suspend}}
