@@ -87,6 +87,12 @@ def test_checkpoint_schedules_name_their_parameter() -> None:
     assert _ok(".spec.checkpoints", {"schedule": "pythia", "count": 143})
 
 
+def test_extra_volumes_keep_clear_of_the_operators_own() -> None:
+    assert _ok(".spec.pods", {"volumes": [{"name": "pile"}]})
+    assert _ok(".spec.pods", {"env": [{"name": "X", "value": "1"}]})
+    assert not _ok(".spec.pods", {"volumes": [{"name": "pile"}, {"name": "cache"}]})
+
+
 @pytest.mark.parametrize("field", ["training", "data"])
 def test_training_and_data_are_immutable_once_the_sweep_started(field: str) -> None:
     old = {

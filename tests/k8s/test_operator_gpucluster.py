@@ -6,8 +6,12 @@ and the kubelet/eviction API (a training pod with a DisruptionTarget condition).
 
 from __future__ import annotations
 
+import time
+
 from k8s.harness import sweep_body
 from polypythia.k8s import labels as L
+
+WAIT_S = 90.0  # generous: the machine's 2 cores are shared
 
 
 def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
@@ -41,7 +45,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage, maxRetries=0)
     )
-    cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
+    cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S)
     # A worker pod of attempt 0, evicted by a node drain (what KubeRay's pods carry).
     cluster.core.create_namespaced_pod(
         ns,
@@ -75,6 +79,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
         lambda: (cluster.rayjobs(ns, sweep)[0]["metadata"].get("annotations") or {}).get(
             L.PREEMPTED
         ),
+        timeout=WAIT_S,
     )
     cluster.set_rayjob_status(ns, run, "Failed", "FAILED")
     cluster.wait_for(
@@ -82,16 +87,20 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
         lambda: (
             sorted(j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)) == [run, f"{run}-r1"]
         ),
+        timeout=WAIT_S,
     )
     row = cluster.wait_for(
         "row",
         lambda: _row(cluster, ns, sweep, run).get("attempt") == 1 and _row(cluster, ns, sweep, run),
+        timeout=WAIT_S,
     )
     assert row["retries"] == 0 and row["preemptions"] == 1
     assert _events(cluster, ns, "RunPreempted")
     # A real crash of the new attempt then fails the run: no retry was left.
     cluster.set_rayjob_status(ns, f"{run}-r1", "Failed", "FAILED")
-    cluster.wait_for("Failed", lambda: _row(cluster, ns, sweep, run).get("phase") == "Failed")
+    cluster.wait_for(
+        "Failed", lambda: _row(cluster, ns, sweep, run).get("phase") == "Failed", timeout=WAIT_S
+    )
 
 
 def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
@@ -104,14 +113,19 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
             _condition(cluster, ns, sweep, "Ready").get("reason") == "SecretMissing"
             and _condition(cluster, ns, sweep, "Ready")
         ),
+        timeout=WAIT_S,
     )
     assert "Secret nosecret/s3 not found" in ready["message"]
     assert ready["observedGeneration"] == cluster.sweep(ns, sweep)["metadata"]["generation"]
     assert cluster.rayjobs(ns, sweep) == [] and _events(cluster, ns, "SecretMissing")
     cluster.create_secret(ns, "s3")
-    cluster.wait_for("RayJob once the Secret exists", lambda: cluster.rayjobs(ns, sweep))
     cluster.wait_for(
-        "Ready", lambda: _condition(cluster, ns, sweep, "Ready").get("status") == "True"
+        "RayJob once the Secret exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
+    )
+    cluster.wait_for(
+        "Ready",
+        lambda: _condition(cluster, ns, sweep, "Ready").get("status") == "True",
+        timeout=WAIT_S,
     )
 
 
@@ -133,9 +147,12 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
             _condition(cluster, ns, sweep, "Ready").get("reason") == "APIRequestRefused"
             and _condition(cluster, ns, sweep, "Ready")
         ),
+        timeout=WAIT_S,
     )
     assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
-    assert _events(cluster, ns, "APIRequestRefused")
+    cluster.wait_for("Event", lambda: _events(cluster, ns, "APIRequestRefused"), timeout=WAIT_S)
+    time.sleep(2.0)  # four more passes, each refused the same way: still one Event
+    assert len(_events(cluster, ns, "APIRequestRefused")) == 1
     assert cluster.rayjobs(ns, sweep) == []
 
 
@@ -145,7 +162,7 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=2, sizes=("nano",), storage=storage, maxConcurrentRuns=1)
     )
-    first = cluster.wait_for("first RayJob", lambda: cluster.rayjobs(ns, sweep))[0]
+    first = cluster.wait_for("first RayJob", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S)[0]
     assert first["spec"]["ttlSecondsAfterFinished"] == 0
     # KubeRay's RayCluster of that RayJob: the RayJob's labels plus originated-from.
     name = first["metadata"]["name"]
@@ -164,12 +181,16 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
     )
     cluster.set_rayjob_status(ns, name, "Complete", "SUCCEEDED")
     cluster.wait_for(
-        "run Succeeded", lambda: _row(cluster, ns, sweep, name).get("phase") == "Succeeded"
+        "run Succeeded",
+        lambda: _row(cluster, ns, sweep, name).get("phase") == "Succeeded",
+        timeout=WAIT_S,
     )
     assert len(cluster.rayjobs(ns, sweep)) == 1  # the cluster still holds the GPUs
     cluster.custom.delete_namespaced_custom_object(
         "ray.io", "v1", ns, "rayclusters", f"{name}-abcde"
     )
     cluster.wait_for(
-        "second run once the cluster is gone", lambda: len(cluster.rayjobs(ns, sweep)) == 2
+        "second run once the cluster is gone",
+        lambda: len(cluster.rayjobs(ns, sweep)) == 2,
+        timeout=WAIT_S,
     )

@@ -6,10 +6,16 @@ every pod runs as its image's user, hardened, with emptyDir caches.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import re
+
+import pytest
 
 from k8s.harness import RAYJOB_CRD, sweep_body
 from polypythia import planner
+from polypythia.errors import UsageError
+from polypythia.k8s import cli as operator_cli
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.evaljob import render_eval_job
@@ -248,7 +254,8 @@ def test_rewind_starts_the_new_attempt_only_after_the_old_rayjob_is_gone() -> No
     obs = {"sw-nano-s0": R.RunObservation(checkpoints=(5,), rewinds=(spike,))}
     plan = planner.plan_sweep(sweep)
     rewind = R.reconcile(sweep, plan, [job], [], first.status, obs, IMAGES, NOW)
-    assert [a.name for a in rewind.actions if isinstance(a, R.DeleteRayJob)] == ["sw-nano-s0"]
+    deletes = [a for a in rewind.actions if isinstance(a, R.DeleteRayJob)]
+    assert deletes == [R.DeleteRayJob("sw-nano-s0", foreground=True)]  # after its cluster
     assert _creates(rewind) == []
     row = next(r for r in rewind.status["runs"] if r["name"] == "sw-nano-s0")
     assert row["rewinding"] is True
@@ -269,3 +276,62 @@ def test_conditions_carry_observed_generation() -> None:
     out = _pass(_sweep(generation=7), [])
     assert {c["observedGeneration"] for c in out.status["conditions"]} == {7}
     assert out.status["observedGeneration"] == 7
+
+
+def test_operator_refuses_bad_cluster_settings_with_a_one_line_error(monkeypatch) -> None:
+    """Checked before any connection: UsageError (exit 2) naming the setting."""
+    for extra_env, args, needle in (
+        ({"POLYPYTHIA_POD_DEFAULTS": "[1]"}, [], "POLYPYTHIA_POD_DEFAULTS: expected a JSON object"),
+        ({"POLYPYTHIA_POD_DEFAULTS": "{"}, [], "POLYPYTHIA_POD_DEFAULTS: not JSON"),
+        ({}, ["--cluster-ttl-seconds", "-1"], "--cluster-ttl-seconds: must be >= 0"),
+        ({}, ["--idle-interval", "1"], "--idle-interval: must be >= --poll-interval"),
+    ):
+        monkeypatch.delenv("POLYPYTHIA_POD_DEFAULTS", raising=False)
+        for key, value in extra_env.items():
+            monkeypatch.setenv(key, value)
+        parser = argparse.ArgumentParser()
+        operator_cli.configure(parser)
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            operator_cli.main(parser.parse_args(args))
+
+
+def test_a_rewind_in_progress_survives_a_suspend() -> None:
+    sweep = _sweep(instability={"action": "rewind"}, maxConcurrentRuns=1)
+    plan = planner.plan_sweep(sweep)
+    first = _pass(sweep, [])
+    job = next(a.body for a in first.actions if isinstance(a, R.CreateRayJob))
+    job["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+    spike = {"restartStep": 5, "skipBatches": [5, 9], "spike": {"signal": "loss", "onsetStep": 9}}
+    obs = {"sw-nano-s0": R.RunObservation(checkpoints=(5,), rewinds=(spike,))}
+    rewind = R.reconcile(sweep, plan, [job], [], first.status, obs, IMAGES, NOW)
+    suspended = _sweep(instability={"action": "rewind"}, maxConcurrentRuns=1, suspend=True)
+    held = R.reconcile(suspended, plan, [], [], rewind.status, obs, IMAGES, NOW)
+    assert _creates(held) == []
+    row = next(r for r in held.status["runs"] if r["name"] == "sw-nano-s0")
+    assert row["rewinding"] is True
+    resumed = R.reconcile(sweep, plan, [], [], held.status, obs, IMAGES, NOW)
+    assert _creates(resumed) == ["sw-nano-s0-r1"]
+
+
+def test_an_attempt_pending_past_the_timeout_fails_and_is_retried() -> None:
+    """KubeRay before 1.6 drops preRunningDeadlineSeconds: the operator applies it."""
+    sweep = _sweep(pendingTimeoutSeconds=600, maxConcurrentRuns=1, seeds=1)
+    first = _pass(sweep, [])
+    job = next(a.body for a in first.actions if isinstance(a, R.CreateRayJob))
+    job["status"] = {"jobDeploymentStatus": "Initializing", "startTime": "2026-12-01T11:51:00Z"}
+    # 9 minutes in: within the timeout (KubeRay >= 1.6 would act at 10 minutes).
+    assert _creates(_pass(sweep, [job], first.status)) == []
+    job["status"]["startTime"] = "2026-12-01T11:48:00Z"  # 12 minutes: past timeout + grace
+    out = _pass(sweep, [job], first.status)
+    marks = [a for a in out.actions if isinstance(a, R.AnnotateRayJob)]
+    assert [m.name for m in marks] == ["sw-nano-s0"] and L.TIMED_OUT in marks[0].annotations
+    assert R.SuspendRayJob("sw-nano-s0", True) in out.actions  # its pending pods go
+    assert _creates(out) == ["sw-nano-s0-r1"]
+    row = out.status["runs"][0]
+    assert row["retries"] == 1
+    retried = next(a for a in out.actions if isinstance(a, R.Event) and a.reason == "RunRetried")
+    assert "pendingTimeoutSeconds" in retried.message
+    # Kueue's RayJobs wait for quota, not nodes: left alone.
+    queued = copy.deepcopy(job)
+    queued["metadata"]["labels"][L.QUEUE] = "gpus"
+    assert not R.pending_too_long(queued, 600, NOW)

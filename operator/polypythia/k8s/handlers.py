@@ -229,7 +229,8 @@ class Operator:
         except ApiException as exc:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc.status} {exc.reason}")
-            await self._report_refusal(body, f"{exc.status} {exc.reason}: {_api_message(exc)}")
+            if _refused(exc):
+                await self._report_refusal(body, f"{exc.status} {exc.reason}: {_api_message(exc)}")
         except OSError as exc:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc}")
@@ -238,12 +239,13 @@ class Operator:
 
     async def _report_refusal(self, body: kopf.Body, message: str) -> None:
         """A pass the API server refused (RBAC, admission): a Warning Event and Ready False."""
-        kopf.event(body, type="Warning", reason="APIRequestRefused", message=message[:1000])
         obj = _plain(body)
         previous = obj.get("status") or {}
         status = R.with_refusals(
             previous, [message], previous, _now(), obj["metadata"].get("generation")
         )
+        if _ready(status) != _ready(previous):
+            kopf.event(body, type="Warning", reason="APIRequestRefused", message=message[:1000])
         if _changed(previous, status):
             with contextlib.suppress(ApiException, OSError):
                 await self._run(
@@ -361,10 +363,18 @@ class Operator:
         finally:
             # Written whatever happened to the calls: a refused create must show.
             status = R.with_refusals(status, refusals, previous, now, sweep.generation)
+            if refusals and _ready(status) != _ready(previous):
+                # Once per change, not every pass while the refusal lasts.
+                for text in refusals[:AGGREGATE_EVENTS_OVER]:
+                    kopf.event(
+                        body, type="Warning", reason="APIRequestRefused", message=text[:1000]
+                    )
             self._export(sweep, plan, status)
-            state.settled = status.get("phase") in SETTLED and not (
-                status.get("evaluations") or {}
-            ).get("running")
+            state.settled = (
+                status.get("phase") in SETTLED
+                and not (status.get("evaluations") or {}).get("running")
+                and all(r.get("evaluationDone", True) for r in status.get("runs") or [])
+            )
             if _changed(previous, status):
                 await self._run(self._patch_status, ns, name, status)
                 state.written = (obj["metadata"].get("resourceVersion"), status)
@@ -414,8 +424,6 @@ class Operator:
                     kind = "rayjobs" if isinstance(action, R.CreateRayJob) else "jobs"
                     meta = action.body["metadata"]
                     state.created[kind][meta["name"]] = (action.body, time.monotonic())
-        for text in refusals[:AGGREGATE_EVENTS_OVER]:
-            kopf.event(body, type="Warning", reason="APIRequestRefused", message=text[:1000])
         counts = Counter(e.reason for e in events)
         for reason, n in counts.items():
             same = [e for e in events if e.reason == reason]
@@ -478,10 +486,22 @@ class Operator:
                 self.batch.create_namespaced_job(ns, action.body)
             elif isinstance(action, R.DeleteRayJob):
                 self.custom.delete_namespaced_custom_object(
-                    *RAY[:2], ns, RAY[2], action.name, propagation_policy="Background"
+                    *RAY[:2],
+                    ns,
+                    RAY[2],
+                    action.name,
+                    propagation_policy="Foreground" if action.foreground else "Background",
                 )
             elif isinstance(action, R.DeleteEvalJob):
                 self.batch.delete_namespaced_job(action.name, ns, propagation_policy="Background")
+            elif isinstance(action, R.AnnotateRayJob):
+                self.custom.patch_namespaced_custom_object(
+                    *RAY[:2],
+                    ns,
+                    RAY[2],
+                    action.name,
+                    {"metadata": {"annotations": action.annotations}},
+                )
             elif isinstance(action, R.SuspendRayJob):
                 self.custom.patch_namespaced_custom_object(
                     *RAY[:2], ns, RAY[2], action.name, {"spec": {"suspend": action.suspend}}
@@ -490,7 +510,7 @@ class Operator:
             # Already there / already gone: the level is what we wanted.
             if exc.status in (404, 409):
                 return None
-            if exc.status >= 500 or exc.status == 429:
+            if not _refused(exc):
                 raise
             return f"{_describe(action)}: {exc.status} {exc.reason}: {_api_message(exc)}"
         return None
@@ -518,6 +538,18 @@ class Operator:
                 rewinds=row.get("rewinds", 0),
                 evaluation_failures=len(row.get("evalFailed", [])),
             )
+
+
+def _refused(exc: ApiException) -> bool:
+    """A refusal that will not pass by itself (403 RBAC/quota, 422 invalid, 400): not
+    a server hiccup (5xx), throttling (429) or a conflict the next pass settles."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (404, 409, 429)
+
+
+def _ready(status: dict) -> tuple[str | None, str | None]:
+    """Ready's reason and message: what a refusal Event is posted once per change of."""
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return ready.get("reason"), ready.get("message")
 
 
 def _describe(action: R.Action) -> str:

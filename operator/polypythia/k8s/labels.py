@@ -22,6 +22,9 @@ REWINDS = f"{DOMAIN}/rewinds"  # annotation of a RayJob: rewinds recorded when i
 PREEMPTIONS = f"{DOMAIN}/preemptions"
 # annotation the operator puts on a RayJob whose pod was disrupted (DisruptionTarget).
 PREEMPTED = f"{DOMAIN}/preempted"
+# annotation the operator puts on a RayJob pending past spec.pendingTimeoutSeconds
+# (KubeRay before 1.6 has no preRunningDeadlineSeconds): the attempt counts as failed.
+TIMED_OUT = f"{DOMAIN}/pending-timeout"
 # annotation of a sweep: "true" allows edits that delete running RayJobs.
 ALLOW_DESTRUCTIVE = f"{DOMAIN}/allow-destructive-changes"
 QUEUE = "kueue.x-k8s.io/queue-name"

@@ -22,6 +22,9 @@ EVAL_MAX_TRIES = 3
 EVAL_BATCH_MAX = 8
 MAX_DIFFS_SHOWN = 5
 RECENT_REWINDS = 10  # status.recentRewinds keeps the last ones across runs
+# KubeRay >= 1.6 fails an attempt past preRunningDeadlineSeconds itself; older versions
+# drop that field, so the operator does it this much later (its own clock, same rule).
+PENDING_GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ class CreateRayJob:
 @dataclass(frozen=True)
 class DeleteRayJob:
     name: str
+    # Foreground: the RayJob goes only after its RayCluster and pods are gone, so a
+    # rewind's next attempt never overlaps the old trainer.
+    foreground: bool = False
+
+
+@dataclass(frozen=True)
+class AnnotateRayJob:
+    name: str
+    annotations: dict
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,15 @@ class Event:
     type: str = "Normal"
 
 
-Action = CreateRayJob | DeleteRayJob | SuspendRayJob | CreateEvalJob | DeleteEvalJob | Event
+Action = (
+    CreateRayJob
+    | DeleteRayJob
+    | AnnotateRayJob
+    | SuspendRayJob
+    | CreateEvalJob
+    | DeleteEvalJob
+    | Event
+)
 
 
 @dataclass
@@ -114,7 +134,7 @@ def rayjob_state(job: dict) -> str:
     status = job.get("status") or {}
     deployment = status.get("jobDeploymentStatus") or ""
     job_status = status.get("jobStatus") or ""
-    if deployment in ("Failed", "ValidationFailed"):
+    if deployment in ("Failed", "ValidationFailed") or _timed_out(job):
         return "Failed"
     if deployment == "Complete":
         return "Succeeded" if job_status == "SUCCEEDED" else "Failed"
@@ -128,6 +148,30 @@ def rayjob_state(job: dict) -> str:
     if deployment == "Running":
         return "Running"
     return "Queued"
+
+
+def _timed_out(job: dict) -> str | None:
+    """The operator's own pending-timeout verdict on a RayJob (see `pending_too_long`)."""
+    return (job.get("metadata", {}).get("annotations") or {}).get(L.TIMED_OUT)
+
+
+def pending_too_long(job: dict, timeout: int | None, now: str) -> bool:
+    """Whether an attempt has waited to start training past ``timeout`` (+ grace) since
+    KubeRay began it (`status.startTime`). Kueue's queued RayJobs wait for quota, not
+    for a node: they are left alone, like suspended ones."""
+    if not timeout or rayjob_state(job) != "Queued" or job.get("spec", {}).get("suspend"):
+        return False
+    if _label(job, L.QUEUE):
+        return False
+    start = (job.get("status") or {}).get("startTime")
+    if not start:
+        return False
+    try:
+        began = datetime.datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    at = datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ")
+    return (at - began).total_seconds() > int(timeout) + PENDING_GRACE_S
 
 
 def job_state(job: dict) -> str:
@@ -274,7 +318,19 @@ def reconcile(
     prev_rows = {r.get("name"): r for r in previous.get("runs") or []}
     planned = {r.name: r for r in plan}
     by_run: dict[str, list[dict]] = {}
+    timeout = spec.get("pendingTimeoutSeconds")
     for job in rayjobs:
+        if pending_too_long(job, timeout, now):
+            # Failed from now on (annotation), its cluster's pending pods released (suspend).
+            name = job["metadata"]["name"]
+            text = (
+                f"attempt did not start training within spec.pendingTimeoutSeconds "
+                f"({timeout} s; pods unschedulable, image not pullable or a Secret missing?)"
+            )
+            out.actions += [AnnotateRayJob(name, {L.TIMED_OUT: text}), SuspendRayJob(name, True)]
+            meta = {**job["metadata"]}
+            meta["annotations"] = {**(meta.get("annotations") or {}), L.TIMED_OUT: text}
+            job = {**job, "metadata": meta}
         by_run.setdefault(_label(job, L.RUN) or "", []).append(job)
 
     # Runs no longer asked for: their RayJobs and eval Jobs go, but deleting a running
@@ -366,7 +422,7 @@ def reconcile(
                 out.actions.append(
                     Event("RunRewound", _rewind_message(run, observations), "Warning")
                 )
-            out.actions.append(DeleteRayJob(run.latest["metadata"]["name"]))
+            out.actions.append(DeleteRayJob(run.latest["metadata"]["name"], foreground=True))
             run.rewinding, run.needs = True, None
             continue
         if not run.row.get("rewinding"):
@@ -388,7 +444,7 @@ def reconcile(
         )
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
         run.state, run.attempt, run.latest, run.job_rewinds = "Queued", attempt, body, run.rewinds
-        run.needs = None
+        run.needs, run.rewinding = None, False
 
     # Start runs and retries within maxConcurrentRuns, in the planner's order.
     # A run counts while its RayJob is active, while its old RayJob is being deleted for a
@@ -437,6 +493,9 @@ def reconcile(
         out.actions.append(CreateRayJob(run.plan.name, attempt, body))
         if attempt:
             where = f"step {resume}" if resume >= 0 else "the start"
+            why = run.latest and (
+                _timed_out(run.latest) or (run.latest.get("status") or {}).get("message")
+            )
             out.actions.append(
                 Event(
                     "RunPreempted" if run.state == "Preempted" else "RunRetried",
@@ -447,7 +506,8 @@ def reconcile(
                         else f"retry {attempt - run.job_rewinds - run.preemptions} of "
                         f"{spec['maxRetries']}, "
                     )
-                    + f"attempt {attempt}, resuming from {where}",
+                    + f"attempt {attempt}, resuming from {where}"
+                    + (f"; last attempt: {why[:200]}" if why else ""),
                     "Warning",
                 )
             )
@@ -567,6 +627,8 @@ def _run_state(
     run.job_rewinds = _job_rewinds(run.latest)
     known = len(obs.rewinds) if obs is not None else int(row.get("rewinds", 0))
     run.rewinds = max(known, run.job_rewinds)
+    # A rewind's old RayJob was being deleted at the last pass; over once an attempt obeys it.
+    run.rewinding = bool(row.get("rewinding")) and run.rewinds > run.job_rewinds
     if run.latest is None:
         obs = observations.get(plan.name)
         final = spec["training"]["steps"]
@@ -731,7 +793,7 @@ def _row(run: _Run, obs: RunObservation | None, evals: dict | None) -> dict:
     if run.message and (latest is None or run.state in ("Pending", "Retrying", "Preempted")):
         row["message"] = run.message
     elif latest is not None:
-        message = (latest.get("status") or {}).get("message")
+        message = _timed_out(latest) or (latest.get("status") or {}).get("message")
         if message and run.state in ("Failed", "Retrying", "Preempted"):
             row["message"] = message[:300]
     elif prev.get("message") and run.state in ENDED:
