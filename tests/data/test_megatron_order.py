@@ -264,3 +264,14 @@ def test_batch_viewer_refuses_a_bad_index_dir(hand_dataset: Path, tmp_path, caps
     assert cli_main([*argv, "--index-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "_4s_doc_idx.npy is missing" in err and "Traceback" not in err
+
+
+def test_gathered_pieces_equal_sample_by_sample_reads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(0, 9, size=40).astype(np.int32)
+    files = mg.index_files(tmp_path, "r", 20, 5, 11)
+    mg.build_index_files(files, sizes, 5, 11, 20)
+    tokens = int(sizes.sum())
+    order = mg.MegatronOrder(files, mg.Expected(40, tokens, 5, 20))
+    ids = order.sample_ids(np.arange(order.num_samples))
+    assert order.pieces_many(ids) == [order.pieces(int(i)) for i in ids]

@@ -248,6 +248,26 @@ class MegatronOrder:
             )
         return self.shuffle_idx[positions].astype(np.int64)
 
+    def pieces_many(self, sample_ids: np.ndarray) -> list[list[tuple[int, int, int]]]:
+        """:meth:`pieces` of many samples with one gather per map (the batch viewer's path)."""
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        first = np.asarray(self.sample_idx[ids])  # (n, 2)
+        last = np.asarray(self.sample_idx[ids + 1])
+        spans = [np.arange(a, b + 1) for a, b in zip(first[:, 0], last[:, 0], strict=True)]
+        docs = np.asarray(self.doc_idx[np.concatenate(spans)]).tolist() if spans else []
+        out, at = [], 0
+        for (doc_f, off_f), (doc_l, off_l), span in zip(
+            first.tolist(), last.tolist(), spans, strict=True
+        ):
+            mine = docs[at : at + len(span)]
+            at += len(span)
+            if doc_f == doc_l:
+                out.append([(mine[0], off_f, off_l - off_f + 1)])
+                continue
+            pieces = [(mine[0], off_f, -1)] + [(d, 0, -1) for d in mine[1:-1]]
+            out.append(pieces + [(mine[-1], 0, off_l + 1)])
+        return out
+
     def pieces(self, sample_id: int) -> list[tuple[int, int, int]]:
         """(document, offset, length) pieces of sample ``sample_id``, as GPT2Dataset reads it."""
         doc_f, off_f = (int(x) for x in self.sample_idx[sample_id])
