@@ -275,3 +275,13 @@ def test_gathered_pieces_equal_sample_by_sample_reads(tmp_path: Path) -> None:
     order = mg.MegatronOrder(files, mg.Expected(40, tokens, 5, 20))
     ids = order.sample_ids(np.arange(order.num_samples))
     assert order.pieces_many(ids) == [order.pieces(int(i)) for i in ids]
+
+
+def test_a_file_that_is_not_npy_is_refused(hand_dataset: Path, tmp_path) -> None:
+    index_dir = tmp_path / "junk"
+    index_dir.mkdir()
+    _hand_maps(index_dir, 6, [0, 1, 2])
+    files = mg.index_files(index_dir, "hand", 3, 3, 6)
+    files.sample.write_bytes(b"not an array")
+    with pytest.raises(UsageError, match=r"_sample_idx.npy is not a .npy array"):
+        _open(hand_dataset, seed=6, indexDir=str(index_dir))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import mmap
 import os
 import re
 from collections.abc import Iterator
@@ -280,13 +281,42 @@ class MegatronOrder:
         return out
 
 
+def map_npy(path: Path) -> np.ndarray:
+    """A read-only map of a ``.npy`` file advised for random access.
+
+    Lookups hit a few thousand scattered pages per batch; the kernel's default read-around
+    would pull in up to megabytes per page fault (seconds per batch on a 1.3 GB map).
+    """
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        readers = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        if version not in readers:
+            raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+        shape, fortran, dtype = readers[version](f)
+        offset = f.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError("expected a C-ordered array of numbers")
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dtype.itemsize > os.fstat(f.fileno()).st_size:
+            raise ValueError("the file is shorter than its header says")
+        if count == 0:
+            return np.empty(shape, dtype)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
 def _open_checked(path: Path, kind: str, expected: Expected, field: str) -> np.ndarray:
     """The file memory-mapped, or a UsageError naming it and what was expected."""
     shape, dtypes = expected.shapes()[kind]
     if not path.is_file():
         raise UsageError(f"{field}: {path} is missing (expected {kind}_idx {shape})")
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = map_npy(path)
     except ValueError as exc:
         raise UsageError(f"{field}: {path} is not a .npy array ({exc})") from None
     if array.shape != shape or array.dtype.name not in dtypes:
