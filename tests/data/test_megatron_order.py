@@ -285,3 +285,17 @@ def test_a_file_that_is_not_npy_is_refused(hand_dataset: Path, tmp_path) -> None
     files.sample.write_bytes(b"not an array")
     with pytest.raises(UsageError, match=r"_sample_idx.npy is not a .npy array"):
         _open(hand_dataset, seed=6, indexDir=str(index_dir))
+
+
+def test_index_benchmark_runs_and_reports_its_figures(capsys) -> None:
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[2] / "bench/bench_megatron_index.py"
+    spec = importlib.util.spec_from_file_location("bench_megatron_index", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--scale", "0.0005"]) == 0
+    lines = {m["metric"]: m for m in map(json.loads, capsys.readouterr().out.splitlines())}
+    built = lines["sample_idx_s"]["samples"]
+    assert built >= mg.num_samples(71, 1024)  # 0.0005 x 143000 steps, with the 1.005 slack
+    assert lines["batch_lookup_first_s"]["pieces"] >= 1024
