@@ -281,10 +281,9 @@ def _logits_errors(
     if need <= limit:
         return []
     fits = limit // presets.logits_bytes(1, seq, vocab, precision)
+    per_size = spec.get("resources", {}).get("perSize", {}).get(size, {})
     where = (
-        "spec.resources.perSize"
-        if size in spec.get("resources", {}).get("perSize", {})
-        else "spec.resources.default"
+        f"spec.resources.perSize.{size}" if "gpuMemory" in per_size else "spec.resources.default"
     )
     named = f"{where}.gpuMemory {memory}" if memory else f"{where}.gpuMemory unset, 80Gi assumed"
     source = "" if explicit else f" (the default for {size})"
