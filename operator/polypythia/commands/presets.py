@@ -25,6 +25,8 @@ def rows() -> list[dict]:
                 "vocab": preset.vocab_size,
                 "learningRate": preset.learning_rate,
                 "minLearningRate": preset.min_learning_rate,
+                "microBatchSize": preset.micro_batch_size,
+                "initMethod": preset.init_method,
                 "parameters": presets.count_parameters(preset),
                 "publishedParameters": preset.published_params,
                 "tiny": preset.tiny,
@@ -38,7 +40,10 @@ def main(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(table, indent=2))
         return 0
-    headers = ["NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "PARAMETERS", "PUBLISHED"]
+    headers = [
+        "NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "MICRO", "INIT", "PARAMETERS",
+        "PUBLISHED",
+    ]  # fmt: skip
     print(
         render_table(
             headers,
@@ -50,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
                     r["heads"],
                     r["learningRate"],
                     r["minLearningRate"],
+                    r["microBatchSize"] or "-",
+                    r["initMethod"],
                     r["parameters"],
                     r["publishedParameters"],
                 ]
