@@ -194,3 +194,16 @@ def test_evaluation_tasks_default_by_size() -> None:
     assert planner.evaluation_tasks(s.spec, "70m") == list(planner.POLYPYTHIAS_TASKS)
     off = sweep(sizes=["70m"], evaluation={"tasks": []})
     assert planner.evaluation_tasks(off.spec, "70m") == []
+
+
+def test_polypythias_tasks_are_lm_eval_tasks() -> None:
+    """Each default task name is a task lm-evaluation-harness ships (its task YAMLs)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
+    names = set()
+    for path in root.rglob("*.yaml"):
+        names.update(re.findall(r"^task: *([\w.-]+) *$", path.read_text(errors="ignore"), re.M))
+    assert set(planner.POLYPYTHIAS_TASKS) <= names
