@@ -151,15 +151,6 @@ def run_name(sweep: str, size: str, seed: int, init: str | None = None) -> str:
     return head + tail
 
 
-def default_micro_batch(preset_micro: int | None, per_worker: int) -> int:
-    """Pythia's per-GPU micro-batch when it divides the per-worker batch, else the largest
-    divisor below it; sizes without one (tiny CPU presets) take the whole batch at once.
-    Gradient accumulation is then per_worker // micro, as GPT-NeoX derives it."""
-    if preset_micro is None or preset_micro >= per_worker:
-        return per_worker
-    return max(d for d in range(1, preset_micro + 1) if per_worker % d == 0)
-
-
 PYTHIA_SEED = 1234  # the original Pythia's GPT-NeoX seed: PolyPythias' "seed 0"
 
 
@@ -216,7 +207,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "steps": steps,
             "globalBatchSize": training["globalBatchSize"],
             "microBatchSize": training.get("microBatchSize")
-            or default_micro_batch(preset.micro_batch_size, per_worker),
+            or presets.default_micro_batch(preset.micro_batch_size, per_worker),
             "sequenceLength": training["sequenceLength"],
             "learningRate": peak,
             "minLearningRate": training.get("minLearningRate", peak * presets.MIN_LR_FRACTION),

@@ -105,6 +105,32 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def default_micro_batch(preset_micro: int | None, per_worker: int) -> int:
+    """Pythia's per-GPU micro-batch when it divides the per-worker batch, else the largest
+    divisor below it; sizes without one (tiny CPU presets) take the whole batch at once.
+    Gradient accumulation is then per_worker // micro, as GPT-NeoX derives it."""
+    if preset_micro is None or preset_micro >= per_worker:
+        return per_worker
+    return max(d for d in range(1, preset_micro + 1) if per_worker % d == 0)
+
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40})
+DEFAULT_GPU_MEMORY = 80 * 2**30  # an A100/H100 80GB when a sweep names none
+
+
+def quantity_bytes(text: str) -> int:
+    """Bytes of a Kubernetes quantity such as ``80Gi`` (the CRD's pattern guarantees form)."""
+    number = text.rstrip("KMGTi")
+    return int(float(number) * _UNITS[text[len(number) :]])
+
+
+def logits_bytes(micro_batch: int, sequence_length: int, vocab_size: int, precision: str) -> int:
+    """Memory of one micro-batch's output logits alone (2 bytes in fp16/bf16, else 4)."""
+    width = 2 if precision in ("fp16", "bf16", "auto") else 4
+    return micro_batch * sequence_length * vocab_size * width
+
+
 class UnknownPresetError(KeyError):
     """Raised for a size name that is not in the table."""
 

@@ -255,12 +255,43 @@ def _resource_errors(spec: dict, size: str) -> list[str]:
             f"spec.training.microBatchSize: {micro} does not divide the per-worker batch "
             f"{per_worker} of size {size}"
         )
+    errors += _logits_errors(spec, size, resources, per_worker, bool(micro))
     if training["precision"] in ("bf16", "fp16") and resources["gpusPerWorker"] == 0:
         errors.append(
             f"spec.training.precision: {training['precision']} needs GPUs, but size {size} has "
             "gpusPerWorker 0; use fp32 or auto"
         )
     return errors
+
+
+def _logits_errors(
+    spec: dict, size: str, resources: dict, per_worker: int, explicit: bool
+) -> list[str]:
+    """A micro-batch whose logits alone exceed the GPU's memory can never run."""
+    if not resources["gpusPerWorker"] or per_worker < 1:
+        return []
+    training, preset = spec["training"], presets.get(size)
+    micro = training.get("microBatchSize") or presets.default_micro_batch(
+        preset.micro_batch_size, per_worker
+    )
+    memory = resources.get("gpuMemory")
+    limit = presets.quantity_bytes(memory) if memory else presets.DEFAULT_GPU_MEMORY
+    seq, vocab, precision = training["sequenceLength"], preset.vocab_size, training["precision"]
+    need = presets.logits_bytes(micro, seq, vocab, precision)
+    if need <= limit:
+        return []
+    fits = limit // presets.logits_bytes(1, seq, vocab, precision)
+    per_size = spec.get("resources", {}).get("perSize", {}).get(size, {})
+    where = (
+        f"spec.resources.perSize.{size}" if "gpuMemory" in per_size else "spec.resources.default"
+    )
+    named = f"{where}.gpuMemory {memory}" if memory else f"{where}.gpuMemory unset, 80Gi assumed"
+    source = "" if explicit else f" (the default for {size})"
+    return [
+        f"spec.training.microBatchSize: {micro}{source} sequences of {seq} tokens make "
+        f"{need / 2**30:.1f} GiB of logits (vocabulary {vocab}) for size {size}, more than the "
+        f"GPU memory ({named}); the largest micro-batch that fits is {fits}"
+    ]
 
 
 STORAGE_DEFAULT_FIELDS = ("endpoint", "bucket", "secretName")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from polypythia import planner
+from polypythia import planner, presets
 from polypythia.spec import sweep_from_object
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -127,10 +127,10 @@ def test_pythia_defaults_resolve_to_the_pythia_recipe() -> None:
 
 
 def test_micro_batch_defaults_to_the_largest_divisor_below_the_presets() -> None:
-    assert planner.default_micro_batch(32, 1024) == 32
-    assert planner.default_micro_batch(32, 24) == 24
-    assert planner.default_micro_batch(32, 48) == 24
-    assert planner.default_micro_batch(None, 512) == 512
+    assert presets.default_micro_batch(32, 1024) == 32
+    assert presets.default_micro_batch(32, 24) == 24
+    assert presets.default_micro_batch(32, 48) == 24
+    assert presets.default_micro_batch(None, 512) == 512
 
 
 def test_pythia_numbering_makes_seed_0_gpt_neox_seed_1234() -> None:
@@ -194,3 +194,16 @@ def test_evaluation_tasks_default_by_size() -> None:
     assert planner.evaluation_tasks(s.spec, "70m") == list(planner.POLYPYTHIAS_TASKS)
     off = sweep(sizes=["70m"], evaluation={"tasks": []})
     assert planner.evaluation_tasks(off.spec, "70m") == []
+
+
+def test_polypythias_tasks_are_lm_eval_tasks() -> None:
+    """Each default task name is a task lm-evaluation-harness ships (its task YAMLs)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
+    names = set()
+    for path in root.rglob("*.yaml"):
+        names.update(re.findall(r"^task: *([\w.-]+) *$", path.read_text(errors="ignore"), re.M))
+    assert set(planner.POLYPYTHIAS_TASKS) <= names

@@ -146,3 +146,36 @@ def test_validate_cli_ok_prints_the_run_count() -> None:
     result = run_cli("validate", str(EXAMPLES / "sweep-polypythias.yaml"))
     assert result.returncode == 0, result.stderr
     assert "5 size(s) x 10 seed(s) = 50 run(s), 154 checkpoints each" in result.stdout
+
+
+def test_a_micro_batch_whose_logits_exceed_gpu_memory_is_refused() -> None:
+    """512 x 2048 x 50304 fp16 logits = 98.2 GiB > 80 GiB; 80 GiB / (2048 x 50304 x 2) = 416."""
+    from polypythia.spec import SpecError, sweep_from_object
+
+    def make(**training):
+        return {
+            "apiVersion": "polypythia.io/v1alpha1",
+            "kind": "PolyPythiaSweep",
+            "metadata": {"name": "big"},
+            "spec": {
+                "sizes": ["14m"],
+                "seeds": {"list": [0]},
+                "training": {"precision": "fp16", **training},
+                "resources": {"default": {"workers": 2, "gpusPerWorker": 1}},
+            },
+        }
+
+    with pytest.raises(SpecError) as err:
+        sweep_from_object(make(microBatchSize=512))
+    message = str(err.value)
+    assert "spec.training.microBatchSize: 512 sequences of 2048 tokens make 98.2 GiB" in message
+    assert "spec.resources.default.gpuMemory unset, 80Gi assumed" in message
+    assert "the largest micro-batch that fits is 416" in message
+    sweep_from_object(make(microBatchSize=256))
+    sweep_from_object(make())  # Pythia's 32 per GPU
+    small = make(microBatchSize=256)
+    small["spec"]["resources"]["default"]["gpuMemory"] = "40Gi"
+    with pytest.raises(
+        SpecError, match=r"gpuMemory 40Gi\); the largest micro-batch that fits is 208"
+    ):
+        sweep_from_object(small)

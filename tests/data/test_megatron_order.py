@@ -264,3 +264,38 @@ def test_batch_viewer_refuses_a_bad_index_dir(hand_dataset: Path, tmp_path, caps
     assert cli_main([*argv, "--index-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "_4s_doc_idx.npy is missing" in err and "Traceback" not in err
+
+
+def test_gathered_pieces_equal_sample_by_sample_reads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(0, 9, size=40).astype(np.int32)
+    files = mg.index_files(tmp_path, "r", 20, 5, 11)
+    mg.build_index_files(files, sizes, 5, 11, 20)
+    tokens = int(sizes.sum())
+    order = mg.MegatronOrder(files, mg.Expected(40, tokens, 5, 20))
+    ids = order.sample_ids(np.arange(order.num_samples))
+    assert order.pieces_many(ids) == [order.pieces(int(i)) for i in ids]
+
+
+def test_a_file_that_is_not_npy_is_refused(hand_dataset: Path, tmp_path) -> None:
+    index_dir = tmp_path / "junk"
+    index_dir.mkdir()
+    _hand_maps(index_dir, 6, [0, 1, 2])
+    files = mg.index_files(index_dir, "hand", 3, 3, 6)
+    files.sample.write_bytes(b"not an array")
+    with pytest.raises(UsageError, match=r"_sample_idx.npy is not a .npy array"):
+        _open(hand_dataset, seed=6, indexDir=str(index_dir))
+
+
+def test_index_benchmark_runs_and_reports_its_figures(capsys) -> None:
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[2] / "bench/bench_megatron_index.py"
+    spec = importlib.util.spec_from_file_location("bench_megatron_index", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--scale", "0.0005"]) == 0
+    lines = {m["metric"]: m for m in map(json.loads, capsys.readouterr().out.splitlines())}
+    built = lines["sample_idx_s"]["samples"]
+    assert built >= mg.num_samples(71, 1024)  # 0.0005 x 143000 steps, with the 1.005 slack
+    assert lines["batch_lookup_first_s"]["pieces"] >= 1024

@@ -105,7 +105,7 @@ def test_secret_example_matches_the_chart_defaults() -> None:
     assert {values["accessKeyIdKey"], values["secretAccessKeyKey"]} <= keys
 
 
-@pytest.mark.parametrize("page", ["quickstart.md", "images.md"])
+@pytest.mark.parametrize("page", ["quickstart.md", "images.md", "fidelity.md"])
 def test_docs_point_at_files_that_exist(page: str) -> None:
     text = (REPO / "docs" / page).read_text()
     paths = set(re.findall(r"(?<![\w/.-])((?:charts|manifests|crds|docs|tools|mk|operator|"

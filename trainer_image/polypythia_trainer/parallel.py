@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from polypythia.presets import FP16_LOSS_SCALING
 from polypythia_trainer.config import TrainingConfig
 
 
@@ -51,12 +52,71 @@ def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Ad
     )
 
 
+class DynamicLossScaler:
+    """DeepSpeed's dynamic fp16 loss scaling with Pythia's settings, for the DDP engine.
+
+    Same rule as ``deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler`` (which needs
+    DeepSpeed's process group): an overflow skips the update and, once ``hysteresis``
+    overflows have been spent, halves the scale (not below ``min_loss_scale``); after
+    ``loss_scale_window`` clean steps since the last overflow the scale doubles and the
+    hysteresis refills. GradScaler has no hysteresis and no floor, hence this class.
+    """
+
+    def __init__(
+        self,
+        initial_scale_power: int = FP16_LOSS_SCALING["initial_scale_power"],
+        loss_scale_window: int = FP16_LOSS_SCALING["loss_scale_window"],
+        hysteresis: int = FP16_LOSS_SCALING["hysteresis"],
+        min_loss_scale: float = FP16_LOSS_SCALING["min_loss_scale"],
+    ) -> None:
+        self.scale = 2.0**initial_scale_power
+        self.window = loss_scale_window
+        self.hysteresis = hysteresis
+        self.min_scale = float(min_loss_scale)
+        self.cur_hysteresis = hysteresis
+        self.cur_iter = 0
+        self.last_overflow_iter = -1
+
+    def get_scale(self) -> float:
+        return self.scale
+
+    def update(self, overflow: bool) -> None:
+        if overflow:
+            if self.hysteresis == 1 or self.cur_hysteresis == 1:
+                self.scale = max(self.scale / 2.0, self.min_scale)
+            else:
+                self.cur_hysteresis -= 1
+            self.last_overflow_iter = self.cur_iter
+        else:
+            stable = self.cur_iter - self.last_overflow_iter - 1
+            if stable > 0 and stable % self.window == 0:
+                self.cur_hysteresis = self.hysteresis
+                self.scale *= 2.0
+        self.cur_iter += 1
+
+    def state_dict(self) -> dict:
+        return {
+            "scale": self.scale,
+            "cur_hysteresis": self.cur_hysteresis,
+            "cur_iter": self.cur_iter,
+            "last_overflow_iter": self.last_overflow_iter,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Also reads a GradScaler state (checkpoints written before this class): its scale."""
+        self.scale = float(state["scale"])
+        self.cur_hysteresis = int(state.get("cur_hysteresis", self.hysteresis))
+        self.cur_iter = int(state.get("cur_iter", 0))
+        self.last_overflow_iter = int(state.get("last_overflow_iter", -1))
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class DDPEngine:
-    """torch DDP (no wrapper in a single process); autocast for bf16/fp16, GradScaler for fp16."""
+    """torch DDP (no wrapper in a single process); autocast for bf16/fp16, and for fp16
+    DeepSpeed's dynamic loss scaling with Pythia's settings (:class:`DynamicLossScaler`)."""
 
     sharded_optimizer = False
 
@@ -71,11 +131,7 @@ class DDPEngine:
             ids = [device.index] if device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.scaler = (
-            torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1000)
-            if precision == "fp16"
-            else None
-        )
+        self.scaler = DynamicLossScaler() if precision == "fp16" else None
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def micro_step(self, input_ids: torch.Tensor, loss_fn, accumulation: int, last: bool):
@@ -92,7 +148,7 @@ class DDPEngine:
             objective, *stats = loss_fn(logits)
             objective = objective / accumulation
             if self.scaler is not None:
-                objective = self.scaler.scale(objective)
+                objective = objective * self.scaler.get_scale()
             objective.backward()
         return stats
 
@@ -100,15 +156,15 @@ class DDPEngine:
         clip = self.training.gradient_clipping
         scale = None
         if self.scaler is not None:
-            scale = float(self.scaler.get_scale())
-            self.scaler.unscale_(self.optimizer)
+            scale = self.scaler.get_scale()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            torch._foreach_mul_(grads, 1.0 / scale)
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         applied = math.isfinite(norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif applied:
+        if applied:
             self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update(overflow=not applied)
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(norm, applied and 0 < clip < norm, applied, scale)
 
@@ -160,14 +216,7 @@ class DeepSpeedEngine:
         if precision == "bf16":
             config["bf16"] = {"enabled": True}
         elif precision == "fp16":
-            config["fp16"] = {
-                "enabled": True,
-                "loss_scale": 0,
-                "initial_scale_power": 12,
-                "loss_scale_window": 1000,
-                "hysteresis": 2,
-                "min_loss_scale": 1,
-            }
+            config["fp16"] = {"enabled": True, **FP16_LOSS_SCALING}
         self.precision = precision
         if not _distributed():
             _init_single_process_group(device)

@@ -31,6 +31,8 @@ def rows() -> list[dict]:
                 "vocab": preset.vocab_size,
                 "learningRate": preset.learning_rate,
                 "minLearningRate": preset.min_learning_rate,
+                "microBatchSize": preset.micro_batch_size,
+                "initMethod": preset.init_method,
                 "parameters": presets.count_parameters(preset),
                 "publishedParameters": preset.published_params,
                 "tiny": preset.tiny,
@@ -44,7 +46,10 @@ def main(args: argparse.Namespace) -> int:
     if args.output != "table":
         emit(table, args.output)
         return 0
-    headers = ["NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "PARAMETERS", "PUBLISHED"]
+    headers = [
+        "NAME", "LAYERS", "D_MODEL", "HEADS", "LR", "MIN_LR", "MICRO", "INIT", "PARAMETERS",
+        "PUBLISHED",
+    ]  # fmt: skip
     print(
         render_table(
             headers,
@@ -56,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
                     r["heads"],
                     r["learningRate"],
                     r["minLearningRate"],
+                    r["microBatchSize"] or "-",
+                    r["initMethod"],
                     r["parameters"],
                     r["publishedParameters"],
                 ]

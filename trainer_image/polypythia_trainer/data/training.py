@@ -136,6 +136,20 @@ class TrainingData:
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self.dataset.tokens(int(sample_id) * self.sample_length, self.sample_length)
 
+    def read_samples(self, sample_ids: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
+        """(tokens, document ids) of each sample, gathering the index maps once."""
+        if self.megatron is None:
+            return [(self.sample(int(i)), self.documents(int(i))) for i in sample_ids]
+        out = []
+        for pieces in self.megatron.pieces_many(np.asarray(sample_ids)):
+            parts = [
+                self.dataset.get(doc, offset, None if length < 0 else length)
+                for doc, offset, length in pieces
+            ]
+            tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            out.append((tokens, [doc for doc, _, _ in pieces]))
+        return out
+
     def documents(self, sample_id: int) -> list[int]:
         """Ids of the documents sample ``sample_id`` draws on (for the batch viewer)."""
         if self.megatron is not None:

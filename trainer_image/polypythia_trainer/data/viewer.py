@@ -28,8 +28,8 @@ def view_batch(data: TrainingData, step: int, global_batch_size: int) -> list[Vi
     positions = data.positions(step, global_batch_size)
     ids = data.sample_ids(step, global_batch_size)
     return [
-        ViewedSample(int(p), data.documents(int(i)), data.sample(int(i)).tolist())
-        for p, i in zip(positions, ids, strict=True)
+        ViewedSample(int(p), docs, tokens.tolist())
+        for p, (tokens, docs) in zip(positions, data.read_samples(ids), strict=True)
     ]
 
 
