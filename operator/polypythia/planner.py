@@ -188,6 +188,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "path": data.get("path"),
             "tokenizer": data.get("tokenizer"),
             "skipBatches": [list(pair) for pair in data.get("skipBatches", [])],
+            "validationPath": data.get("validationPath"),
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from polypythia.errors import UsageError
 
 FORMATS = ("generated", "megatron")
-FIELDS = ("format", "path", "tokenizer", "skipBatches")
+FIELDS = ("format", "path", "tokenizer", "skipBatches", "validationPath")
 
 
 @dataclass(frozen=True)
