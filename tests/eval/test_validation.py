@@ -104,6 +104,6 @@ def test_the_held_out_loss_is_exported_as_an_eval_score_but_not_tested_twice():
     ex = SweepExporter()
     ex.observe_eval(RunLabels("ns", "sw", "nano", "0"), 100, task_scores(result))
     text = ex.exposition().decode()
-    assert 'polypythia_eval_score{' in text and 'task="validation"' in text
+    assert "polypythia_eval_score{" in text and 'task="validation"' in text
     histories = [_history(s, 3.0, 3.0) for s in range(5)]
     assert cross_seed_outliers(histories).latest_z["s0"].keys() == {"loss:validation"}
