@@ -107,3 +107,35 @@ def test_the_held_out_loss_is_exported_as_an_eval_score_but_not_tested_twice():
     assert "polypythia_eval_score{" in text and 'task="validation"' in text
     histories = [_history(s, 3.0, 3.0) for s in range(5)]
     assert cross_seed_outliers(histories).latest_z["s0"].keys() == {"loss:validation"}
+
+
+def test_the_held_out_loss_falls_as_a_model_trains(tokenizer):
+    """A few dozen steps on training documents lower the loss on the held-out ones."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from polypythia import corpus
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    eod = tokenizer.eos_token_id
+    held = generated_set(encode, eod)
+    stream = np.array([t for doc in corpus.generate_documents(400, 0) for t in [*encode(doc), eod]])
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=256,
+                           max_position_embeddings=64)  # fmt: skip
+    model = GPTNeoXForCausalLM(config)
+    before = heldout_loss(model, held.tokens, sequence_length=32)["loss"]
+    windows = torch.as_tensor(stream[: len(stream) // 33 * 33].reshape(-1, 33))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        batch = windows[
+            torch.randint(0, len(windows), (8,), generator=torch.Generator().manual_seed(step))
+        ]
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = heldout_loss(model, held.tokens, sequence_length=32)["loss"]
+    assert after < before - 1.0, (before, after)
