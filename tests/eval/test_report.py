@@ -50,6 +50,7 @@ def _eval(seed: int, step: int) -> dict:
         "versions": {"pp_cloze": 1.0},
         "predictions": {"pp_cloze": {"doc_id": list(range(20)), "pred": preds}},
         "weight_stats": weight_statistics(_weights(seed, step), StatsConfig(fit_sample_size=2000)),
+        "validation": {"loss": 6.0 - step / 100 + 0.01 * seed, "tokens": 4096, "dataset": "d1"},
     }
 
 
@@ -81,8 +82,8 @@ def sweep_dir(tmp_path_factory) -> Path:
 def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
     index = render_report(str(sweep_dir), tmp_path, run_errors={"sw-nano-s0": "worker OOM-killed"})
     page = index.read_text()
-    for png in ("loss-micro.png", "evals-micro.png", "weights-micro.png", "map-micro.png",
-                "kappa-micro.png"):  # fmt: skip
+    for png in ("loss-micro.png", "heldout-micro.png", "evals-micro.png", "weights-micro.png",
+                "map-micro.png", "kappa-micro.png"):  # fmt: skip
         assert (tmp_path / png).stat().st_size > 5000, png
         assert f'src="{png}"' in page
     summary = json.loads((tmp_path / "summary.json").read_text())
