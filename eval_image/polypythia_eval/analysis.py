@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
+from polypythia.monitoring.cross_seed import VALIDATION_SIGNAL, validation_losses
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
 from polypythia.monitoring.outliers import Family, OutlierVerdict, Point, flag_families
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
@@ -117,7 +118,16 @@ def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
     """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
     false-alarm rate holds over all signals and sizes together)."""
     notes = []
-    families = [Family("loss", "high", loss_points(sweep))]
+    held = [
+        Point(r.size, r.name, step, loss)
+        for r in sweep.runs
+        for step, loss in validation_losses(r.evals).items()
+    ]
+    if held:
+        families = [Family(VALIDATION_SIGNAL, "high", held)]
+    else:
+        notes.append("no held-out loss recorded: the loss test compares training losses")
+        families = [Family("loss", "high", loss_points(sweep))]
     for size, tasks in eval_table(sweep).items():
         if len(sweep.by_size(size)) < 4:
             notes.append(f"{size}: fewer than 4 seeds, no cross-seed outlier test")

@@ -29,6 +29,7 @@ from polypythia_eval.offline_tasks import (
     prepare_offline_tasks,
 )
 from polypythia_eval.results import compact_results
+from polypythia_eval.validation import ValidationSet, heldout_loss, validation_set
 from polypythia_eval.weightstats import StatsConfig, weight_statistics
 
 # The CRD's default (spec.evaluation.tasks): the project's offline tasks.
@@ -63,6 +64,7 @@ class EvaluateOptions:
     items: OfflineItems = field(default_factory=OfflineItems)
     stats: StatsConfig = field(default_factory=StatsConfig)
     weight_stats: bool = True
+    validation: bool = True
 
 
 @dataclass
@@ -180,7 +182,34 @@ def run_lm_eval(model, tokenizer, manager, options: EvaluateOptions) -> dict:
     return result
 
 
-def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path, manager=None):
+class HeldOut:
+    """The run's held-out set, built once from the first checkpoint's tokenizer."""
+
+    def __init__(self, config: dict) -> None:
+        self.data = config.get("data") or {}
+        self.sequence_length = (config.get("training") or {}).get("sequenceLength")
+        self.storage = config.get("storage")
+        self._set: ValidationSet | None = None
+        self._why: str | None = None
+
+    def measure(self, model, tokenizer, batch_size: int) -> dict:
+        """``{loss, tokens, dataset, source}``, or ``{skipped: reason}``."""
+        if self._set is None and self._why is None:
+            if not self.sequence_length:
+                self._why = "no run config with training.sequenceLength"
+            else:
+                self._set = validation_set(self.data, tokenizer, self.storage)
+                if self._set is None:
+                    self._why = "megatron data without spec.data.validationPath"
+        if self._set is None:
+            return {"skipped": self._why}
+        measured = heldout_loss(model, self._set.tokens, self.sequence_length, batch_size)
+        return {**measured, "dataset": self._set.dataset, "source": self._set.source}
+
+
+def evaluate_checkpoint(
+    model_dir: Path, options: EvaluateOptions, workdir: Path, manager=None, held_out=None
+):
     """Load one HF checkpoint folder and evaluate it; the result without run identity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,6 +226,11 @@ def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path
         params = {name: p.detach() for name, p in model.named_parameters()}
         out["weight_stats"] = weight_statistics(params, options.stats)
         timing["weight_stats"] = time.perf_counter() - t0
+    if held_out is not None:
+        t0 = time.perf_counter()
+        model.to(options.device)
+        out["validation"] = held_out.measure(model, tokenizer, options.batch_size)
+        timing["validation"] = time.perf_counter() - t0
     if options.tasks:
         t0 = time.perf_counter()
         manager = manager or task_manager(options.tasks, workdir, options.items)
@@ -207,11 +241,15 @@ def evaluate_checkpoint(model_dir: Path, options: EvaluateOptions, workdir: Path
     return out
 
 
-def _identity(store: RunStore) -> dict:
+def _config(store: RunStore) -> dict:
     try:
-        cfg = store.read_run_config()
+        return store.read_run_config()
     except StorageNotFound:
-        cfg = {}
+        return {}
+
+
+def _identity(store: RunStore) -> dict:
+    cfg = _config(store)
     name = cfg.get("run") or store.uri.rstrip("/").rsplit("/", 1)[-1]
     return {
         "run": name,
@@ -246,6 +284,7 @@ def evaluate_run(
     identity = _identity(store)
     # Scores as TensorBoard scalars at their checkpoint steps, beside the training curves.
     board = MetricsProcessor([TensorBoardSink(store_put(store), attempt=0)])
+    held_out = HeldOut(_config(store)) if options.validation else None
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="polypythia-eval-") as tmp:
         workdir = Path(options.workdir) if options.workdir else Path(tmp)
@@ -258,7 +297,7 @@ def evaluate_run(
                 if model_dir is None:
                     fetched = Path(tmp) / f"step{step}"
                     model_dir = store.fetch_checkpoint(step, fetched)
-                result = evaluate_checkpoint(model_dir, options, workdir, manager)
+                result = evaluate_checkpoint(model_dir, options, workdir, manager, held_out)
             except (OSError, RuntimeError, ValueError, StorageNotFound) as exc:
                 summary.failed[step] = f"{type(exc).__name__}: {exc}"
                 log(f"step{step}: FAILED {summary.failed[step]}")

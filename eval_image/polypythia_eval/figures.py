@@ -39,6 +39,40 @@ def _step_axis(ax, steps) -> None:
     ax.set_xlabel("step")
 
 
+def heldout_loss(
+    size: str, runs: list[RunData], outliers: list[OutlierVerdict], path: Path
+) -> Path:
+    """Every seed's held-out loss over checkpoints (the same tokens for all); outliers in red."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    flagged = {v.run for v in outliers if v.signal.startswith("loss")}
+    dataset, tokens, steps_seen = set(), set(), []
+    for run in runs:
+        points = sorted(
+            (step, r["validation"]) for step, r in run.evals.items()
+            if isinstance(r.get("validation"), dict) and r["validation"].get("tokens")
+        )  # fmt: skip
+        if not points:
+            continue
+        xs = [s for s, _ in points]
+        ys = [v["loss"] if v.get("loss") is not None else np.nan for _, v in points]
+        dataset |= {v.get("dataset") for _, v in points}
+        tokens |= {v.get("tokens") for _, v in points}
+        bad = run.name in flagged
+        ax.plot(xs, ys, lw=1.6 if bad else 0.9, color="#d62728" if bad else None,
+                label=f"{run.name} (outlier)" if bad else run.name)  # fmt: skip
+        steps_seen.extend(xs)
+    _step_axis(ax, steps_seen)
+    same = "same" if len(dataset) == 1 and len(tokens) == 1 else "DIFFERENT"
+    ax.set_title(
+        f"{size}: held-out loss ({same} tokens for all seeds: "
+        f"{', '.join(map(str, sorted(tokens)))} tokens, set {', '.join(map(str, sorted(dataset)))})",
+        fontsize=9,
+    )
+    ax.set_ylabel("mean token loss")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def loss_curves(size: str, runs: list[RunData], spikes: list[SpikeEvent], path: Path) -> Path:
     """All seeds' training loss overlaid; spike peaks marked (x: seed-specific, o: common-mode)."""
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -217,7 +251,7 @@ def state_paths(size: str, tmap: TrainingMap, path: Path) -> Path:
     ax.set_xticks(ticks, [str(steps[t]) for t in ticks], rotation=45, fontsize=7)
     ax.set_xlabel("checkpoint step")
     fig.colorbar(im, ax=ax, ticks=range(tmap.n_states), label="state")
-    ax.set_title(f"{size}: training-map state paths ({tmap.n_states} states by BIC)")
+    ax.set_title(f"{size}: training-map states ({tmap.n_states}, chosen on held-out seeds)")
     return _save(fig, path)
 
 

@@ -6,9 +6,13 @@ init's name; an optional ``strategy`` says which strategy it uses, else the name
 as the strategy). Statistics, all across seeds:
 
 - seed band: the min/max range of the seeds' smoothed losses on a common step grid;
-- steps to threshold: the mean over the seeds that reached it, a 95% Student-t interval
-  (needs two such seeds) and the count of seeds that never reached it;
-- speed-up: baseline mean steps / strategy mean steps, with a 95% percentile bootstrap
+- steps to threshold, without survivorship bias: a seed that never reaches the threshold
+  is censored at its last step (it took *at least* that long), not dropped. The estimate is
+  the Kaplan-Meier median over all seeds (the first step by which the estimated share of
+  seeds still above the threshold is at most one half; none when more than half never get
+  there), with a 95% percentile bootstrap interval over seeds (upper end open when too many
+  resamples have no median);
+- speed-up: baseline median steps / strategy median steps, with a 95% percentile bootstrap
   interval resampling seeds independently within each strategy (fixed bootstrap seed).
 """
 
@@ -27,8 +31,11 @@ LEVELS = (0.5, 0.8, 0.95)  # auto thresholds: fractions of the baseline's loss d
 GRID_POINTS = 200
 BOOTSTRAP = 2000
 BAND = "min/max across seeds"
-CI_METHOD = "95% Student-t interval across seeds"
-SPEEDUP_METHOD = "95% percentile bootstrap over seeds (2000 resamples)"
+CI_METHOD = (
+    "Kaplan-Meier median over all seeds (seeds that never reach it censored at their last "
+    "step), 95% percentile bootstrap over seeds (2000 resamples)"
+)
+SPEEDUP_METHOD = "ratio of Kaplan-Meier medians, 95% percentile bootstrap over seeds"
 
 
 def smooth_loss(loss, window: int = SMOOTH) -> np.ndarray:
@@ -53,27 +60,40 @@ def steps_to_threshold(steps, loss, threshold: float, smooth: int = SMOOTH) -> i
     return int(np.asarray(steps)[hit[0]]) if hit.size else None
 
 
-def t_interval(values) -> tuple[float, float] | None:
-    """95% Student-t interval of the mean; None with fewer than two values."""
-    from scipy.stats import t
+def km_median(times, reached) -> float | None:
+    """Kaplan-Meier median time to threshold: ``times`` the step reached, or the last step
+    seen for a seed that never reached it (``reached`` False: censored). None when the
+    estimated share still above the threshold never falls to one half."""
+    t = np.asarray(times, dtype=np.float64)
+    e = np.asarray(reached, dtype=bool)
+    survival = 1.0
+    for step in np.unique(t[e]):
+        at_risk = int(np.sum(t >= step))
+        events = int(np.sum((t == step) & e))
+        survival *= 1.0 - events / at_risk
+        if survival <= 0.5:
+            return float(step)
+    return None
 
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2:
-        return None
-    half = float(t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return float(x.mean()) - half, float(x.mean()) + half
 
-
-def bootstrap_ratio(base, other, *, rounds: int = BOOTSTRAP, seed: int = 0):
-    """95% percentile interval of mean(base) / mean(other), seeds resampled per group."""
-    a, b = np.asarray(base, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    if a.size < 2 or b.size < 2:
-        return None
+def bootstrap_medians(times, reached, *, rounds: int = BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """Kaplan-Meier medians of seed resamples (inf where a resample has no median)."""
+    t = np.asarray(times, dtype=np.float64)
+    e = np.asarray(reached, dtype=bool)
     rng = np.random.default_rng(seed)
-    num = a[rng.integers(0, a.size, (rounds, a.size))].mean(axis=1)
-    den = b[rng.integers(0, b.size, (rounds, b.size))].mean(axis=1)
-    ratios = num / den
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+    out = np.empty(rounds)
+    for i, idx in enumerate(rng.integers(0, t.size, (rounds, t.size))):
+        m = km_median(t[idx], e[idx])
+        out[i] = math.inf if m is None else m
+    return out
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float | None] | None:
+    """95% percentile interval; an infinite upper end is None (open: not reached)."""
+    if samples.size == 0 or not np.isfinite(samples).any():
+        return None
+    lo, hi = np.quantile(samples, [0.025, 0.975])
+    return float(lo), (float(hi) if math.isfinite(hi) else None)
 
 
 def _strategy(run: dict) -> str:
@@ -128,30 +148,47 @@ def _size_study(runs: list[dict], thresholds, smooth: int) -> dict:
     if thresholds is None:
         source = f"auto from {baseline}" if baseline else "auto from all runs"
         thresholds = auto_thresholds(groups[baseline] if baseline else runs, smooth)
-    reached: dict[tuple[str, float], list[int]] = {}
+    censored: dict[tuple[str, float], tuple[list[float], list[bool]]] = {}
     rows = []
     for thr in thresholds:
         for name, group in groups.items():
             hits = [steps_to_threshold(r["steps"], r["loss"], thr, smooth) for r in group]
-            reached[name, thr] = [h for h in hits if h is not None]
-        for name, group in groups.items():
-            got = reached[name, thr]
+            censored[name, thr] = (
+                [float(h) if h is not None else float(max(r["steps"])) for h, r in zip(
+                    hits, group, strict=True)],
+                [h is not None for h in hits],
+            )  # fmt: skip
+        base_boot = None
+        if baseline:
+            base_boot = bootstrap_medians(*censored[baseline, thr])
+        for index, (name, group) in enumerate(groups.items(), 1):
+            times, hit = censored[name, thr]
+            median = km_median(times, hit)
+            # resampled independently of the baseline (its own bootstrap seed)
+            boot = bootstrap_medians(times, hit, seed=index) if len(group) >= 2 else np.empty(0)
             row = {
                 "init": name,
                 "strategy": _strategy(group[0]),
                 "threshold": float(thr),
                 "seeds": len(group),
-                "reached": len(got),
-                "not_reached": len(group) - len(got),
-                "mean_steps": float(np.mean(got)) if got else None,
-                "ci": t_interval(got),
+                "reached": int(sum(hit)),
+                "not_reached": len(group) - int(sum(hit)),
+                "median_steps": median,
+                "ci": _interval(boot),
                 "speedup": None,
                 "speedup_ci": None,
             }
-            base = reached.get((baseline, thr), []) if baseline else []
-            if base and got and np.mean(got) > 0:
-                row["speedup"] = float(np.mean(base) / np.mean(got))
-                row["speedup_ci"] = bootstrap_ratio(base, got)
+            base_median = km_median(*censored[baseline, thr]) if baseline else None
+            if base_median is not None and median is not None and median > 0:
+                row["speedup"] = base_median / median
+                if base_boot is not None and len(group) >= 2 and len(groups[baseline]) >= 2:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        ratio = np.where(boot > 0, base_boot / boot, np.nan)
+                    ratio = ratio[~np.isnan(ratio)]
+                    if ratio.size and np.isfinite(ratio).mean() >= 0.975:
+                        finite = ratio[np.isfinite(ratio)]
+                        lo, hi = np.quantile(finite, [0.025, 0.975])
+                        row["speedup_ci"] = (float(lo), float(hi))
             rows.append(row)
     return {
         "baseline": baseline,
@@ -220,19 +257,25 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def _fmt_ci(ci, digits: int = 1) -> str:
-    return "" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    if ci is None:
+        return ""
+    high = "not reached" if ci[1] is None else f"{ci[1]:.{digits}f}"
+    return f" [{ci[0]:.{digits}f}, {high}]"
 
 
 def _table(size_result: dict) -> str:
     head = (
-        "<tr><th>init</th><th>strategy</th><th>loss threshold</th><th>mean steps [95% CI]</th>"
+        "<tr><th>init</th><th>strategy</th><th>loss threshold</th><th>median steps [95% CI]</th>"
         "<th>not reached</th><th>speed-up [95% CI]</th></tr>"
     )
     body = []
     for row in size_result["rows"]:
-        steps = _fmt(row["mean_steps"]) + _fmt_ci(row["ci"])
-        if row["mean_steps"] is not None and row["ci"] is None:
-            steps += " (one seed: no interval)"
+        if row["median_steps"] is None:
+            steps = "not reached by half the seeds"
+        else:
+            steps = _fmt(row["median_steps"]) + _fmt_ci(row["ci"])
+            if row["ci"] is None:
+                steps += " (one seed: no interval)"
         speed = _fmt(row["speedup"], 2) + _fmt_ci(row["speedup_ci"], 2)
         if row["speedup"] is not None and row["speedup_ci"] is None:
             speed += " (too few seeds: no interval)"
@@ -253,9 +296,8 @@ def render_init_section(study_result: dict, out_dir: Path) -> str:
         parts.append("<p>No runs with loss telemetry to compare.</p>")
     parts.append(
         f"<p>Loss smoothed by a trailing mean over {study_result['smooth']} points. "
-        f"Band: {_e(study_result['band'])}. Mean steps over the seeds that reached the "
-        f"threshold, {_e(study_result['ci_method'])}. Speed-up = baseline mean steps / "
-        f"mean steps, {_e(study_result['speedup_method'])}.</p>"
+        f"Band: {_e(study_result['band'])}. Steps to threshold: "
+        f"{_e(study_result['ci_method'])}. Speed-up: {_e(study_result['speedup_method'])}.</p>"
     )
     for size, res in study_result["sizes"].items():
         parts.append(f"<h3>{_e(size)}</h3>")

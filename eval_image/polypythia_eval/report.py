@@ -77,6 +77,13 @@ def _size_section(sweep: SweepData, size: str, result: Analysis, out: Path, pref
         parts.append(_img(png, f"{size} loss"))
     elif not sweep.reference:
         parts.append(_missing("No training telemetry yet: no loss curves."))
+    if any(
+        isinstance(e.get("validation"), dict) and e["validation"].get("tokens")
+        for r in runs
+        for e in r.evals.values()
+    ):
+        png = figures.heldout_loss(size, runs, result.outliers, out / f"heldout-{slug}.png")
+        parts.append(_img(png, f"{size} held-out loss"))
     table = eval_table(sweep).get(size, {})
     tasks = ordered_tasks(table)
     if tasks:

@@ -1,9 +1,18 @@
 """Training maps (Hu et al. 2023, as used by PolyPythias) and per-item agreement (Cohen's kappa).
 
 A training map is a Gaussian HMM fitted jointly to the per-checkpoint statistics of
-all seeds of one size; each run's Viterbi path is its walk through the latent
-training phases. A seed whose path leaves the path most seeds take, and stays
-away, is flagged with the step where it left. Pure: no I/O.
+all seeds of one size, as Hu et al.'s code does it (michahu/modeling-training,
+``scripts/04_train_hmm/model_selection.py``): every metric z-scored within each run,
+diagonal covariance, several random restarts (the best training likelihood wins), the
+number of states chosen on held-out runs (log-likelihood, AIC and BIC on the test runs).
+They hold out 20% of runs once; with the 5-10 seeds of a sweep we hold out each seed in
+turn (leave-one-seed-out) and take the median of the held-out runs' BIC: the median, so
+that an outlier seed (whose checkpoints no model of the others explains) does not pick
+the model, and BIC, because held-out likelihood alone keeps rising with more states
+when seeds are alike. Each run's Viterbi path is its walk through the
+latent training phases; a seed whose path leaves the path most seeds take, and stays
+away, is flagged with the step where it left (our addition: the paper reads departures
+off the figure). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -23,10 +32,8 @@ class TrainingMap:
     """A fitted map: states, per-run paths and departures from the majority path."""
 
     n_states: int
-    bic: dict[int, float]
+    heldout_bic: dict[int, float]
     features: list[str]
-    components: int
-    explained_variance: list[float]
     steps: dict[str, list[int]]
     paths: dict[str, list[int]]
     majority: dict[int, int | None]
@@ -53,24 +60,18 @@ def _matrix(series: Mapping[str, Mapping[int, Mapping[str, float]]]) -> tuple[li
     return names, arrays
 
 
-def _project(arrays: dict[str, np.ndarray], max_components: int):
-    """Z-score every feature over all points, then PCA to a few components."""
-    stacked = np.concatenate(list(arrays.values()))
-    sd = stacked.std(axis=0)
-    keep = sd > 1e-12 * np.maximum(1.0, np.abs(stacked).max(axis=0))
-    z = (stacked[:, keep] - stacked[:, keep].mean(axis=0)) / sd[keep]
-    k = max(1, min(max_components, z.shape[1], z.shape[0] - 1))
-    _, s, vt = np.linalg.svd(z, full_matrices=False)
-    explained = (s**2 / max((s**2).sum(), 1e-300))[:k]
-    projected = z @ vt[:k].T
-    out, start = {}, 0
+def _zscore_per_run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each feature z-scored over each run's own checkpoints (constant within a run -> 0)."""
+    out = {}
     for run, arr in arrays.items():
-        out[run] = projected[start : start + len(arr)]
-        start += len(arr)
-    return out, keep, [float(e) for e in explained]
+        sd = arr.std(axis=0)
+        ok = sd > 1e-12 * np.maximum(1.0, np.abs(arr).max(axis=0))
+        out[run] = np.where(ok, (arr - arr.mean(axis=0)) / np.where(ok, sd, 1.0), 0.0)
+    return out
 
 
 def _fit_hmm(x: np.ndarray, lengths: list[int], n: int, seeds: Iterable[int]):
+    """The best of several random restarts by training log-likelihood, or None."""
     from hmmlearn.hmm import GaussianHMM
 
     best = None
@@ -88,6 +89,30 @@ def _fit_hmm(x: np.ndarray, lengths: list[int], n: int, seeds: Iterable[int]):
         if np.isfinite(score) and (best is None or score > best[0]):
             best = (score, model)
     return best
+
+
+def _stack(z: dict[str, np.ndarray], runs: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    return np.concatenate([z[r] for r in runs]), [len(z[r]) for r in runs]
+
+
+def heldout_bic(z: dict[str, np.ndarray], n: int, seeds: Sequence[int]) -> float | None:
+    """Median over runs of the BIC of that run under a model fitted to the other runs."""
+    scores = []
+    for held in z:
+        others = [r for r in z if r != held]
+        x, lengths = _stack(z, others)
+        if n > len(x):
+            return None
+        fitted = _fit_hmm(x, lengths, n, seeds)
+        if fitted is None:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            score = float(fitted[1].bic(z[held]))
+        if not math.isfinite(score):
+            return None
+        scores.append(score)
+    return float(np.median(scores))
 
 
 def _relabel(paths: dict[str, np.ndarray], n: int) -> dict[str, list[int]]:
@@ -150,60 +175,55 @@ def fit_training_map(
     series: Mapping[str, Mapping[int, Mapping[str, float]]],
     *,
     states: Sequence[int] = (1, 2, 3, 4, 5, 6),
-    max_components: int = 4,
-    n_init: int = 3,
+    n_init: int = 5,
     min_run: int = 2,
     lag: int = 1,
     seed: int = 0,
 ) -> TrainingMap:
-    """Fit one Gaussian HMM to all runs' checkpoint statistics; choose states by BIC.
+    """Fit one Gaussian HMM to all runs' checkpoint statistics; choose the number of states
+    by the median leave-one-seed-out held-out BIC.
 
-    ``series`` is run -> step -> {feature: value} (e.g. ``weightstats.map_features``).
-    Features are z-scored over all points and reduced by PCA to ``max_components``
-    (a full 100-feature HMM on a few dozen checkpoints would be all parameters).
+    ``series`` is run -> step -> {feature: value} (``weightstats.map_features``: Hu et
+    al.'s metric set). Needs at least 3 runs (two to fit, one to hold out).
     """
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
     names, arrays = _matrix(series)
     notes: list[str] = []
     if not arrays or not names:
         raise ValueError("training map: no feature is present at every checkpoint of every run")
+    if len(arrays) < 3:
+        raise ValueError(f"training map: {len(arrays)} runs; held-out model selection needs 3")
     steps = {run: sorted(series[run]) for run in arrays}
-    projected, keep, explained = _project(arrays, max_components)
-    runs = list(projected)
-    x = np.concatenate([projected[r] for r in runs])
-    lengths = [len(projected[r]) for r in runs]
-    bic: dict[int, float] = {}
-    models = {}
+    z = _zscore_per_run(arrays)
+    runs = list(z)
+    restarts = range(seed, seed + n_init)
+    scores: dict[int, float] = {}
     for n in states:
-        if n > len(x):
-            notes.append(f"{n} states skipped: only {len(x)} checkpoints")
+        score = heldout_bic(z, n, restarts)
+        if score is None:
+            notes.append(f"{n} states: too few checkpoints or no convergence")
             continue
-        fitted = _fit_hmm(x, lengths, n, range(seed, seed + n_init))
-        if fitted is None:
-            notes.append(f"{n} states: the HMM did not converge")
-            continue
-        try:
-            bic[n] = float(fitted[1].bic(x, lengths))
-        except ValueError as exc:
-            notes.append(f"{n} states: {exc}")
-            continue
-        models[n] = fitted[1]
-    if not models:
+        scores[n] = score
+        best = min(scores, key=scores.get)
+        if sum(1 for m in scores if m > best) >= 2:  # past the minimum twice: stop early
+            notes.append(f"stopped at {n} states: held-out BIC rose twice past {best}")
+            break
+    if not scores:
         raise ValueError("training map: no HMM could be fitted")
-    best_n = min(bic, key=bic.get)
-    model = models[best_n]
-    raw_paths = {r: model.predict(projected[r]) for r in runs}
+    best_n = min(scores, key=scores.get)
+    x, lengths = _stack(z, runs)
+    fitted = _fit_hmm(x, lengths, best_n, restarts)
+    if fitted is None:
+        raise ValueError(f"training map: the {best_n}-state HMM did not converge on all runs")
+    model = fitted[1]
+    raw_paths = {r: model.predict(z[r]) for r in runs}
     paths = _relabel(raw_paths, best_n)
     majority = majority_path(steps, paths)
-    if len(runs) < 3:
-        notes.append("fewer than 3 runs: no majority path, no departures")
     departures = {r: departure(steps[r], paths[r], majority, min_run, lag) for r in runs}
     return TrainingMap(
         n_states=best_n,
-        bic=bic,
-        features=[n for n, k in zip(names, keep, strict=True) if k],
-        components=projected[runs[0]].shape[1],
-        explained_variance=explained,
+        heldout_bic=scores,
+        features=names,
         steps=steps,
         paths=paths,
         majority=majority,

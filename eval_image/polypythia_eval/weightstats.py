@@ -280,13 +280,18 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
     tensors: dict[str, dict] = {}
     pooled: dict[str, np.ndarray] = {}
     kind_matrices: dict[str, list[dict]] = {}
+    hu_entries: dict[str, list[np.ndarray]] = {"w": [], "b": []}
     for name, value in floats.items():
-        entry, moments, _ = _tensor_statistics(name, value, config, rng)
+        entry, moments, flat = _tensor_statistics(name, value, config, rng)
         tensors[name] = entry
         kind = entry["kind"]
         pooled[kind] = pooled.get(kind, 0) + moments
         if "spectral_norm" in entry:
             kind_matrices.setdefault(kind, []).append(entry)
+        if kind in HU_MATRIX_KINDS and len(entry["shape"]) == 2:
+            hu_entries["w"].append(flat)
+        elif kind == "bias" and ".mlp." in name:
+            hu_entries["b"].append(flat)
     kinds: dict[str, dict] = {}
     for kind in KINDS:
         if kind not in pooled:
@@ -308,6 +313,10 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
             "trace": "trace of W (sum of the main diagonal, min(m, n) terms), Hu et al. 2023",
             "kurtosis": "excess (Fisher) kurtosis over all entries, exact",
             "kind_matrix_metrics": "mean over the kind's 2-D tensors",
+            "hu": "Hu et al. 2023's metric set: matrix metrics averaged over the attention "
+            "(fused query_key_value, dense) and MLP matrices; mean/median/var of all their "
+            "entries (w) and of the MLP biases (b); medians from a seeded subsample of at most "
+            f"{HU_MEDIAN_SAMPLE} entries",
             "fits": "per tensor, maximum likelihood on a seeded uniform subsample (Gaussian and "
             "logistic: scipy.stats; Student-t: polypythia_eval.tailfit, nu with a 95% profile-"
             "likelihood interval, tail = gaussian when unbounded above); ks = Kolmogorov-Smirnov "
@@ -316,7 +325,54 @@ def weight_statistics(state: Mapping[str, object], config: StatsConfig | None = 
         },
         "tensors": tensors,
         "kinds": kinds,
+        "hu": _hu_features(
+            [m for k in HU_MATRIX_KINDS for m in kind_matrices.get(k, [])], hu_entries, rng
+        ),
     }
+
+
+# Hu et al. 2023 (michahu/modeling-training, src/metrics.py): k, q, v, attention output,
+# FFN in and out matrices of every layer; GPT-NeoX fuses k, q and v into one matrix.
+HU_MATRIX_KINDS = ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
+# Their per-matrix metrics (averaged over matrices) under our names, then the global ones.
+HU_MATRIX_METRICS = {
+    "l1": "l1",
+    "l2": "l2",
+    "trace": "trace",
+    "spectral": "spectral_norm",
+    "code_sparsity": "l1_l2",
+    "computational_sparsity": "trace_spectral",
+    "mean_lambda": "sv_mean",
+    "variance_lambda": "sv_var",
+}
+HU_FEATURES = (*HU_MATRIX_METRICS, "mean_w", "median_w", "var_w", "mean_b", "median_b", "var_b")
+HU_MEDIAN_SAMPLE = 1_000_000
+
+
+def _median(flats: list[np.ndarray], rng: np.random.Generator) -> float | None:
+    """Median of the concatenated entries (a seeded proportional subsample when large)."""
+    total = sum(f.size for f in flats)
+    if total == 0:
+        return None
+    if total > HU_MEDIAN_SAMPLE:
+        flats = [_sample(f, max(1, round(HU_MEDIAN_SAMPLE * f.size / total)), rng) for f in flats]
+    return float(np.median(np.concatenate(flats)))
+
+
+def _hu_features(matrices: list[dict], entries: dict[str, list[np.ndarray]], rng) -> dict:
+    """One checkpoint's values of Hu et al.'s metric set (None where it does not apply)."""
+    out: dict[str, float | None] = {}
+    for theirs, ours in HU_MATRIX_METRICS.items():
+        out[theirs] = _mean_or_none([m.get(ours) for m in matrices])
+    for tag in ("w", "b"):
+        flats = entries[tag]
+        if flats:
+            stats_ = _from_moments(sum(_moments(f) for f in flats))
+            out[f"mean_{tag}"], out[f"var_{tag}"] = stats_["mean"], stats_["var"]
+        else:
+            out[f"mean_{tag}"] = out[f"var_{tag}"] = None
+        out[f"median_{tag}"] = _median(flats, rng)
+    return out
 
 
 # The per-kind metrics a training map reads (Hu et al. 2023's set plus kurtosis).
@@ -336,7 +392,11 @@ MAP_METRICS = (
 
 
 def map_features(weight_stats: Mapping) -> dict[str, float]:
-    """Flatten a checkpoint's per-kind statistics into ``{"kind.metric": value}`` (finite only)."""
+    """A checkpoint's training-map features: Hu et al.'s metric set when recorded (finite
+    only), else (older files) its per-kind statistics as ``{"kind.metric": value}``."""
+    hu = weight_stats.get("hu")
+    if hu:
+        return {k: float(v) for k, v in hu.items() if v is not None and math.isfinite(v)}
     out: dict[str, float] = {}
     for kind, entry in weight_stats.get("kinds", {}).items():
         for metric in MAP_METRICS:

@@ -235,6 +235,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "indexDir": data["indexDir"].replace("{seed}", str(seed))
             if data.get("indexDir")
             else None,
+            "validationPath": data.get("validationPath"),
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),

@@ -50,6 +50,7 @@ def _eval(seed: int, step: int) -> dict:
         "versions": {"pp_cloze": 1.0},
         "predictions": {"pp_cloze": {"doc_id": list(range(20)), "pred": preds}},
         "weight_stats": weight_statistics(_weights(seed, step), StatsConfig(fit_sample_size=2000)),
+        "validation": {"loss": 6.0 - step / 100 + 0.01 * seed, "tokens": 4096, "dataset": "d1"},
     }
 
 
@@ -81,8 +82,8 @@ def sweep_dir(tmp_path_factory) -> Path:
 def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
     index = render_report(str(sweep_dir), tmp_path, run_errors={"sw-nano-s0": "worker OOM-killed"})
     page = index.read_text()
-    for png in ("loss-micro.png", "evals-micro.png", "weights-micro.png", "map-micro.png",
-                "kappa-micro.png"):  # fmt: skip
+    for png in ("loss-micro.png", "heldout-micro.png", "evals-micro.png", "weights-micro.png",
+                "map-micro.png", "kappa-micro.png"):  # fmt: skip
         assert (tmp_path / png).stat().st_size > 5000, png
         assert f'src="{png}"' in page
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -91,9 +92,13 @@ def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
     flagged = {(v["run"], v["signal"]) for v in summary["outliers"]}
     assert (OUTLIER_RUN, "eval:pp_cloze/acc") in flagged
     assert all(run == OUTLIER_RUN for run, _ in flagged)
+    # The map (z-scored per run, as Hu et al.) sees the outlier's x4 weights as the same
+    # phases, one checkpoint early: no departure; the cross-seed test is what flags it.
     tmap = summary["training_maps"]["micro"]
-    assert tmap["departures"][OUTLIER_RUN] is not None
-    assert tmap["departures"][OUTLIER_RUN] >= 150
+    assert set(tmap["paths"]) == {f"sw-micro-s{s}" for s in range(5)}
+    assert all(len(p) == len(EVAL_STEPS) for p in tmap["paths"].values())
+    bic = tmap["heldout_bic"]  # JSON: keys are strings
+    assert str(tmap["n_states"]) == min(bic, key=bic.get)
     assert all(tmap["departures"][f"sw-micro-s{s}"] is None for s in (0, 1, 2, 4))
     # The failed run and the missing pieces are said, not crashed on.
     assert "FAILED: worker OOM-killed" in page

@@ -49,3 +49,5 @@ def test_a_trained_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
     qkv = result["weight_stats"]["tensors"]["gpt_neox.layers.0.attention.query_key_value.weight"]
     assert qkv["fit"]["best"] in ("gaussian", "logistic", "student_t")
     assert result["weight_stats"]["kinds"]["attn_qkv"]["nu"]["tensors"] >= 1
+    held = result["validation"]  # the demo corpus's held-out documents
+    assert held["tokens"] > 1000 and 0 < held["loss"] < 8 and len(held["dataset"]) == 16

@@ -7,6 +7,7 @@ flagged by the same rule wherever it trains. Pure: histories in, verdicts out.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -61,11 +62,34 @@ class CrossSeedResult:
         return out
 
 
+VALIDATION_SIGNAL = "loss:validation"
+
+
+def validation_losses(evals: Mapping[int, Mapping]) -> dict[int, float]:
+    """step -> held-out loss recorded by the evaluator (NaN where it diverged)."""
+    out = {}
+    for step, result in evals.items():
+        block = result.get("validation") if isinstance(result, Mapping) else None
+        if isinstance(block, Mapping) and "loss" in block and block.get("tokens"):
+            loss = block["loss"]
+            out[step] = float(loss) if isinstance(loss, (int, float)) else math.nan
+    return out
+
+
 def signal_points(histories: Iterable[RunHistory], settings: OutlierSettings) -> dict[str, list]:
-    """signal -> points: ``loss`` and ``eval:<task>/<metric>`` (headline metric per task)."""
+    """signal -> points: the loss and ``eval:<task>/<metric>`` (headline metric per task).
+
+    The loss is the held-out loss (``loss:validation``) when any run's evaluations record
+    it: every seed on the same tokens. Otherwise each run's training loss at checkpoints
+    (``loss``), which compares seeds on different batches."""
+    histories = list(histories)
     out: dict[str, list[Point]] = defaultdict(list)
+    held = {h.run: validation_losses(h.evals) for h in histories}
+    use_held = any(held.values())
     for h in histories:
-        if "loss" in settings.signals:
+        if "loss" in settings.signals and use_held:
+            out[VALIDATION_SIGNAL] += [Point(h.group, h.run, s, v) for s, v in held[h.run].items()]
+        elif "loss" in settings.signals:
             out["loss"] += [Point(h.group, h.run, s, v) for s, v in h.losses.items()]
         if "eval" not in settings.signals:
             continue
@@ -87,7 +111,7 @@ def cross_seed_outliers(
     latest: dict[str, dict[str, float]] = defaultdict(dict)
     families = []
     for signal, points in sorted(signal_points(histories, settings).items()):
-        side = "high" if signal == "loss" else bad_side(signal.rsplit("/", 1)[1])
+        side = "high" if signal.startswith("loss") else bad_side(signal.rsplit("/", 1)[1])
         families.append(Family(signal, side, points))
         for (_, run), series in cross_seed_z(points, settings.min_runs).items():
             latest[run][signal] = max(series)[1]

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 
 from polypythia.monitoring.outliers import Direction
 
+# The held-out loss of an evaluation file, exported as this pseudo-task's ``loss`` metric
+# (``loss`` is no headline metric: the cross-seed test takes it as its loss signal instead).
+VALIDATION_TASK = "validation"
 # Metric preferred as a task's headline score, in order.
 HEADLINE_METRICS = ("acc", "acc_norm", "pct_stereotype", "exact_match", "perplexity")
 # Metrics where a high value is bad; every other headline metric is better high.
@@ -30,7 +33,8 @@ def task_scores(result_file: Mapping) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` from an evaluation file of any lm-eval version.
 
     Standard errors, aliases and non-numeric fields are left out; for filtered
-    metrics the ``none`` filter (or the first one seen) wins.
+    metrics the ``none`` filter (or the first one seen) wins. The held-out loss, when
+    recorded, is ``{"validation": {"loss": ...}}``.
     """
     out: dict[str, dict[str, float]] = {}
     for task, metrics in (result_file.get("results") or {}).items():
@@ -48,6 +52,10 @@ def task_scores(result_file: Mapping) -> dict[str, dict[str, float]]:
             scores[name] = float(value)
         if scores:
             out[task] = scores
+    held = result_file.get("validation")
+    loss = held.get("loss") if isinstance(held, Mapping) else None
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+        out[VALIDATION_TASK] = {"loss": float(loss)}
     return out
 
 

@@ -8,7 +8,7 @@ from polypythia.errors import UsageError
 
 FORMATS = ("generated", "megatron")
 ORDERS = ("megatron", "permutation")
-FIELDS = ("format", "path", "tokenizer", "skipBatches", "order", "indexDir")
+FIELDS = ("format", "path", "tokenizer", "skipBatches", "order", "indexDir", "validationPath")
 
 
 @dataclass(frozen=True)
