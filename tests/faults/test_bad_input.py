@@ -174,3 +174,20 @@ def test_full_disk_during_a_torch_checkpoint(full_disk: Path) -> None:
 def test_load_sweep_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="sweep.yaml"):
         load_sweep_file(sweep_file(tmp_path, "a: [1\n"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"evaluation": {"tasks": ["pp_no_such_task"]}}, "spec.evaluation.tasks"),
+        (
+            {"data": {"format": "megatron", "path": "/nonexistent/ds", "tokenizer": "/no/tok"}},
+            "spec.data.path: /nonexistent/ds.bin",
+        ),
+    ],
+)
+def test_run_checks_inputs_before_training(tmp_path: Path, capsys, spec: dict, field: str) -> None:
+    argv = ["run", str(sweep_file(tmp_path, **spec)), "--workdir", str(tmp_path / "w")]
+    err = one_line_error(capsys, [*argv, "--no-ray", "--metrics-port", "-1"], 2)
+    assert field in err
+    assert not (tmp_path / "w" / "store").exists()  # nothing trained, nothing written
