@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from polypythia.errors import UsageError
-from polypythia.storage import RunStore, StorageNotFound
+from polypythia.storage import CheckpointDamaged, RunStore, StorageNotFound
 from polypythia_eval.offline_tasks import (
     OfflineItems,
     expand_tasks,
@@ -255,7 +255,7 @@ def evaluate_run(
                     fetched = Path(tmp) / f"step{step}"
                     model_dir = store.fetch_checkpoint(step, fetched)
                 result = evaluate_checkpoint(model_dir, options, workdir, manager)
-            except (OSError, RuntimeError, ValueError, StorageNotFound) as exc:
+            except (OSError, RuntimeError, ValueError, StorageNotFound, CheckpointDamaged) as exc:
                 summary.failed[step] = f"{type(exc).__name__}: {exc}"
                 log(f"step{step}: FAILED {summary.failed[step]}")
                 continue

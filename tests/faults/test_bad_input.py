@@ -191,3 +191,18 @@ def test_run_checks_inputs_before_training(tmp_path: Path, capsys, spec: dict, f
     err = one_line_error(capsys, [*argv, "--no-ray", "--metrics-port", "-1"], 2)
     assert field in err
     assert not (tmp_path / "w" / "store").exists()  # nothing trained, nothing written
+
+
+def test_empty_inputs_are_refused(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out = tmp_path / "ds"
+    argv = ["data", "build", str(empty), "--out", str(out), "--train-tokenizer", "300"]
+    err = one_line_error(capsys, argv, 2)
+    assert "0 tokens" in err and not (tmp_path / "ds.bin").exists()
+    argv = ["data", "build", str(empty), "--out", str(tmp_path / "missing" / "ds")]
+    assert "does not exist" in one_line_error(capsys, [*argv, "--train-tokenizer", "300"], 2)
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    assert "no complete checkpoint" in one_line_error(capsys, ["evaluate", str(nothing)], 1)
+    assert "no runs" in one_line_error(capsys, ["report", str(nothing)], 2)
