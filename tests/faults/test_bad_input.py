@@ -206,3 +206,14 @@ def test_empty_inputs_are_refused(tmp_path: Path, capsys) -> None:
     nothing.mkdir()
     assert "no complete checkpoint" in one_line_error(capsys, ["evaluate", str(nothing)], 1)
     assert "no runs" in one_line_error(capsys, ["report", str(nothing)], 2)
+
+
+def test_unwritable_report_out_is_one_line(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    store = tmp_path / "sweep" / "run-a"
+    store.mkdir(parents=True)
+    (store / "run.json").write_text("{}")
+    argv = ["report", str(tmp_path / "sweep"), "--out", str(afile / "out")]
+    err = one_line_error(capsys, argv, 1)
+    assert str(afile / "out") in err and "Not a directory" in err
