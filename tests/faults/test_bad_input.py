@@ -217,3 +217,10 @@ def test_unwritable_report_out_is_one_line(tmp_path: Path, capsys) -> None:
     argv = ["report", str(tmp_path / "sweep"), "--out", str(afile / "out")]
     err = one_line_error(capsys, argv, 1)
     assert str(afile / "out") in err and "Not a directory" in err
+
+
+def test_run_refuses_a_missing_bucket_before_training(tmp_path: Path, capsys, s3_endpoint) -> None:
+    argv = ["run", str(sweep_file(tmp_path)), "--workdir", str(tmp_path / "w"), "--no-ray"]
+    argv += ["--metrics-port", "-1", "--storage", "s3://no-such-bucket-here/x"]
+    err = one_line_error(capsys, argv, 2)
+    assert "no-such-bucket-here" in err and "does not exist" in err

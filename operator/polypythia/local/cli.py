@@ -166,9 +166,25 @@ def _exporter(sweep, port: int | None):
     return exporter
 
 
-def _check_inputs(sweep, evaluate: bool) -> None:
-    """What would fail hours in, checked before any training: evaluation task names,
-    the dataset and tokenizer paths (local or s3://)."""
+def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
+    """What would fail hours in, checked before any training: the storage bucket,
+    evaluation task names, the dataset and tokenizer paths (local or s3://)."""
+    if base_uri.startswith("s3://"):
+        from polypythia.storage import StorageError, open_store
+
+        storage = sweep.spec["storage"]
+        try:
+            store, _ = open_store(
+                base_uri,
+                endpoint=storage.get("endpoint"),
+                secure=storage["secure"],
+                region=storage["region"],
+            )
+            found = store.bucket_exists()
+        except StorageError as exc:
+            raise UsageError(f"--storage {base_uri}: cannot be reached ({exc})") from None
+        if not found:
+            raise UsageError(f"--storage {base_uri}: bucket {store.bucket!r} does not exist")
     tasks = list(sweep.spec["evaluation"]["tasks"])
     if evaluate and tasks and sweep.spec["evaluation"]["schedule"] != "none":
         from polypythia_eval.offline_tasks import expand_tasks, is_offline
@@ -320,7 +336,7 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
         on_update=progress.update,
         exporter=exporter,
     )
-    _check_inputs(sweep, not args.no_eval)
+    _check_inputs(sweep, not args.no_eval, base_uri)
     driver.prepare()
     done_before = sum(1 for r in driver.runs if r.finished)
     print(
