@@ -89,4 +89,10 @@ def main(args: argparse.Namespace) -> int:
         f"evaluated {len(summary.evaluated)}, skipped {len(summary.skipped)}, "
         f"failed {len(summary.failed)}"
     )
+    if not (summary.evaluated or summary.skipped or summary.failed):
+        print(
+            f"polypythia evaluate: error: {store.uri}: no complete checkpoint to evaluate",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if summary.failed else 0

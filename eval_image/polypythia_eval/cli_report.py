@@ -38,6 +38,10 @@ def main(args: argparse.Namespace) -> int:
     if source.startswith("s3://"):
         store_kwargs = {"endpoint": args.endpoint, "secure": not args.insecure,
                         "region": args.region}  # fmt: skip
+    from polypythia.storage import SweepStore
+
+    if not SweepStore.open(source, **store_kwargs).runs():
+        raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no runs in it (nothing to report)")
     index = render_report(
         source, args.out, pythia_evals=args.pythia_evals, title=args.title, **store_kwargs
     )

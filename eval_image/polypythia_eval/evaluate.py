@@ -21,7 +21,7 @@ import torch
 from polypythia.errors import UsageError
 from polypythia.metrics_sinks import MetricsProcessor, TensorBoardSink, store_put
 from polypythia.monitoring.eval_scores import task_scores
-from polypythia.storage import RunStore, StorageNotFound
+from polypythia.storage import CheckpointDamaged, RunStore, StorageNotFound
 from polypythia_eval.offline_tasks import (
     OfflineItems,
     expand_tasks,
@@ -298,7 +298,7 @@ def evaluate_run(
                     fetched = Path(tmp) / f"step{step}"
                     model_dir = store.fetch_checkpoint(step, fetched)
                 result = evaluate_checkpoint(model_dir, options, workdir, manager, held_out)
-            except (OSError, RuntimeError, ValueError, StorageNotFound) as exc:
+            except (OSError, RuntimeError, ValueError, StorageNotFound, CheckpointDamaged) as exc:
                 summary.failed[step] = f"{type(exc).__name__}: {exc}"
                 log(f"step{step}: FAILED {summary.failed[step]}")
                 continue

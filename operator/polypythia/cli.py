@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        where = exc.filename or "the output"
-        what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
-        print(f"polypythia {args.command}: error: {where}: {what}", file=sys.stderr)
+        # A file the command could not read or write (full disk, read-only, a missing
+        # or non-folder parent): the path and the reason, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or exc
+        print(f"polypythia {args.command}: error: {where}{what}", file=sys.stderr)
         return 1
 
 

@@ -9,6 +9,7 @@ message: the field path and what is allowed.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,65 @@ from polypythia import crd, presets
 from polypythia.errors import UsageError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Bounds that keep the planner and the driver finite (Pythia: 143,000 steps, 154
+# checkpoints, 10 seeds); far above any real sweep, far below what exhausts memory.
+MAX_STEPS = 100_000_000
+MAX_SEEDS = 10_000
+MAX_RUNS = 10_000
+MAX_CHECKPOINTS = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (YAML says keys are unique;
+    PyYAML silently keeps the last, so a typo'd override would pass unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _depth(obj: object) -> int:
+    """Nesting depth of lists and mappings, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_YAML_DEPTH:
+                stack += [
+                    (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+                ]
+    return deepest
+
+
+def _nonfinite(obj: object, path: str = "") -> list[str]:
+    """Paths of NaN / infinite numbers (YAML's .nan and .inf pass every schema bound)."""
+    found: list[str] = []
+    stack = [(obj, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            found.append(f"{where}: {item} is not a finite number")
+        elif isinstance(item, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    return sorted(found)
 
 
 class SpecError(UsageError):
@@ -65,9 +125,11 @@ def load_sweep_file(path: str | Path) -> Sweep:
         raise UsageError(f"{path}: is a directory, expected a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        documents = [doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc is not None]
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -79,6 +141,8 @@ def load_sweep_file(path: str | Path) -> Sweep:
         raise UsageError(
             f"{path}: {len(documents)} YAML documents, expected exactly one {crd.KIND}"
         )
+    if _depth(documents[0]) > MAX_YAML_DEPTH:
+        raise UsageError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels")
     return sweep_from_object(documents[0], source=str(path))
 
 
@@ -86,8 +150,10 @@ def sweep_from_object(obj: object, *, source: str = "sweep", namespace: str = "d
     """Validate against the CRD schema, apply its defaults, then check meaning."""
     if not isinstance(obj, dict):
         raise SpecError([f"<document>: must be a mapping, got {type(obj).__name__}"], source)
+    if _depth(obj) > MAX_YAML_DEPTH:
+        raise SpecError([f"<document>: nested deeper than {MAX_YAML_DEPTH} levels"], source)
     obj = copy.deepcopy(obj)
-    errors = []
+    errors = _nonfinite(obj)
     if obj.get("apiVersion") != crd.API_VERSION:
         errors.append(f"apiVersion: must be {crd.API_VERSION}, got {obj.get('apiVersion')!r}")
     if obj.get("kind") != crd.KIND:
@@ -106,7 +172,7 @@ def sweep_from_object(obj: object, *, source: str = "sweep", namespace: str = "d
         raise SpecError(errors, source)
     crd.apply_defaults(crd.schema(), obj)
     spec = obj["spec"]
-    errors = semantic_errors(spec)
+    errors = bound_errors(spec) or semantic_errors(spec)
     if errors:
         raise SpecError(errors, source)
     return Sweep(
@@ -117,6 +183,34 @@ def sweep_from_object(obj: object, *, source: str = "sweep", namespace: str = "d
         uid=metadata.get("uid"),
         labels=dict(metadata.get("labels") or {}),
     )
+
+
+def bound_errors(spec: dict) -> list[str]:
+    """Counts that must stay finite before anything expands them (planner, driver)."""
+    errors: list[str] = []
+    steps = spec["training"]["steps"]
+    if steps > MAX_STEPS:
+        errors.append(f"spec.training.steps: {steps} is above the limit of {MAX_STEPS}")
+        return errors
+    seeds = spec["seeds"]
+    count = len(seeds["list"]) if "list" in seeds else seeds.get("range", {}).get("count", 0)
+    if count > MAX_SEEDS:
+        errors.append(f"spec.seeds: {count} seeds is above the limit of {MAX_SEEDS}")
+    runs = count * len(spec["sizes"]) * max(1, len(spec.get("inits", [])))
+    if count <= MAX_SEEDS and runs > MAX_RUNS:
+        errors.append(f"spec: {runs} runs (sizes x seeds x inits) is above the limit of {MAX_RUNS}")
+    checkpoints = spec["checkpoints"]
+    planned = {
+        "every": steps // max(1, checkpoints.get("every") or steps) + 2,
+        "pythia": checkpoints.get("count", 0) + 12,
+        "list": len(checkpoints.get("steps", [])) + 2,
+    }.get(checkpoints["schedule"], 0)
+    if planned > MAX_CHECKPOINTS:
+        errors.append(
+            f"spec.checkpoints: {checkpoints['schedule']} schedule plans about {planned} "
+            f"checkpoints, above the limit of {MAX_CHECKPOINTS}; checkpoint less often"
+        )
+    return errors
 
 
 def semantic_errors(spec: dict) -> list[str]:

@@ -40,7 +40,8 @@ def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
 
 
 def test_sweep_trains_evaluates_reports_and_isolates_a_failing_run(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path, "e2e")
+    # No retries: this failure is permanent, and each retry would restart the trainer.
+    sweep = write_sweep(tmp_path, "e2e", maxRetries=0)
     workdir = tmp_path / "work"
     # Sabotage one run's storage: a plain file where its checkpoints folder must go.
     broken = workdir / "store" / "e2e" / "e2e-nano-s1"

@@ -105,11 +105,12 @@ def test_report_of_a_sweep_shows_spikes_outliers_and_maps(sweep_dir, tmp_path):
     assert "No training telemetry yet" in page and "No evaluation results yet" in page
 
 
-def test_report_of_an_empty_sweep_says_what_is_missing(tmp_path):
+def test_report_of_an_empty_sweep_is_refused(tmp_path, capsys):
+    # Issue #14: a report of nothing used to exit 0 with an empty page.
     (tmp_path / "sweep").mkdir()
-    assert cli.main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
-    page = (tmp_path / "out" / "index.html").read_text()
-    assert "no runs in storage yet" in page
+    assert cli.main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 2
+    assert "no runs in it" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "index.html").exists()
 
 
 def test_report_bad_source_exits_2(tmp_path, capsys):

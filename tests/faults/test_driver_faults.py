@@ -191,3 +191,16 @@ def test_trainers_die_with_a_killed_driver(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the trainer outlived its driver")
+
+
+def test_sigterm_stops_the_driver_like_ctrl_c(tmp_path: Path) -> None:
+    """kill / systemd / Kubernetes send SIGTERM: the driver stops its trainers and exits 130."""
+    from polypythia.local.cli import _sigterm_as_interrupt
+
+    d = driver(tmp_path)
+    stopped = []
+    d.stop = lambda: stopped.append(True)  # type: ignore[method-assign]
+    d._launch = lambda: os.kill(os.getpid(), signal.SIGTERM)  # type: ignore[method-assign]
+    with _sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        d.run()
+    assert stopped == [True]

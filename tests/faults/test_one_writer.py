@@ -77,3 +77,28 @@ def test_a_writer_that_lost_its_lease_may_not_commit(run_uri: str) -> None:
     lease.release()  # does not delete the new holder's lease
     check_lease(run, other.token)
     other.release()
+
+
+def test_a_holder_on_another_host_is_waited_out_until_its_heartbeat_expires(
+    run_uri: str,
+) -> None:
+    """A RayJob retried on a new pod meets the dead pod's lease: it waits, then takes it."""
+    run = RunStore.open(run_uri)
+    dead_pod = {
+        "token": "t0",
+        "owner": "polypythia train (dead pod)",
+        "host": "another-pod",
+        "pid": 7,
+        "heartbeat": time.time(),
+        "ttlSeconds": 2,
+    }
+    run.store.put_bytes(run.key(LEASE), json.dumps(dead_pod).encode())
+    start = time.monotonic()
+    lease = RunLease(run, owner="retry")
+    lease.acquire()
+    assert 1.5 <= time.monotonic() - start < 30
+    check_lease(run, lease.token)
+    lease.release()
+    run.store.put_bytes(run.key(LEASE), json.dumps({**dead_pod, "heartbeat": time.time()}).encode())
+    with pytest.raises(LeaseHeld, match="another-pod"):
+        RunLease(run, owner="impatient").acquire(wait=False)

@@ -90,7 +90,7 @@ FULL_BELOW_BYTES = 16 << 20  # what counts as "no room" when torch hides the err
 def _disk_full(exc: BaseException, folder: Path) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
+    if isinstance(exc, RuntimeError):
         probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
         return probe is not None and shutil.disk_usage(probe).free < FULL_BELOW_BYTES
     return False

@@ -304,6 +304,8 @@ class Trainer:
         rngs = self._gather(ckpt.rng_state())
         if self.rank != 0:
             return
+        if self.lease_token is not None:  # staging deletes this step's old files: ours only
+            check_lease(self.store, self.lease_token)
         step = self.step
         out_dir = self._staging_dir(step)
         ckpt.write_checkpoint(

@@ -166,6 +166,71 @@ def _exporter(sweep, port: int | None):
     return exporter
 
 
+def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
+    """What would fail hours in, checked before any training: the storage bucket,
+    evaluation task names, the dataset and tokenizer paths (local or s3://)."""
+    if base_uri.startswith("s3://"):
+        from polypythia.storage import StorageError, open_store
+
+        storage = sweep.spec["storage"]
+        try:
+            store, _ = open_store(
+                base_uri,
+                endpoint=storage.get("endpoint"),
+                secure=storage["secure"],
+                region=storage["region"],
+            )
+            found = store.bucket_exists()
+        except StorageError as exc:
+            raise UsageError(f"--storage {base_uri}: cannot be reached ({exc})") from None
+        if not found:
+            raise UsageError(f"--storage {base_uri}: bucket {store.bucket!r} does not exist")
+    tasks = list(sweep.spec["evaluation"]["tasks"])
+    if evaluate and tasks and sweep.spec["evaluation"]["schedule"] != "none":
+        from polypythia_eval.offline_tasks import expand_tasks, is_offline
+
+        try:
+            names = expand_tasks(tasks)
+        except UsageError as exc:
+            raise UsageError(f"spec.evaluation.tasks: {exc}".replace("--tasks: ", "")) from None
+        others = [t for t in names if not is_offline(t)]
+        if others:
+            from lm_eval.tasks import TaskManager
+
+            known = set(TaskManager().all_tasks)
+            unknown = [t for t in others if t not in known]
+            if unknown:
+                raise UsageError(
+                    f"spec.evaluation.tasks: unknown lm-evaluation-harness task(s) "
+                    f"{', '.join(unknown)} (see `lm-eval ls tasks`; pp_* are the project's own)"
+                )
+    data = sweep.spec["data"]
+    wanted = []
+    if data.get("path"):
+        wanted += [("spec.data.path", data["path"] + suffix) for suffix in (".bin", ".idx")]
+    if data.get("tokenizer"):
+        wanted.append(("spec.data.tokenizer", data["tokenizer"]))
+    for field, where in wanted:
+        if where.startswith("s3://"):
+            from polypythia.storage import StorageError, open_store
+
+            storage = sweep.spec["storage"]
+            try:
+                store, key = open_store(
+                    where,
+                    endpoint=storage.get("endpoint"),
+                    secure=storage["secure"],
+                    region=storage["region"],
+                )
+                found = store.exists(key) or bool(store.list(key.rstrip("/") + "/"))
+            except StorageError as exc:
+                raise UsageError(f"{field}: {where}: cannot be read ({exc})") from None
+        else:
+            found = Path(where).expanduser().exists()
+        if not found:
+            raise UsageError(f"{field}: {where}: no such file or object")
+
+
 def _base_uri(args: argparse.Namespace, sweep, workdir: Path) -> str:
     if args.storage:
         return args.storage if "://" in args.storage else str(Path(args.storage).resolve())
@@ -271,6 +336,7 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
         on_update=progress.update,
         exporter=exporter,
     )
+    _check_inputs(sweep, not args.no_eval, base_uri)
     driver.prepare()
     done_before = sum(1 for r in driver.runs if r.finished)
     print(

@@ -145,7 +145,9 @@ class LocalDriver:
         self._check_drift()
         for run in self.runs:
             self._sync(run, full=True)
-            if run.finished and not run.store.checked(run.total_steps):
+            # Local stores: checksums in place; S3: sizes (its trainer checks sums on fetch).
+            local = run.store.store.local_dir(run.store.key()) is not None
+            if run.finished and not run.store.checked(run.total_steps, checksums=local):
                 log.warning(
                     "%s: final checkpoint step%d was damaged (quarantined); training resumes "
                     "from the newest sound checkpoint",

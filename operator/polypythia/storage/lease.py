@@ -102,9 +102,15 @@ class RunLease:
             f"{self.run.store.url(self.key)} to break it now"
         )
 
-    def acquire(self) -> None:
-        """Take the lease or raise LeaseHeld; a stale lease is broken with a warning."""
-        for _ in range(5):
+    def acquire(self, wait: bool = True) -> None:
+        """Take the lease or raise LeaseHeld; a stale lease is broken with a warning.
+
+        A live holder on this host is refused at once. One on another host may be a
+        pod that just died (a RayJob retried elsewhere): with ``wait`` we wait until its
+        heartbeat would have expired, and refuse only if it is still renewed.
+        """
+        deadline: float | None = None
+        for _ in range(1000):
             if self.run.store.put_bytes_if_absent(self.key, self._body()):
                 self.check()  # a breaker racing us may have deleted ours: trust what is stored
                 return
@@ -113,10 +119,19 @@ class RunLease:
                 continue
             if current.get("token") == self.token:
                 return
-            if not self.stale(current):
+            if self.stale(current):
+                log.warning("breaking a stale lease: %s", self.describe(current))
+                self.run.store.delete(self.key)
+                continue
+            elsewhere = current.get("host") != socket.gethostname()
+            ttl = float(current.get("ttlSeconds") or self.ttl_s)
+            now = time.time()
+            if deadline is None:
+                deadline = now + ttl + 5 if wait and elsewhere else now
+            if now >= deadline:
                 raise LeaseHeld(self.describe(current))
-            log.warning("breaking a stale lease: %s", self.describe(current))
-            self.run.store.delete(self.key)
+            expires = float(current.get("heartbeat") or 0.0) + ttl + 1
+            time.sleep(max(0.5, min(expires, deadline) - now))
         raise LeaseHeld(f"{self.run.uri}: could not take the run's lease (writers keep racing)")
 
     def check(self) -> None:

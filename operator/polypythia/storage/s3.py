@@ -129,6 +129,11 @@ class S3Store:
                 )
             ) from None
 
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists (one HEAD request)."""
+        with self._errors("check bucket"):
+            return bool(self._client.bucket_exists(self.bucket))
+
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist yet (local runs against a fresh MinIO)."""
         with self._errors("create bucket"):

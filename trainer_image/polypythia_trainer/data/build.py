@@ -99,6 +99,9 @@ def build_dataset(
     """Tokenise ``inputs`` into ``PREFIX.bin``/``.idx`` and write ``PREFIX.tokenizer/``."""
     started = time.perf_counter()
     check_inputs(inputs)
+    folder = Path(prefix).parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {prefix}: folder {folder} does not exist (create it first)")
     if (tokenizer is None) == (train_vocab is None):
         raise UsageError("give exactly one of --tokenizer PATH and --train-tokenizer VOCAB")
     if train_vocab is not None:
@@ -121,6 +124,10 @@ def build_dataset(
     except BaseException:
         builder.abort()
         raise
+    if tokens == 0:
+        builder.abort()
+        names = ", ".join(str(i) for i in inputs)
+        raise UsageError(f"{names}: no text in the input (0 tokens); nothing to build")
     builder.finalize()
     out_tok = tokenizer_dir(prefix)
     if tokenizer is not None:
