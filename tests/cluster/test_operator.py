@@ -121,6 +121,19 @@ def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) 
     }
 
 
+def test_submitter_pods_pass_pod_security(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """KubeRay's submitter Jobs run `ray job submit` in a pod the restricted namespace must admit."""
+    for job in _submitters(cluster):
+        name = job["metadata"]["name"]
+        cluster.wait_for(
+            f"pod of submitter Job {name}",
+            lambda n=name: (
+                cluster.core.list_namespaced_pod(NS, label_selector=f"job-name={n}").items
+            ),
+            timeout=30,
+        )
+
+
 def test_kubectl_get_pps_shows_the_printer_columns(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
     table = kubectl("get", "pps", "-n", NS).stdout.splitlines()
     assert table[0].split() == COLUMNS
