@@ -41,6 +41,7 @@ GO_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kuberay-ope
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT_S = 120.0
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 # Requests of the service accounts under test, with their response codes, for the RBAC tests; the
 # control plane's own chatter is left out to keep the file small.
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -293,15 +294,48 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     return proc.pid
 
 
-def https_get(url: str, pki: Path, timeout: float = 2.0) -> tuple[int, str]:
-    """GET with the admin client certificate."""
+def request(
+    url: str, pki: Path, method: str = "GET", body: bytes | None = None, ctype: str = ""
+) -> tuple[int, str]:
+    """One API request with the admin client certificate (no kubectl start-up per call)."""
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    req = urllib.request.Request(url, data=body, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+
+
+def api(server: str, pki: Path, method: str, path: str, body: bytes | None = None, ctype: str = "") -> dict:  # fmt: skip
+    """A request that must succeed; its JSON answer."""
+    code, text = request(server + path, pki, method, body, ctype or "application/json")
+    if code >= 300:
+        raise ClusterError(f"{method} {path} answered {code}: {text[:500]}")
+    return json.loads(text)
+
+
+def install_crds(server: str, pki: Path, crds: Path) -> None:
+    """Server-side apply of KubeRay's CRDs (apply patches take YAML), then wait until Established."""
+    names = []
+    for path in sorted(crds.glob("*.yaml")):
+        group, _, plural = path.stem.partition("_")  # config/crd/bases names them <group>_<plural>
+        name = f"{plural}.{group}"
+        query = "?fieldManager=polypythia-cluster&force=true"
+        api(server, pki, "PATCH", f"{CRD_PATH}/{name}{query}", path.read_bytes(), "application/apply-patch+yaml")  # fmt: skip
+        names.append(name)
+
+    def established() -> bool:
+        for name in names:
+            conditions = api(server, pki, "GET", f"{CRD_PATH}/{name}").get("status", {}).get("conditions") or []  # fmt: skip
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+        return True
+
+    wait_until("KubeRay CRDs Established", established, "kube-apiserver")
 
 
 def wait_until(what: str, check, log: str, timeout: float = READY_TIMEOUT_S) -> None:  # type: ignore[no-untyped-def]
@@ -320,26 +354,22 @@ def wait_until(what: str, check, log: str, timeout: float = READY_TIMEOUT_S) -> 
     raise ClusterError(f"{what} not ready after {timeout:.0f} s; see {RUN / 'logs' / log}.log")
 
 
-def kubectl(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [str(BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ClusterError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-    return done.stdout
-
-
 def running() -> bool:
     table = pids()
     return bool(table) and all(alive(pid) for pid in table.values())
 
 
 def up() -> None:
-    """Start everything (building first if needed); a no-op when all of it already runs."""
+    """Start everything (building first if needed); a no-op when all of it already runs. A failed start
+    stops what it started."""
+    try:
+        start()
+    except BaseException:
+        down(quiet=True)
+        raise
+
+
+def start() -> None:
     if running() and KUBECONFIG.exists():
         print(f"cluster: already running (kubeconfig {KUBECONFIG})")
         return
@@ -390,7 +420,7 @@ def up() -> None:
     ])  # fmt: skip
     wait_until(
         "kube-apiserver /readyz",
-        lambda: https_get(f"{server}/readyz", pki)[0] == 200,
+        lambda: request(f"{server}/readyz", pki)[0] == 200,
         "kube-apiserver",
     )
     kubeconfig(KUBECONFIG, server, pki, "admin")
@@ -408,9 +438,7 @@ def up() -> None:
         "--leader-elect=false", "--secure-port=0", "--profiling=false", "--v=1",
     ])  # fmt: skip
 
-    # No client-side validation: fetching the OpenAPI of a server that just started takes long.
-    kubectl("apply", "--server-side", "--validate=false", "-f", str(out / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(out / "crds"))
+    install_crds(server, pki, out / "crds")
     spawn(
         "kuberay-operator",
         [str(bin_ / "kuberay-operator"), "--metrics-addr=0", "--health-probe-bind-address=0"],
@@ -418,16 +446,21 @@ def up() -> None:
     )
     # The default ServiceAccount appearing in a fresh namespace shows the controller-manager works.
     probe = f"pp-ready-{os.getpid()}"
-    kubectl("create", "namespace", probe)
+    api(
+        server,
+        pki,
+        "POST",
+        "/api/v1/namespaces",
+        json.dumps({"metadata": {"name": probe}}).encode(),
+    )
     wait_until(
         "kube-controller-manager (default ServiceAccount)",
         lambda: (
-            kubectl("get", "serviceaccount", "-n", probe, "-o", "name").split()
-            == ["serviceaccount/default"]
+            request(f"{server}/api/v1/namespaces/{probe}/serviceaccounts/default", pki)[0] == 200
         ),
         "kube-controller-manager",
     )
-    kubectl("delete", "namespace", probe, "--wait=false")
+    api(server, pki, "DELETE", f"/api/v1/namespaces/{probe}")
     print(
         f"cluster: up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}",
         flush=True,
