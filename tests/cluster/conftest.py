@@ -45,16 +45,14 @@ def control_plane() -> None:
 
 @pytest.fixture(scope="session")
 def release(control_plane: None) -> str:
-    """`helm install` of charts/polypythia into polypythia-system; returns the ServiceAccount name."""
-    installed = run("helm", "status", RELEASE, "-n", RELEASE_NS, check=False)
-    if installed.returncode != 0:
-        run(
-            "helm", "install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace",
-            "--set", f"images.trainer.repository={TRAINER_IMAGE.split(':')[0]}",
-            "--set", f"images.trainer.tag={TRAINER_IMAGE.split(':')[1]}",
-            "--set", f"images.eval.repository={EVAL_IMAGE.split(':')[0]}",
-            "--set", f"images.eval.tag={EVAL_IMAGE.split(':')[1]}",
-        )  # fmt: skip
+    """`helm install` (upgrade when installed) of charts/polypythia into polypythia-system; returns the ServiceAccount name."""
+    run(
+        "helm", "upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace",
+        "--set", f"images.trainer.repository={TRAINER_IMAGE.split(':')[0]}",
+        "--set", f"images.trainer.tag={TRAINER_IMAGE.split(':')[1]}",
+        "--set", f"images.eval.repository={EVAL_IMAGE.split(':')[0]}",
+        "--set", f"images.eval.tag={EVAL_IMAGE.split(':')[1]}",
+    )  # fmt: skip
     return SERVICE_ACCOUNT
 
 

@@ -54,7 +54,7 @@ def kubectl(*args: str, **kw: object) -> subprocess.CompletedProcess:
     return run("kubectl", *args, **kw)  # type: ignore[arg-type]
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0, log: Callable[[], str] | None = None) -> object:  # fmt: skip
+def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0, log: Callable[[], str] | None = None) -> object:  # fmt: skip
     """Poll until `check` returns something truthy; fail with `what` (and a log tail) otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,7 +256,7 @@ class Cluster:
     def operator_log(self) -> str:
         return self.log.read_text(errors="replace")[-8000:] if self.log.exists() else ""
 
-    def wait_for(self, what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
+    def wait_for(self, what: str, check: Callable[[], object], timeout: float = 120.0) -> object:
         return wait_for(what, check, timeout, self.operator_log)
 
 

