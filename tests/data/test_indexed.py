@@ -151,6 +151,7 @@ def _write_inputs(tmp_path: Path) -> tuple[list[Path], list[str]]:
 def test_data_build_round_trip(tmp_path: Path, capsys) -> None:
     inputs, texts = _write_inputs(tmp_path)
     out = tmp_path / "out" / "mine"
+    (tmp_path / "out").mkdir()  # a missing --out folder is refused (tests/faults)
     argv = ["data", "build", *map(str, inputs), "--out", str(out), "--train-tokenizer", "300"]
     assert cli_main([*argv, "--append-eod"]) == 0
     assert "4 documents" in capsys.readouterr().out

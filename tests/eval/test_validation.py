@@ -102,7 +102,9 @@ def test_the_held_out_loss_is_exported_as_an_eval_score_but_not_tested_twice():
     result = _history(0, 3.0, 3.0).evals[100]
     assert task_scores(result) == {"validation": {"loss": 3.0}}
     ex = SweepExporter()
-    ex.observe_eval(RunLabels("ns", "sw", "nano", "0"), 100, task_scores(result))
+    ex.observe_eval(
+        RunLabels("ns", "sw", "nano", "0", "pythia", "sw-nano-s0"), 100, task_scores(result)
+    )
     text = ex.exposition().decode()
     assert "polypythia_eval_score{" in text and 'task="validation"' in text
     histories = [_history(s, 3.0, 3.0) for s in range(5)]

@@ -21,6 +21,7 @@ from polypythia.errors import RuntimeFault, UsageError
 from polypythia.local.driver import FAILED, DriverOptions, LocalDriver, check_resources
 from polypythia.local.progress import make_progress
 from polypythia.local.summary import print_summary
+from polypythia.planner import evaluation_tasks
 from polypythia.spec import load_sweep_file
 
 
@@ -185,7 +186,7 @@ def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
             raise UsageError(f"--storage {base_uri}: cannot be reached ({exc})") from None
         if not found:
             raise UsageError(f"--storage {base_uri}: bucket {store.bucket!r} does not exist")
-    tasks = list(sweep.spec["evaluation"]["tasks"])
+    tasks = sorted({t for size in sweep.spec["sizes"] for t in evaluation_tasks(sweep.spec, size)})
     if evaluate and tasks and sweep.spec["evaluation"]["schedule"] != "none":
         from polypythia_eval.offline_tasks import expand_tasks, is_offline
 
