@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from pending import PENDING_16
 from pod_to_podman import find_container, run_args, security
@@ -244,3 +245,17 @@ def test_eval_image_evaluates_the_checkpoint_writing_only_its_volumes(
     assert any(k.endswith(f"evals/step{TRAIN_STEPS}.json") for k in keys), keys
     # Writes went to the pod's volumes only: the container's own layer is unchanged.
     assert changed.returncode == 0 and changed.stdout.strip() == "", changed.stdout
+
+
+@pytest.mark.parametrize("name", ["operator", "trainer", "eval"])
+def test_built_images_carry_oci_labels(name: str) -> None:
+    image = built(name)
+    result = engine("image", "inspect", "--format", "{{json .Config.Labels}}", image, timeout=600)
+    assert result.returncode == 0, _output(result)
+    labels = json.loads(result.stdout)
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert labels["org.opencontainers.image.version"] == version
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert labels["org.opencontainers.image.title"] == f"polypythia-{name}"
+    assert labels["org.opencontainers.image.base.name"]
