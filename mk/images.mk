@@ -66,9 +66,8 @@ base-image:
 
 image-sizes: ## the size of each built image, in MB
 	@for image in $(OPERATOR_IMAGE) $(TRAINER_IMAGE) $(EVAL_IMAGE); do \
-	  $(CONTAINER_ENGINE) image inspect --format '{{.Size}}' $$image 2>/dev/null \
-	    | awk -v i=$$image '{ printf "%s %.0f MB\n", i, $$1 / 1e6 }' \
-	  || echo "$$image not built"; done
+	  size=$$($(CONTAINER_ENGINE) image inspect --format '{{.Size}}' $$image 2>/dev/null) \
+	    && echo "$$image $$((size / 1000000)) MB" || echo "$$image not built"; done
 
 # Builds only the images that are not there yet, then runs the tests that start them.
 images-missing:
