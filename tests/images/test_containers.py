@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from pending import PENDING_16
 from pod_to_podman import find_container, run_args, security
 
 from polypythia import planner
@@ -213,7 +212,6 @@ def trained(sweep, s3: S3Server) -> dict:
     return {"run": run, "result": result, "keys": _keys(s3, run.config["runUri"])}
 
 
-@PENDING_16
 def test_trainer_image_trains_and_writes_a_complete_checkpoint(trained: dict) -> None:
     result, keys = trained["result"], trained["keys"]
     assert result.returncode == 0, _output(result)
@@ -223,7 +221,6 @@ def test_trainer_image_trains_and_writes_a_complete_checkpoint(trained: dict) ->
     assert any(k.endswith("/run.json") for k in keys), keys
 
 
-@PENDING_16
 def test_eval_image_evaluates_the_checkpoint_writing_only_its_volumes(
     trained: dict, sweep, s3: S3Server
 ) -> None:

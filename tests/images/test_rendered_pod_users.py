@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 from dockerfiles import IMAGES, final_user
-from pending import PENDING_16
 from pod_to_podman import find_container, security
 
 from polypythia import planner
@@ -57,7 +56,7 @@ PODS = {"operator": _operator_pods, "trainer": _trainer_pods, "eval": _eval_pods
 
 @pytest.mark.parametrize(
     "image",
-    ["operator", pytest.param("trainer", marks=PENDING_16), pytest.param("eval", marks=PENDING_16)],
+    ["operator", "trainer", "eval"],
 )
 def test_pods_run_as_the_user_the_image_was_built_for(image: str) -> None:
     uid, gid = final_user(IMAGES[image][0])
