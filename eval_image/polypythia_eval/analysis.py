@@ -18,7 +18,7 @@ from polypythia.monitoring.cross_seed import VALIDATION_SIGNAL, validation_losse
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
 from polypythia.monitoring.outliers import Family, OutlierVerdict, Point, flag_families
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
-from polypythia_eval.evaluate import POLYPYTHIAS_TASKS
+from polypythia.planner import POLYPYTHIAS_TASKS
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
 from polypythia_eval.sources import RunData, SweepData
 from polypythia_eval.trainingmaps import TrainingMap, agreement, fit_training_map

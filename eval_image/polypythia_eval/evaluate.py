@@ -21,6 +21,7 @@ import torch
 from polypythia.errors import UsageError
 from polypythia.metrics_sinks import MetricsProcessor, TensorBoardSink, store_put
 from polypythia.monitoring.eval_scores import task_scores
+from polypythia.planner import OFFLINE_TASKS, POLYPYTHIAS_TASKS
 from polypythia.storage import CheckpointDamaged, RunStore, StorageNotFound
 from polypythia_eval.offline_tasks import (
     OfflineItems,
@@ -32,22 +33,8 @@ from polypythia_eval.results import compact_results
 from polypythia_eval.validation import ValidationSet, heldout_loss, validation_set
 from polypythia_eval.weightstats import StatsConfig, weight_statistics
 
-# The CRD's default (spec.evaluation.tasks): the project's offline tasks.
-DEFAULT_TASKS = ("pp_subject_verb_agreement", "pp_anaphor_gender_agreement", "pp_cloze")
-# The PolyPythias task list (hub datasets; for clusters with internet access).
-POLYPYTHIAS_TASKS = (
-    "arc_easy",
-    "arc_challenge",
-    "lambada_openai",
-    "logiqa",
-    "piqa",
-    "sciq",
-    "winogrande",
-    "wsc",
-    "blimp_anaphor_gender_agreement",
-    "crows_pairs_english",
-    "simple_cooccurrence_bias",
-)
+# Unset --tasks: the project's offline tasks (the planner names a run's tasks by size).
+DEFAULT_TASKS = OFFLINE_TASKS
 EVAL_SCHEMA = "polypythia.io/eval/v1"
 
 
