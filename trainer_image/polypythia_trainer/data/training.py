@@ -129,26 +129,25 @@ class TrainingData:
         if not 0 <= sample_id < self.num_samples:
             raise IndexError(f"sample {sample_id} outside [0, {self.num_samples})")
         if self.megatron is not None:
-            parts = [
-                self.dataset.get(doc, offset, None if length < 0 else length)
-                for doc, offset, length in self.megatron.pieces(int(sample_id))
-            ]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return self._join(self.megatron.pieces(int(sample_id)))
         return self.dataset.tokens(int(sample_id) * self.sample_length, self.sample_length)
 
     def read_samples(self, sample_ids: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
         """(tokens, document ids) of each sample, gathering the index maps once."""
         if self.megatron is None:
             return [(self.sample(int(i)), self.documents(int(i))) for i in sample_ids]
-        out = []
-        for pieces in self.megatron.pieces_many(np.asarray(sample_ids)):
-            parts = [
-                self.dataset.get(doc, offset, None if length < 0 else length)
-                for doc, offset, length in pieces
-            ]
-            tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            out.append((tokens, [doc for doc, _, _ in pieces]))
-        return out
+        return [
+            (self._join(pieces), [doc for doc, _, _ in pieces])
+            for pieces in self.megatron.pieces_many(np.asarray(sample_ids))
+        ]
+
+    def _join(self, pieces) -> np.ndarray:
+        """One Megatron sample from its (document, offset, length) pieces (-1: to the end)."""
+        parts = [
+            self.dataset.get(doc, offset, None if length < 0 else length)
+            for doc, offset, length in pieces
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def documents(self, sample_id: int) -> list[int]:
         """Ids of the documents sample ``sample_id`` draws on (for the batch viewer)."""
