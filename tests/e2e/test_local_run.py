@@ -87,9 +87,12 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
     )
     workdir = tmp_path / "work"
     store = RunStore.open(str(workdir / "store" / "resume" / "resume-nano-s0"))
+    # As from a terminal: SIGINT delivered, even when this test runs in a background job
+    # (a non-interactive shell starts those with SIGINT ignored, and children inherit it).
     proc = subprocess.Popen(
         command(sweep, workdir, "--no-report"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env(tmp_path / "cache"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not [s for s in store.complete_checkpoints() if s >= 50]:
