@@ -24,14 +24,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 
 def crd_path() -> Path:
-    """The CRD file: `$POLYPYTHIA_CRD`, the repository's `crds/`, or the installed copy."""
+    """The CRD file: `$POLYPYTHIA_CRD`, else the package's copy of crds/ (kept identical by
+    `tools/sync_chart_crd.py` and a test), so an installed wheel validates like the repository."""
     override = os.environ.get("POLYPYTHIA_CRD")
     if override:
         return Path(override)
-    repo = Path(__file__).resolve().parents[2] / "crds" / CRD_FILENAME
-    if repo.exists():
-        return repo
-    return Path(__file__).resolve().parent / "data" / CRD_FILENAME
+    return Path(__file__).resolve().parent / "crds" / CRD_FILENAME
 
 
 @functools.cache

@@ -33,6 +33,14 @@ def test_chart_carries_the_same_crd_file() -> None:
     )
 
 
+def test_package_carries_the_same_crd_file() -> None:
+    """An installed wheel validates sweeps with this copy (tests/core/test_wheel.py)."""
+    copy = REPO / "operator" / "polypythia" / "crds" / CRD_FILE.name
+    assert copy.read_bytes() == CRD_FILE.read_bytes(), (
+        "operator/polypythia/crds/ differs from crds/: run `python tools/sync_chart_crd.py`"
+    )
+
+
 def test_chart_loads_the_crd_for_helm_install(chart) -> None:
     (entry,) = chart.crds
     assert yaml.safe_load(entry["data"]) == _crd()
