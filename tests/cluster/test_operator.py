@@ -23,7 +23,9 @@ from cluster.kube import RELEASE_NS, ROOT, SERVICE_ACCOUNT, audit_records, kubec
 NS, SWEEP = "tiny", "tiny"
 OPERATOR_USER = f"system:serviceaccount:{RELEASE_NS}:{SERVICE_ACCOUNT}"
 RULES = ROOT / "charts" / "polypythia" / "files" / "operator-rbac-rules.yaml"
-COLUMNS = ["NAME", "SIZES", "SEEDS", "RUNNING", "SUCCEEDED", "FAILED", "SPIKES", "OUTLIERS", "AGE"]
+COLUMNS = [
+    "NAME", "PHASE", "SIZES", "SEEDS", "RUNNING", "SUCCEEDED", "FAILED", "SPIKES", "OUTLIERS", "AGE",
+]  # fmt: skip
 
 
 def _names(objs: list[dict]) -> list[str]:
@@ -137,7 +139,9 @@ def test_submitter_pods_pass_pod_security(cluster, bucket: str) -> None:  # type
 def test_kubectl_get_pps_shows_the_printer_columns(cluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
     table = kubectl("get", "pps", "-n", NS).stdout.splitlines()
     assert table[0].split() == COLUMNS
-    assert table[1].split()[:7] == ["tiny", "nano,micro", "3", "2", "0", "0", "0"]
+    row = table[1].split()
+    assert row[0] == "tiny" and row[1] in ("Pending", "Running")
+    assert row[2:8] == ["nano,micro", "3", "2", "0", "0", "0"]
     wide = kubectl("get", "polypythiasweeps", "-n", NS, "-o", "wide").stdout.splitlines()
     assert "PHASE" in wide[0].split()
 
@@ -179,23 +183,23 @@ def test_operator_restart_mid_sweep_duplicates_nothing(cluster, bucket: str) -> 
             sorted((e["reason"], e["message"]) for e in cluster.events(NS, SWEEP)),
         )
 
-    def passes() -> int:
-        """Reconcile passes so far: each lists the sweep's RayJobs (the audit log counts them)."""
+    def rayjob_lists() -> int:
+        """The operator's LISTs of RayJobs: a new process lists once to fill its watch index."""
         return sum(
             1
             for r in audit_records(OPERATOR_USER)
-            if r["verb"] == "list"
-            and (r.get("objectRef") or {}).get("resource") == "rayjobs"
-            and (r.get("objectRef") or {}).get("namespace") == NS
+            if r["verb"] == "list" and (r.get("objectRef") or {}).get("resource") == "rayjobs"
         )
 
     before = snapshot()
     kubeconfig = cluster.operator_kubeconfig
     cluster.kill_operator()
-    done = passes()
+    done = rayjob_lists()
     cluster.start_operator(kubeconfig, cluster.s3_url)
-    # Several passes of the new process over the children the old one left.
-    cluster.wait_for("3 passes of the new operator", lambda: passes() >= done + 3, timeout=120)
+    cluster.wait_for("the new operator's RayJob index", lambda: rayjob_lists() > done, timeout=120)
+    # Children come from watch indexes, so passes leave no trace in the audit log: give the
+    # new process many poll intervals (1 s each) over the children the old one left.
+    time.sleep(15)
     assert cluster.operator is not None and cluster.operator.poll() is None
     assert snapshot() == before
 
@@ -316,6 +320,10 @@ def test_every_rbac_rule_is_needed_by_a_request_the_operator_made(cluster, bucke
                     ("update", "polypythia.io", "polypythiasweeps", "finalizers", ref["namespace"])
                 )
     rules = yaml.safe_load(RULES.read_text())
+    # RayClusters are listed only in the minutes after one of the sweep's RayJobs ended (a
+    # finished run holds its slot until KubeRay deletes its cluster); no Ray runs here, so
+    # no RayJob ends. tests/k8s/test_operator_gpucluster.py covers that request.
+    rules = [r for r in rules if r["resources"] != ["rayclusters"]]
     auth = kubernetes.client.AuthorizationV1Api(cluster.api)
     rbac = kubernetes.client.RbacAuthorizationV1Api(cluster.api)
     assert all(_sar(auth, OPERATOR_USER, m) for m in made)
