@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +18,8 @@ from pathlib import Path
 
 import kubernetes
 import yaml
+
+from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("POLYPYTHIA_CLUSTER_DIR", ROOT / ".cluster"))
@@ -211,46 +211,21 @@ class Cluster:
 
     def start_operator(self, kubeconfig: Path, s3_url: str, poll_interval: float = 1.0) -> None:
         self.operator_kubeconfig, self.s3_url = kubeconfig, s3_url
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "PYTHONPATH": os.pathsep.join(
-                str(ROOT / p) for p in ("operator", "trainer_image", "eval_image")
-            ),
-            "POLYPYTHIA_TRAINER_IMAGE": TRAINER_IMAGE,
-            "POLYPYTHIA_EVAL_IMAGE": EVAL_IMAGE,
-            "POLYPYTHIA_OPERATOR_NAMESPACE": RELEASE_NS,
-            "POLYPYTHIA_S3_ENDPOINT": s3_url,
-        }
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
-            env.pop(key, None)
-        argv = [sys.executable, "-m", "polypythia.cli", "operator", "--all-namespaces"]
-        argv += [
-            "--poll-interval",
-            str(poll_interval),
-            "--metrics-port",
-            "0",
-            "--liveness-port",
-            "0",
-        ]
-        with self.log.open("ab") as log:
-            self.operator = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        env = operator_env(
+            kubeconfig,
+            s3_url,
+            POLYPYTHIA_TRAINER_IMAGE=TRAINER_IMAGE,
+            POLYPYTHIA_EVAL_IMAGE=EVAL_IMAGE,
+            POLYPYTHIA_OPERATOR_NAMESPACE=RELEASE_NS,
+        )
+        self.operator = spawn_operator(env, self.log, poll_interval)
 
     def kill_operator(self) -> None:
-        """SIGKILL, as when the operator's node dies."""
-        if self.operator and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGKILL)
-            self.operator.wait(10)
+        kill_operator(self.operator)
         self.operator = None
 
     def stop_operator(self) -> None:
-        if self.operator and self.operator.poll() is None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait(5)
+        stop_operator(self.operator)
         self.operator = None
 
     def operator_log(self) -> str:

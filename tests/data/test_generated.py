@@ -106,7 +106,7 @@ def test_a_model_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path: Path
 
 
 def test_concurrent_builds_build_once_and_identically(tmp_path: Path) -> None:
-    shared, other = tmp_path / "shared", tmp_path / "other"
+    common, other = tmp_path / "common", tmp_path / "other"
     env = {"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin"}
     procs = [
         subprocess.Popen(
@@ -116,17 +116,17 @@ def test_concurrent_builds_build_once_and_identically(tmp_path: Path) -> None:
             text=True,
             env=env,
         )
-        for cache in (shared, shared, shared, other)
+        for cache in (common, common, common, other)
     ]
     outputs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
-    shared_out = [out for out, _ in outputs[:3]]
-    assert sum(out.count("BUILT") for out in shared_out) == 1
-    assert len({out.splitlines()[-1] for out in shared_out}) == 1
-    assert [p.name for p in shared.iterdir() if not p.name.endswith(".lock")] == [
-        generated.dataset_dir(shared, 1500).name
+    common_out = [out for out, _ in outputs[:3]]
+    assert sum(out.count("BUILT") for out in common_out) == 1
+    assert len({out.splitlines()[-1] for out in common_out}) == 1
+    assert [p.name for p in common.iterdir() if not p.name.endswith(".lock")] == [
+        generated.dataset_dir(common, 1500).name
     ]
-    assert _digest(generated.dataset_dir(shared, 1500)) == _digest(
+    assert _digest(generated.dataset_dir(common, 1500)) == _digest(
         generated.dataset_dir(other, 1500)
     )
 

@@ -8,10 +8,7 @@ writing checkpoints into the S3 bucket.
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +17,7 @@ from pathlib import Path
 import kubernetes
 
 from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
+from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -68,55 +66,22 @@ class Cluster:
     # --- operator process -------------------------------------------------------------------
 
     def start_operator(self, poll_interval: float = 0.5) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "PYTHONPATH": os.pathsep.join(
-                str(ROOT / p) for p in ("operator", "trainer_image", "eval_image")
-            ),
-            "POLYPYTHIA_TRAINER_IMAGE": TRAINER_IMAGE,
-            "POLYPYTHIA_EVAL_IMAGE": EVAL_IMAGE,
-            "POLYPYTHIA_S3_ENDPOINT": self.s3.url,
+        env = operator_env(
+            self.kubeconfig,
+            self.s3.url,
+            POLYPYTHIA_TRAINER_IMAGE=TRAINER_IMAGE,
+            POLYPYTHIA_EVAL_IMAGE=EVAL_IMAGE,
             # The tests give each namespace its own storage Secret (rbac.sweepSecretNamespaces).
-            "POLYPYTHIA_READ_SWEEP_SECRETS": "true",
-        }
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
-            env.pop(key, None)
-        with self.log.open("ab") as log:
-            self.operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "polypythia.cli",
-                    "operator",
-                    "--all-namespaces",
-                    "--poll-interval",
-                    str(poll_interval),
-                    "--metrics-port",
-                    "0",
-                    "--liveness-port",
-                    "0",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            POLYPYTHIA_READ_SWEEP_SECRETS="true",
+        )
+        self.operator = spawn_operator(env, self.log, poll_interval)
 
     def kill_operator(self) -> None:
-        """SIGKILL: no clean shutdown, as when a node dies."""
-        if self.operator and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGKILL)
-            self.operator.wait(10)
+        kill_operator(self.operator)
         self.operator = None
 
     def stop_operator(self) -> None:
-        if self.operator and self.operator.poll() is None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait(5)
+        stop_operator(self.operator)
         self.operator = None
 
     def operator_log(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -345,11 +346,9 @@ def wait_until(what: str, check, log: str, timeout: float = READY_TIMEOUT_S) -> 
         for name, pid in pids().items():
             if not alive(pid):
                 raise ClusterError(f"{name} exited during start-up; see {RUN / 'logs' / name}.log")
-        try:
+        with contextlib.suppress(OSError, ssl.SSLError):  # not listening yet
             if check():
                 return
-        except (OSError, ssl.SSLError):
-            pass
         time.sleep(0.25)
     raise ClusterError(f"{what} not ready after {timeout:.0f} s; see {RUN / 'logs' / log}.log")
 
