@@ -8,6 +8,7 @@ import fnmatch
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,13 +89,61 @@ def test_installs_the_project_with_its_extra_pinned_by_the_shared_constraints(im
     runs = [rest for stage in _stages(path) for word, rest in stage["steps"] if word == "RUN"]
     installs = [r for r in runs if " install " in f" {r} " and "pip" in r]
     assert installs, "no pip install"
-    for run in installs:
-        assert f"polypythia-*.whl)[{extra}]" in run
-        # Only wheels that the constraints-pinned resolution put in the wheelhouse.
-        assert "--no-index" in run and "-c /wheels/constraints.txt" in run.replace("/tmp", "")
+    # Only wheels that the constraints-pinned resolution put in the wheelhouse.
+    assert all("--no-index" in run for run in installs)
+    requirements = [r for r in installs if "-r /req/requirements.txt" in r.replace("/tmp", "")]
+    project = [r for r in installs if f"polypythia-*.whl)[{extra}]" in r]
+    assert len(requirements) == 1 and "-c /req/constraints.txt" in requirements[0].replace(
+        "/tmp", ""
+    )
+    assert len(project) == 1 and "-c /wheels/constraints.txt" in project[0].replace("/tmp", "")
+    written = [r for r in runs if "requirements.py pyproject.toml" in r]
+    assert written == [r for r in written if f"pyproject.toml {extra} > /req/requirements.txt" in r]
+    assert len(written) == 1
     resolves = [r for r in runs if "pip wheel" in r and "--wheel-dir /wheelhouse" in r]
-    assert resolves and all("-c /wheels/constraints.txt" in r for r in resolves)
+    assert resolves and all(
+        "-c /req/constraints.txt" in r and "-r /req/requirements.txt" in r for r in resolves
+    )
     assert all("--no-cache-dir" in r for r in runs if "pip " in r)
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_code_changes_leave_the_requirement_layers_alone(image: str) -> None:
+    """The gigabytes of requirements are installed before the project's code is copied."""
+    path, _ = IMAGES[image]
+    stages = _stages(path)
+    for stage in stages:
+        steps = stage["steps"]
+        copies_code = any(
+            w == "COPY" and re.search(r"operator/polypythia|polypythia_(trainer|eval) ", r)
+            for w, r in steps
+        )
+        installs_requirements = any(
+            w == "RUN" and "-r /" in r and "requirements.txt" in r for w, r in steps
+        )
+        assert not (copies_code and installs_requirements), (
+            f"{path.name}: a stage installs requirements and copies the code"
+        )
+    final = stages[-1]["steps"]
+    order = [i for i, (w, r) in enumerate(final) if w == "RUN" and "pip install" in r]
+    wheel_copy = [i for i, (w, r) in enumerate(final) if w == "COPY" and "--from=wheel" in r]
+    assert wheel_copy and order and max(order) > wheel_copy[0]
+    assert not any(w == "RUN" and "-r /" in r for w, r in final[wheel_copy[0] :])
+
+
+def test_requirements_tool_expands_the_extras_pyproject_declares() -> None:
+    sys.path.insert(0, str(REPO / "tools" / "images"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
+    local = requirements(PYPROJECT, "local")
+    assert not [r for r in local if r.startswith("polypythia")]
+    for extra in ("trainer", "eval"):
+        assert set(PYPROJECT["project"]["optional-dependencies"][extra]) <= set(local)
+    assert set(PYPROJECT["project"]["dependencies"]) <= set(requirements(PYPROJECT, "operator"))
+    with pytest.raises(SystemExit, match="extra 'nope' not in pyproject.toml"):
+        requirements(PYPROJECT, "nope")
 
 
 def test_constraints_pin_every_line() -> None:
