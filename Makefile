@@ -20,7 +20,7 @@ help:
 	@echo "make test    lint + the whole test suite (creates .venv, installs Prometheus)"
 	@echo "make bench   benchmarks, JSON lines"
 	@echo "make images  build the operator, trainer and eval images (podman or docker; docs/images.md)"
-	@echo "make test-images  build missing images, run them as the pods do (IMAGE_BASE=standin: no registry)"
+	@echo "make test-images  build the images (cached), run them as the pods do (IMAGE_BASE=standin: no registry)"
 	@echo "make test-cluster  tests against a real control plane (builds it with Go once; docs/cluster-tests.md)"
 	@echo "make cluster-up / cluster-down  start / stop that control plane (.cluster/kubeconfig)"
 
