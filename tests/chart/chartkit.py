@@ -172,6 +172,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "timeoutSeconds": 2,
                 "failureThreshold": 6,
             },
+            "logFormat": "json",
             "extraArgs": ["--poll-interval", "15"],
             "extraEnv": [{"name": "POLYPYTHIA_POLL_INTERVAL", "value": "20"}],
             "resources": {

@@ -258,6 +258,7 @@ def test_metrics_service_selects_the_operator_pod(chart) -> None:
     assert container["args"][-6:] == ["--metrics-port", "9000", "--liveness-port", "9090",
                                       "--poll-interval", "15"]  # fmt: skip
     assert {"name": "POLYPYTHIA_POLL_INTERVAL", "value": "20"} in container["env"]
+    assert {"name": "POLYPYTHIA_LOG_FORMAT", "value": "json"} in container["env"]
 
 
 def test_monitoring_objects_off_by_default_and_labelled_for_the_prometheus_release(chart) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,15 @@ def test_plan_of_a_sweep_without_a_bucket_names_the_local_store() -> None:
     run = json.loads(result.stdout)["runs"][0]
     assert not run["config"]["runUri"].startswith("s3:///")
     assert run["config"]["runUri"].endswith("/store/tiny/tiny-nano-s0")
+
+
+def test_operator_refuses_an_unknown_log_format_in_one_line() -> None:
+    env = {**os.environ, "POLYPYTHIA_LOG_FORMAT": "xml"}
+    result = subprocess.run(
+        [sys.executable, "-m", "polypythia.cli", "operator", "--namespace", "x"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "polypythia operator: error: POLYPYTHIA_LOG_FORMAT: 'xml' is not one of full, plain, json"
+    ]

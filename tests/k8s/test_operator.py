@@ -365,3 +365,17 @@ def test_rbac_rules_cover_exactly_the_calls_made(cluster, unused) -> None:  # ty
     # Checked by the API server's OwnerReferencesPermissionEnforcement, never called.
     admission_only = {("update", "polypythia.io", "polypythiasweeps/finalizers")}
     assert allowed - made - admission_only == set(), f"rules never used: {allowed - made}"
+
+
+def test_operator_logs_what_it_does(cluster) -> None:
+    """`kubectl logs` of the operator shows its start and kopf's handler lines (INFO on stderr)."""
+    cluster.wait_for(
+        "the operator's start-up line",
+        lambda: "polypythia operator: watching all namespaces" in cluster.operator_log(),
+    )
+    storage = _namespace(cluster, "logs")
+    cluster.apply_sweep("logs", sweep_body("logs-sweep", storage=storage))
+    cluster.wait_for(
+        "a kopf handler line naming the sweep",
+        lambda: "logs/logs-sweep" in cluster.operator_log() and "[INFO" in cluster.operator_log(),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 
 from polypythia.errors import UsageError
@@ -51,11 +52,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds between passes over a settled (Complete/Failed/Invalid) sweep (default: %(default)s)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("POLYPYTHIA_LOG_FORMAT", "full"),
+        help="log lines on stderr: full (time, logger, level), plain or json "
+        "(default: $POLYPYTHIA_LOG_FORMAT or full, here %(default)s)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    verbosity.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+    parser.add_argument(
         "--read-sweep-secrets",
         action="store_true",
         default=os.environ.get("POLYPYTHIA_READ_SWEEP_SECRETS", "").lower() in ("1", "true"),
         help="read each sweep's spec.storage.secretName (needs get secrets in its namespace); "
         "default: storage is read with the operator's own credentials",
+    )
+
+
+LOG_FORMATS = ("full", "plain", "json")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """kopf's own logging set-up (what `kopf run` does): INFO lines on stderr by default, so
+    `kubectl logs` shows what the operator does; JSON for log collectors that parse it."""
+    import kopf
+
+    kopf.configure(
+        verbose=args.verbose,
+        quiet=args.quiet,
+        log_format=kopf.LogFormat[args.log_format.upper()],
+        log_prefix=args.log_format != "json",  # "[namespace/name]" before each object's line
+        log_refkey="object" if args.log_format == "json" else None,
     )
 
 
@@ -76,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.cluster_ttl_seconds < 0:
         raise UsageError(f"--cluster-ttl-seconds: must be >= 0, got {args.cluster_ttl_seconds}")
+    if args.log_format not in LOG_FORMATS:
+        raise UsageError(
+            f"POLYPYTHIA_LOG_FORMAT: {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+        )
     pod_defaults = _pod_defaults(os.environ.get("POLYPYTHIA_POD_DEFAULTS", ""))
     for flag in ("metrics_port", "liveness_port"):
         if not 0 <= getattr(args, flag) <= 65535:
@@ -109,6 +141,14 @@ def main(args: argparse.Namespace) -> int:
             submitter_image=os.environ.get("POLYPYTHIA_SUBMITTER_IMAGE", ""),
         ),
         read_sweep_secrets=args.read_sweep_secrets,
+    )
+    _configure_logging(args)
+    logging.getLogger("polypythia.operator").info(
+        "polypythia operator: watching %s; metrics %s; liveness %s; storage polled every %ss",
+        f"namespace {args.namespace}" if args.namespace else "all namespaces",
+        f"on {args.bind}:{args.metrics_port}" if args.metrics_port else "off",
+        f"on {args.bind}:{args.liveness_port}" if args.liveness_port else "off",
+        args.poll_interval,
     )
     operator = Operator(config, kubernetes.client.ApiClient(client_config))
     registry = kopf.OperatorRegistry()
