@@ -141,7 +141,6 @@ def run_args(
     image: str | None = None,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
     fields: Mapping[str, str] | None = None,
-    read_only: bool = False,
     command: Sequence[str] | None = None,
     args: Sequence[str] | None = None,
     extra: Sequence[str] = (),
@@ -149,14 +148,11 @@ def run_args(
 ) -> list[str]:
     """Arguments after `podman` for running ``container_name`` of ``pod_spec`` once.
 
-    ``read_only`` forces a read-only root filesystem where the spec does not ask for one;
     ``command``/``args`` replace the container's (as `kubectl debug` would); ``extra``
     goes before the image (network, bind mounts of test inputs); ``engine``: `podman`
     or `docker` (the program name)."""
     container = find_container(pod_spec, container_name)
     sec = security(pod_spec, container)
-    if read_only:
-        sec["readOnlyRootFilesystem"] = True
     out = ["run", "--rm", *_user_flags(sec, engine), *_volume_flags(pod_spec, container)]
     out += _env_flags(container, secrets or {}, fields or {})
     if container.get("workingDir"):

@@ -95,7 +95,7 @@ def operator_pod() -> dict:
 
 def run_operator(pod: dict, args: list[str] | None = None, command: list[str] | None = None):
     argv = run_args(
-        pod, "operator", image=built("operator"), read_only=True,
+        pod, "operator", image=built("operator"),
         fields={"metadata.namespace": "polypythia"}, command=command, args=args,
         extra=["--network", "none", "--volume", f"{EXAMPLES}:/examples:ro"], engine=ENGINE_NAME,
     )  # fmt: skip
@@ -205,7 +205,7 @@ def trained(sweep, s3: S3Server) -> dict:
         f"&& {rayjob['spec']['entrypoint']}"
     )
     argv = run_args(
-        head, "ray-head", secrets=_secrets(s3), read_only=True, command=["bash", "-c"],
+        head, "ray-head", secrets=_secrets(s3), command=["bash", "-c"],
         args=[script], extra=["--network", "host", *SHARED_HOST_ENV], engine=ENGINE_NAME,
     )  # fmt: skip
     result = engine(*argv, timeout=900)
@@ -231,7 +231,7 @@ def test_eval_image_evaluates_the_checkpoint_writing_only_its_volumes(
     pod = job["spec"]["template"]["spec"]
     name = f"pp-eval-{uuid.uuid4().hex[:8]}"
     argv = run_args(
-        pod, "evaluate", secrets=_secrets(s3), read_only=True,
+        pod, "evaluate", secrets=_secrets(s3),
         extra=["--network", "host", "--name", name], engine=ENGINE_NAME,
     )  # fmt: skip
     argv.remove("--rm")  # kept until its filesystem changes are read

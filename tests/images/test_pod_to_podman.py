@@ -76,10 +76,11 @@ def test_overrides_and_docker() -> None:
     assert argv[argv.index("--network") + 1] == "host"
 
 
-def test_read_only_can_be_forced_where_the_spec_does_not_ask() -> None:
+def test_the_root_filesystem_is_read_only_only_where_the_spec_says_so() -> None:
     pod = {"containers": [{"name": "c", "image": "i"}]}
     assert "--read-only" not in run_args(pod, "c")
-    assert "--read-only" in run_args(pod, "c", read_only=True)
+    pod["containers"][0]["securityContext"] = {"readOnlyRootFilesystem": True}
+    assert "--read-only" in run_args(pod, "c")
     assert run_args(pod, "c")[-1] == "i"
 
 

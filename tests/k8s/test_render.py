@@ -82,6 +82,7 @@ def test_every_pod_runs_as_its_images_user_hardened_with_emptydir_caches() -> No
             assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"] == {
                 "drop": ["ALL"]
             }
+            assert csc["readOnlyRootFilesystem"] is True, name
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             assert mounts["/tmp"] in empty, name
             env = {e["name"]: e.get("value") for e in c.get("env", [])}

@@ -65,6 +65,8 @@ def cache_env(user: ImageUser) -> list[dict]:
         {"name": "XDG_CACHE_HOME", "value": user.cache},
         {"name": "HF_HOME", "value": f"{user.cache}/huggingface"},
         {"name": "TORCH_EXTENSIONS_DIR", "value": f"{user.cache}/torch_extensions"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{user.cache}/triton"},
+        {"name": "MPLCONFIGDIR", "value": f"{user.cache}/matplotlib"},
     ]
 
 
@@ -93,8 +95,11 @@ def pod_security(user: ImageUser) -> dict:
 
 
 def container_security() -> dict:
-    """The Pod Security `restricted` profile's container fields."""
+    """The Pod Security `restricted` profile's container fields, and a read-only root
+    filesystem: every write goes to an emptyDir (HOME/.cache, /tmp) or to object storage
+    (tests/images runs each image this way)."""
     return {
+        "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "runAsNonRoot": True,
