@@ -142,31 +142,6 @@ def get(name: str) -> Preset:
         raise UnknownPresetError(f"unknown size {name!r}; allowed: {', '.join(PRESETS)}") from None
 
 
-def hf_config(preset: Preset, **overrides):
-    """transformers' GPTNeoXConfig for a preset (imports transformers lazily)."""
-    from transformers import GPTNeoXConfig
-
-    block = preset.model_block()
-    kwargs = dict(
-        num_hidden_layers=block["numLayers"],
-        hidden_size=block["hiddenSize"],
-        num_attention_heads=block["numHeads"],
-        intermediate_size=block["intermediateSize"],
-        vocab_size=block["vocabSize"],
-        max_position_embeddings=block["maxPositionEmbeddings"],
-        rotary_pct=block["rotaryPct"],
-        rotary_emb_base=block["rotaryEmbBase"],
-        use_parallel_residual=block["parallelResidual"],
-        tie_word_embeddings=block["tieWordEmbeddings"],
-        hidden_act=block["hiddenAct"],
-        layer_norm_eps=1e-5,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    kwargs.update(overrides)
-    return GPTNeoXConfig(**kwargs)
-
-
 def count_parameters(preset: Preset) -> int:
     """Total parameters of GPT-NeoX at this size, by arithmetic (no torch: the operator image runs it).
 

@@ -32,13 +32,16 @@ def test_pythia_sizes_match_published_totals(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 def test_torch_free_count_equals_transformers_model(name: str) -> None:
-    """`presets` counts without torch (operator image); transformers' model is the referee."""
+    """`presets` counts without torch (operator image); transformers' model, built by the
+    trainer's one config builder from the run config's model block, is the referee."""
     import torch
     from transformers import GPTNeoXForCausalLM
 
+    from polypythia_trainer.model import hf_config
+
     preset = presets.get(name)
     with torch.device("meta"):
-        model = GPTNeoXForCausalLM(presets.hf_config(preset))
+        model = GPTNeoXForCausalLM(hf_config(ModelConfig.from_dict(preset.model_block())))
     assert presets.count_parameters(preset) == sum(p.numel() for p in model.parameters())
 
 

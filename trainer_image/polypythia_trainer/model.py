@@ -21,7 +21,8 @@ QK_NORM_FLAG = "polypythia_qk_layernorm"
 
 
 def hf_config(model: ModelConfig):
-    """transformers' GPTNeoXConfig for a run's `model` block (same mapping as the presets)."""
+    """transformers' GPTNeoXConfig for a run's `model` block: the one builder (tests prove the
+    published Pythia parameter counts on it)."""
     from transformers import GPTNeoXConfig
 
     config = GPTNeoXConfig(
