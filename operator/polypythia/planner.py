@@ -34,6 +34,12 @@ class RunPlan:
     requires: str | None = None
 
     @property
+    def parent(self) -> str | None:
+        """`<parent URI>@step<N>` of a branch (its cross-seed family); None otherwise."""
+        branch = self.config.get("branch")
+        return f"{branch['parent']}@step{branch['step']}" if branch else None
+
+    @property
     def key(self) -> RunKey:
         """The run's identity (sweep, size, seed, init, name) for labels and rows."""
         return RunKey(self.config["sweep"], self.size, self.seed, self.init, self.name)
