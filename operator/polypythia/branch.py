@@ -179,7 +179,12 @@ def resolve(config: dict, parent: Parent, stored: dict | None = None) -> dict:
 
 
 def open_parent(
-    uri: str, step: int, storage: dict | None = None, *, checksums: bool = True
+    uri: str,
+    step: int,
+    storage: dict | None = None,
+    *,
+    checksums: bool = True,
+    credentials: tuple[str | None, str | None] = (None, None),
 ) -> Parent:
     """Read the parent at ``uri`` (run or model folder) for checkpoint ``step``.
 
@@ -195,6 +200,8 @@ def open_parent(
         endpoint=storage.get("endpoint"),
         secure=storage.get("secure", True),
         region=storage.get("region", "us-east-1"),
+        access_key=credentials[0],
+        secret_key=credentials[1],
     )
     complete = runs.complete_checkpoints()
     try:
@@ -305,15 +312,23 @@ def fetch_parent(parent: Parent, work_dir: Path, storage: dict | None = None) ->
     return folder or target
 
 
-def check_sweep(sweep, *, base_uri: str | None = None) -> list[str]:
+def check_sweep(
+    sweep,
+    *,
+    base_uri: str | None = None,
+    endpoint: str | None = None,
+    credentials: tuple[str | None, str | None] = (None, None),
+) -> list[str]:
     """Every reason the parents of a branch sweep cannot start its runs (I/O: reads
-    each parent once); ``[]`` for an ordinary sweep."""
+    each parent once); ``[]`` for an ordinary sweep. ``endpoint`` and ``credentials``
+    (the operator's default endpoint, the sweep's Secret) fill what the spec leaves out."""
     from polypythia import planner
     from polypythia.storage import StorageError
 
     if not sweep.spec.get("branch"):
         return []
-    storage = sweep.spec.get("storage") or {}
+    storage = dict(sweep.spec.get("storage") or {})
+    storage["endpoint"] = storage.get("endpoint") or endpoint
     errors: list[str] = []
     seen: dict[str, Parent | None] = {}
     for run in planner.plan_sweep(sweep, base_uri=base_uri or "s3://plan"):
@@ -321,8 +336,10 @@ def check_sweep(sweep, *, base_uri: str | None = None) -> list[str]:
         key = block["parent"]
         if key not in seen:
             try:
-                seen[key] = open_parent(key, block["step"], storage, checksums=False)
-            except (UsageError, StorageError) as exc:
+                seen[key] = open_parent(
+                    key, block["step"], storage, checksums=False, credentials=credentials
+                )
+            except (UsageError, StorageError, ValueError) as exc:
                 errors.append(str(exc))
                 seen[key] = None
         parent = seen[key]
