@@ -333,6 +333,11 @@ def _branch_errors(spec: dict) -> list[str]:
             f"spec.branch.from.step: {start} is not below spec.training.steps ({steps}); "
             "a branch trains steps from.step + 1 to training.steps"
         )
+    if spec["seeds"]["axis"] == "weight":
+        errors.append(
+            "spec.seeds.axis: weight varies only the initialisation, which a branch takes from "
+            "its parent (every run would be the same); allowed with branch: data or both"
+        )
     derived = [init["name"] for init in spec.get("inits", []) if init["strategy"] != "pythia"]
     if derived:
         errors.append(

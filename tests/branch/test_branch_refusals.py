@@ -149,13 +149,15 @@ def test_a_model_folder_named_for_another_revision_is_refused(tmp_path: Path, ca
     [
         ({"step": 60}, "spec.branch.from.step: 60 is not below spec.training.steps (60)"),
         ({"uri": "store/orig"}, "spec.branch.from.uri: 'store/orig' is a relative path"),
+        ({"axis": "weight"}, "spec.seeds.axis: weight varies only the initialisation"),
     ],
 )
 def test_spec_level_refusals_need_no_storage(
     tmp_path: Path, change: dict, message: str, capsys
 ) -> None:
     spec = branch("/abs/orig-nano-s0")
-    spec["branch"]["from"].update(change)
+    spec["seeds"]["axis"] = change.get("axis", "data")
+    spec["branch"]["from"].update({k: v for k, v in change.items() if k != "axis"})
     code, out = validate(tmp_path, spec, capsys)
     assert code == 2 and message in out
 
