@@ -17,11 +17,8 @@ from torch import nn
 from polypythia.branch import URI_FIELD, fetch_parent, open_parent
 from polypythia.errors import UsageError
 from polypythia_trainer.checkpoint import STATE_DIR, STATE_FILE
-
-# Buffers that older GPT-NeoX checkpoints (the Pythia release) store beside the weights.
-LEGACY_BUFFERS = (".attention.bias", ".attention.masked_bias", ".inv_freq")
-# Checkpoint names transformers writes (the GPT-NeoX release's) -> this version's modules.
-_SAVED_NAMES = {"embed_out.weight": "lm_head.weight"}
+from polypythia_trainer.inits import _LEGACY_BUFFERS as LEGACY_BUFFERS
+from polypythia_trainer.model import _SAVED_NAMES
 
 
 def fetch(branch: dict, storage: dict | None, work_dir: Path) -> Path:
