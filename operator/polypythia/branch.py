@@ -321,9 +321,10 @@ def check_sweep(
 ) -> list[str]:
     """Every reason the parents of a branch sweep cannot start its runs (I/O: reads
     each parent once); ``[]`` for an ordinary sweep. ``endpoint`` and ``credentials``
-    (the operator's default endpoint, the sweep's Secret) fill what the spec leaves out."""
+    (the operator's default endpoint, the sweep's Secret) fill what the spec leaves out.
+    An unreachable store is StorageUnavailable (a runtime fault, not a refusal)."""
     from polypythia import planner
-    from polypythia.storage import StorageError
+    from polypythia.storage import StorageError, StorageUnavailable
 
     if not sweep.spec.get("branch"):
         return []
@@ -339,6 +340,11 @@ def check_sweep(
                 seen[key] = open_parent(
                     key, block["step"], storage, checksums=False, credentials=credentials
                 )
+            except StorageUnavailable as exc:
+                raise StorageUnavailable(
+                    f"{URI_FIELD}: {key}: cannot be read ({exc}); `validate --skip-parent` "
+                    "checks the rest offline"
+                ) from None
             except (UsageError, StorageError, ValueError) as exc:
                 errors.append(str(exc))
                 seen[key] = None

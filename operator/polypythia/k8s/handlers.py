@@ -32,6 +32,7 @@ from polypythia.k8s.observe import SweepObserver
 from polypythia.k8s.rayjob import ClusterSettings
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.spec import SpecError, Sweep, sweep_from_object, with_storage_defaults
+from polypythia.storage import StorageUnavailable
 
 RAY = ("ray.io", "v1", "rayjobs")
 RAY_CLUSTERS = ("ray.io", "v1", "rayclusters")
@@ -403,14 +404,18 @@ class Operator:
         secret = sweep.spec["storage"].get("secretName")
         if self.config.read_sweep_secrets and secret:
             creds = await self._run(self._credentials, sweep.namespace, secret) or creds
-        problems = await self._run(
-            functools.partial(
-                branch.check_sweep,
-                sweep,
-                endpoint=self.config.storage_endpoint,
-                credentials=creds,
+        try:
+            problems = await self._run(
+                functools.partial(
+                    branch.check_sweep,
+                    sweep,
+                    endpoint=self.config.storage_endpoint,
+                    credentials=creds,
+                )
             )
-        )
+        except StorageUnavailable as exc:  # not a verdict: the trainer checks again at claim
+            logging.getLogger(__name__).warning(f"branch parent not checked this pass: {exc}")
+            return []
         state.branch_check = (sweep.generation, time.monotonic(), problems)
         return problems
 
