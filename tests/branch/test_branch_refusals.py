@@ -9,6 +9,7 @@ allowed, and never writes to the parent.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,15 @@ def test_a_perturbation_before_the_branch_point_is_refused(tmp_path: Path, capsy
     code, out = validate(tmp_path, spec, capsys)
     assert code == 2
     assert "spec.training.perturbations[0].step: 10 ends at or before spec.branch.from.step" in out
+
+
+def test_an_unreachable_parent_store_is_a_runtime_fault(tmp_path: Path, capsys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = branch("s3://bkt/orig/orig-nano-s0")
+    spec["storage"] = {"endpoint": f"127.0.0.1:{port}", "secure": False, "bucket": "bkt"}
+    code, out = validate(tmp_path, spec, capsys)
+    assert code == 1
+    assert "spec.branch.from.uri: s3://bkt/orig/orig-nano-s0: cannot be read" in out
+    assert "--skip-parent" in out and "Traceback" not in out
