@@ -147,7 +147,8 @@ def estimate_run(spec: dict, run: RunPlan, assumptions: Assumptions) -> RunEstim
     cfg = run.config
     training, model = cfg["training"], cfg["model"]
     params = parameter_count(model)
-    tokens = training["steps"] * training["globalBatchSize"] * training["sequenceLength"]
+    start = (cfg.get("branch") or {}).get("step", 0)  # a branch trains only its own steps
+    tokens = (training["steps"] - start) * training["globalBatchSize"] * training["sequenceLength"]
     per_token = flops_per_token(model, training["sequenceLength"])
     flops = float(tokens) * per_token
     hours = flops / (assumptions.peak_flops * assumptions.mfu) / 3600
@@ -172,7 +173,7 @@ def estimate_run(spec: dict, run: RunPlan, assumptions: Assumptions) -> RunEstim
         optimizer_bytes=params * optim_b,
         checkpoint_bytes=(len(planned) + resume) * per_checkpoint,
         evaluations=len(evaluated),
-        task_evaluations=len(evaluated) * len(spec["evaluation"]["tasks"]),
+        task_evaluations=len(evaluated) * len(planner.evaluation_tasks(spec, run.size)),
     )
 
 

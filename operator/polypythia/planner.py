@@ -34,6 +34,12 @@ class RunPlan:
     requires: str | None = None
 
     @property
+    def parent(self) -> str | None:
+        """`<parent URI>@step<N>` of a branch (its cross-seed family); None otherwise."""
+        branch = self.config.get("branch")
+        return f"{branch['parent']}@step{branch['step']}" if branch else None
+
+    @property
     def key(self) -> RunKey:
         """The run's identity (sweep, size, seed, init, name) for labels and rows."""
         return RunKey(self.config["sweep"], self.size, self.seed, self.init, self.name)
@@ -57,15 +63,40 @@ def pythia_checkpoint_steps(steps: int, count: int = PYTHIA_CHECKPOINT_COUNT) ->
 
 
 def checkpoint_steps(spec: dict) -> list[int]:
+    """The planned checkpoint steps; a branch writes only those after its start (the
+    ones before are its parent's)."""
     checkpoints = spec["checkpoints"]
     steps = spec["training"]["steps"]
     schedule = checkpoints["schedule"]
     if schedule == "pythia":
-        return pythia_checkpoint_steps(steps, checkpoints.get("count", PYTHIA_CHECKPOINT_COUNT))
-    if schedule == "every":
+        planned = pythia_checkpoint_steps(steps, checkpoints.get("count", PYTHIA_CHECKPOINT_COUNT))
+    elif schedule == "every":
         every = checkpoints["every"]
-        return sorted({0, *range(every, steps + 1, every), steps})
-    return sorted({0, *checkpoints["steps"], steps})
+        planned = sorted({0, *range(every, steps + 1, every), steps})
+    else:
+        planned = sorted({0, *checkpoints["steps"], steps})
+    start = branch_step(spec)
+    return [s for s in planned if s > start] if start is not None else planned
+
+
+def branch_step(spec: dict) -> int | None:
+    """The parent step a branch sweep starts at; None for an ordinary sweep."""
+    branch = spec.get("branch")
+    return int(branch["from"]["step"]) if branch else None
+
+
+def branch_block(spec: dict, size: str) -> dict | None:
+    """The run config's `branch` (docs/contracts.md): parent URI for this size, step, and
+    the optimiser the sweep asks for; the trainer adds the checkpoint's checksum and turns
+    `restored` into `fresh` when the parent has no optimiser state."""
+    branch = spec.get("branch")
+    if not branch:
+        return None
+    return {
+        "parent": branch["from"]["uri"].replace("{size}", dns_label(size)),
+        "step": int(branch["from"]["step"]),
+        "optimizer": "fresh" if branch.get("resetOptimizer") else "restored",
+    }
 
 
 def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
@@ -254,6 +285,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "region": storage["region"],
         },
         "runUri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}",
+        **({"branch": branch} if (branch := branch_block(spec, size)) else {}),
     }
 
 

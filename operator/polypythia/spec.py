@@ -238,6 +238,7 @@ def semantic_errors(spec: dict) -> list[str]:
     if min_lr is not None and peak is not None and min_lr > peak:
         errors.append(f"spec.training.minLearningRate: {min_lr} is above learningRate {peak}")
     errors += _init_errors(spec)
+    errors += _branch_errors(spec)
     for index, shock in enumerate(training.get("perturbations", [])):
         if shock["step"] >= steps:
             errors.append(
@@ -308,6 +309,47 @@ def _init_errors(spec: dict) -> list[str]:
             errors.append(f"{path}.reference.run.size: {run['size']!r} is not in spec.sizes")
         if reference.get("step", 0) > spec["training"]["steps"]:
             errors.append(f"{path}.reference.step: beyond spec.training.steps")
+    return errors
+
+
+def _branch_errors(spec: dict) -> list[str]:
+    """A branch starts at its parent's step: it must leave steps to train, and nothing
+    the sweep asks for may fall at or before that step (it would never happen)."""
+    branch = spec.get("branch")
+    if not branch:
+        return []
+    errors: list[str] = []
+    start, steps = branch["from"]["step"], spec["training"]["steps"]
+    uri = branch["from"]["uri"]
+    if "://" not in uri and not uri.startswith("/"):
+        errors.append(
+            f"spec.branch.from.uri: {uri!r} is a relative path; allowed: s3://bucket/prefix/... "
+            "or an absolute path (workers do not share the driver's working directory)"
+        )
+    elif "://" in uri and not uri.startswith("s3://"):
+        errors.append(f"spec.branch.from.uri: {uri!r}; allowed: s3:// URIs or absolute paths")
+    if start >= steps:
+        errors.append(
+            f"spec.branch.from.step: {start} is not below spec.training.steps ({steps}); "
+            "a branch trains steps from.step + 1 to training.steps"
+        )
+    if spec["seeds"]["axis"] == "weight":
+        errors.append(
+            "spec.seeds.axis: weight varies only the initialisation, which a branch takes from "
+            "its parent (every run would be the same); allowed with branch: data or both"
+        )
+    derived = [init["name"] for init in spec.get("inits", []) if init["strategy"] != "pythia"]
+    if derived:
+        errors.append(
+            f"spec.inits: {', '.join(derived)} derive new weights, but spec.branch starts from "
+            "the parent's weights; allowed with branch: no inits or the pythia strategy only"
+        )
+    for index, shock in enumerate(spec["training"].get("perturbations", [])):
+        if shock["step"] + shock.get("steps", 1) - 1 <= start:
+            errors.append(
+                f"spec.training.perturbations[{index}].step: {shock['step']} ends at or before "
+                f"spec.branch.from.step ({start}), so the branch never trains it"
+            )
     return errors
 
 

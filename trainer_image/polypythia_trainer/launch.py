@@ -43,6 +43,8 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
             stored = run.read_run_config()
         except StorageNotFound:
             stored = None
+        if config.get("branch"):
+            config["branch"] = resolve_branch(config, stored if isinstance(stored, dict) else None)
         changes = config_changes(stored, config) if isinstance(stored, dict) else []
         trained = run.complete_checkpoints() or run.telemetry_files()
         if changes and trained:
@@ -58,6 +60,16 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
         raise
     lease.start_heartbeat()
     return lease
+
+
+def resolve_branch(config: dict, stored: dict | None) -> dict:
+    """The branch block run.json records: the parent read (read only) and judged
+    against this run, its checksum, restored or fresh optimiser."""
+    from polypythia import branch
+
+    block = config["branch"]
+    parent = branch.open_parent(block["parent"], int(block["step"]), config.get("storage"))
+    return branch.resolve(config, parent, stored)
 
 
 def check_config(config: dict) -> RunConfig:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from polypythia.errors import UsageError
 from polypythia.metrics_sinks import build_processor
 from polypythia.storage import CheckpointDamaged
 from polypythia.storage.lease import check_lease
+from polypythia_trainer import branching
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
 from polypythia_trainer.inits import apply_init
@@ -78,10 +80,14 @@ class Trainer:
         found = self._sound_checkpoint() if rank == 0 else (None, None)
         resume_step = self._broadcast(found[0])
         model = build_model(cfg.model, cfg.weight_seed)
-        ckpt_dir = None
+        ckpt_dir = parent_dir = None
+        branch = cfg.raw.get("branch")
         if resume_step is not None:
             ckpt_dir = found[1] if rank == 0 else self._fetch(resume_step)
             load_weights(model, ckpt_dir)
+        elif branch:
+            parent_dir = branching.fetch(branch, cfg.raw.get("storage"), self.work_dir)
+            branching.load_parent_weights(model, parent_dir)
         else:
             apply_init(
                 model,
@@ -104,6 +110,8 @@ class Trainer:
         self.resumed_from = resume_step
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
+        elif parent_dir is not None:
+            self._start_branch(parent_dir, branch)
 
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self._prev = [torch.empty_like(p) for p in self.params] if instrument else []
@@ -200,6 +208,28 @@ class Trainer:
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.step = int(state["step"])
+
+    def _start_branch(self, parent_dir: Path, branch: dict) -> None:
+        """Continue the parent at its step: its optimiser, schedule and RNG when run.json
+        says `restored`; else a fresh optimiser at the schedule position of that step
+        (with the parent's RNG and exact scheduler state when it has them)."""
+        start = int(branch["step"])
+        if branch.get("optimizer") == "restored":
+            self._restore(parent_dir)
+        elif branching.has_trainer_state(parent_dir):
+            state = ckpt.read_state(parent_dir)
+            self.scheduler.load_state_dict(state["scheduler"])
+            rngs = state["rng"]
+            ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+            self.step = int(state["step"])
+        else:
+            branching.seek_schedule(self.scheduler, start)
+            self.step = start
+        if self.step != start:
+            raise UsageError(
+                f"spec.branch.from.step: the parent checkpoint of step {start} says it was "
+                f"written at step {self.step}; allowed: a checkpoint of that step"
+            )
 
     # one step
 

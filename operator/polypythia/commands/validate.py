@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polypythia import estimate, planner
+from polypythia import branch, estimate, planner
 from polypythia.argtypes import float_in
 from polypythia.output import dump_yaml
-from polypythia.spec import load_sweep_file
+from polypythia.spec import SpecError, load_sweep_file
 
 DEFAULT_CHECKPOINT_WARN_TB = 1.0
 
@@ -17,6 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="PolyPythiaSweep YAML file")
     parser.add_argument(
         "--show-defaults", action="store_true", help="print the sweep with the CRD defaults applied"
+    )
+    parser.add_argument(
+        "--skip-parent",
+        action="store_true",
+        help="with spec.branch: do not read the parent checkpoint (offline validation)",
     )
     parser.add_argument(
         "--checkpoint-warn-tb",
@@ -29,6 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     sweep = load_sweep_file(args.sweep)
+    if not args.skip_parent:
+        problems = branch.check_sweep(sweep)
+        if problems:
+            raise SpecError(problems, args.sweep)
     plans = planner.plan_sweep(sweep, base_uri="s3://plan")
     runs = len(plans)
     inits = len(sweep.spec.get("inits") or [None])

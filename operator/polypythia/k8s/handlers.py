@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import time
@@ -24,13 +25,14 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from polypythia import crd, planner
+from polypythia import branch, crd, planner
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
 from polypythia.k8s.rayjob import ClusterSettings
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
-from polypythia.spec import SpecError, sweep_from_object, with_storage_defaults
+from polypythia.spec import SpecError, Sweep, sweep_from_object, with_storage_defaults
+from polypythia.storage import StorageUnavailable
 
 RAY = ("ray.io", "v1", "rayjobs")
 RAY_CLUSTERS = ("ray.io", "v1", "rayclusters")
@@ -48,6 +50,7 @@ SETTLED = ("Complete", "Failed", "Invalid")
 # delivers it, for at most this long.
 RAYJOB_INDEX, EVAL_INDEX = "rayjobs_by_sweep", "evaljobs_by_sweep"
 CREATED_GRACE_S = 60.0
+BRANCH_RECHECK_S = 60.0  # a refused branch parent is read again this often
 
 
 @dataclass
@@ -85,6 +88,8 @@ class _SweepState:
     created: dict[str, dict[str, tuple[dict, float]]] = field(
         default_factory=lambda: {"rayjobs": {}, "jobs": {}}
     )
+    # spec.branch: (generation, monotonic time, problems) of the last parent check.
+    branch_check: tuple[int | None, float, list[str]] | None = None
 
 
 class Operator:
@@ -304,6 +309,10 @@ class Operator:
             await self._invalid(body, obj, previous, str(exc), now)
             return
         plan = planner.plan_sweep(sweep)
+        problems = await self._branch_problems(sweep, plan, previous, state)
+        if problems:
+            await self._invalid(body, obj, previous, "; ".join(problems), now)
+            return
         uid = obj["metadata"]["uid"]
         rayjobs, eval_jobs = await self._children(ns, name, uid, state, indexes)
         poll = R.runs_to_poll(plan, previous)
@@ -378,6 +387,37 @@ class Operator:
             if _changed(previous, status):
                 await self._run(self._patch_status, ns, name, status)
                 state.written = (obj["metadata"].get("resourceVersion"), status)
+
+    async def _branch_problems(
+        self, sweep: Sweep, plan: list[planner.RunPlan], previous: dict, state: _SweepState
+    ) -> list[str]:
+        """Why spec.branch's parent cannot start the runs (polypythia.branch, as `validate`
+        says it); read before any run starts, again every BRANCH_RECHECK_S while refused
+        (a parent may still be training), and once per generation when it passed."""
+        if not sweep.spec.get("branch") or R.runs_started(plan, previous):
+            return []
+        last = state.branch_check
+        fresh = last is not None and last[0] == sweep.generation
+        if fresh and (not last[2] or time.monotonic() - last[1] < BRANCH_RECHECK_S):
+            return last[2]
+        creds: tuple[str | None, str | None] = (None, None)
+        secret = sweep.spec["storage"].get("secretName")
+        if self.config.read_sweep_secrets and secret:
+            creds = await self._run(self._credentials, sweep.namespace, secret) or creds
+        try:
+            problems = await self._run(
+                functools.partial(
+                    branch.check_sweep,
+                    sweep,
+                    endpoint=self.config.storage_endpoint,
+                    credentials=creds,
+                )
+            )
+        except StorageUnavailable as exc:  # not a verdict: the trainer checks again at claim
+            logging.getLogger(__name__).warning(f"branch parent not checked this pass: {exc}")
+            return []
+        state.branch_check = (sweep.generation, time.monotonic(), problems)
+        return problems
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}

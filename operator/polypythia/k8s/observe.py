@@ -237,7 +237,7 @@ class SweepObserver:
         result = cross_seed_outliers(
             [
                 RunHistory(
-                    seed_group(r.size, r.init),
+                    seed_group(r.size, r.init, r.parent),
                     r.name,
                     self.runs[r.name].checkpoint_loss,
                     self.runs[r.name].evals,

@@ -230,6 +230,11 @@ def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
             found = Path(where).expanduser().exists()
         if not found:
             raise UsageError(f"{field}: {where}: no such file or object")
+    from polypythia import branch
+
+    problems = branch.check_sweep(sweep, base_uri=base_uri)
+    if problems:
+        raise UsageError("\n".join(problems))
 
 
 def _base_uri(args: argparse.Namespace, sweep, workdir: Path) -> str:

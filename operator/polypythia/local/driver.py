@@ -433,7 +433,10 @@ class LocalDriver:
         self.cross_seed = cross_seed_outliers(
             [
                 RunHistory(
-                    seed_group(r.plan.size, r.plan.init), r.plan.name, r.checkpoint_losses, r.evals
+                    seed_group(r.plan.size, r.plan.init, r.plan.parent),
+                    r.plan.name,
+                    r.checkpoint_losses,
+                    r.evals,
                 )
                 for r in self.runs
             ],

@@ -23,9 +23,10 @@ from polypythia.monitoring.outliers import (
 )
 
 
-def seed_group(size: str, init: str | None) -> str:
-    """The runs compared with each other: same size and init, different seeds."""
-    return f"{size}/{init}"
+def seed_group(size: str, init: str | None, parent: str | None = None) -> str:
+    """The runs compared with each other: same size and init, different seeds; branches
+    (``parent``: `<uri>@step<N>`) only with branches of the same parent checkpoint."""
+    return f"{size}/{init}" + (f" from {parent}" if parent else "")
 
 
 @dataclass(frozen=True)

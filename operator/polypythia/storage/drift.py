@@ -7,9 +7,29 @@ it checkpoints or flushes telemetry may change freely between starts.
 
 from __future__ import annotations
 
-RESULT_FIELDS = ("size", "seed", "weightSeed", "dataSeed", "init", "model", "training", "data")
-# Placement, not recipe: the global batch and its order stay the same.
-FREE_FIELDS = frozenset({"training.workers", "training.gpusPerWorker", "training.cpusPerWorker"})
+RESULT_FIELDS = (
+    "size",
+    "seed",
+    "weightSeed",
+    "dataSeed",
+    "init",
+    "model",
+    "training",
+    "data",
+    "branch",
+)
+# Placement, not recipe: the global batch and its order stay the same. A branch's
+# checksum and optimiser are read from its parent at start (polypythia.branch.resolve,
+# which refuses a parent that changed); a plan does not know them.
+FREE_FIELDS = frozenset(
+    {
+        "training.workers",
+        "training.gpusPerWorker",
+        "training.cpusPerWorker",
+        "branch.checksum",
+        "branch.optimizer",
+    }
+)
 _ABSENT = object()
 
 
