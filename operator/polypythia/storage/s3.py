@@ -38,6 +38,11 @@ _CHUNK = 1 << 20
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
 
 
+def _etag(tag: str) -> str:
+    """An ETag without its quotes (S3 quotes it in headers, not always elsewhere)."""
+    return tag.strip().strip('"')
+
+
 def _from_env(names: tuple[str, ...]) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
@@ -239,6 +244,48 @@ class S3Store:
                 # The public put_object sends no conditional headers; _put_object is its
                 # single-request core and takes them.
                 self._client._put_object(self.bucket, key, data, headers={"If-None-Match": "*"})
+        except StorageError as exc:
+            if "PreconditionFailed" in str(exc):
+                return False
+            raise
+        return True
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (from the same GET, so they belong together)."""
+        with self._errors("get", check_key(key)):
+            resp = self._client.get_object(self.bucket, key)
+            try:
+                return resp.read(), _etag(resp.headers.get("ETag", ""))
+            finally:
+                resp.close()
+                resp.release_conn()
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        """A conditional PUT (``If-Match: <etag>``, S3 since 2024, MinIO, moto): the
+        store replaces the object only while its ETag is still ``version``."""
+        try:
+            with self._errors("replace", check_key(key)):
+                result = self._client._put_object(
+                    self.bucket, key, data, headers={"If-Match": f'"{_etag(version)}"'}
+                )
+        except StorageNotFound:
+            return None
+        except StorageError as exc:
+            if "PreconditionFailed" in str(exc):
+                return None
+            raise
+        return _etag(result.etag or "")
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        """A conditional DELETE (``If-Match``; S3 general-purpose buckets since 2025)."""
+        try:
+            with self._errors("delete", check_key(key)):
+                # remove_object sends no conditional headers; _execute is the SDK's core.
+                self._client._execute(
+                    "DELETE", self.bucket, key, headers={"If-Match": f'"{_etag(version)}"'}
+                )
+        except StorageNotFound:
+            return False
         except StorageError as exc:
             if "PreconditionFailed" in str(exc):
                 return False
