@@ -1,7 +1,8 @@
 """S3 / MinIO as an object store, through the ``minio`` SDK.
 
-Credentials come from the arguments or the environment and are never logged or put
-into an exception's message; errors name the endpoint, bucket and key only.
+Credentials come from the arguments or the environment (static keys), else from the
+AWS default chain (workload identity, ``storage.credentials``); they are never logged
+or put into an exception's message; errors name the endpoint, bucket and key only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from polypythia.storage.base import (
     check_prefix,
     check_range,
 )
+from polypythia.storage.credentials import AwsChainProvider, identity_source
 from polypythia.storage.local import atomic_write
 
 ACCESS_KEY_ENV = ("AWS_ACCESS_KEY_ID", "MINIO_ROOT_USER")
@@ -76,6 +78,9 @@ class S3Store:
                 f"(set both {ACCESS_KEY_ENV[0]} and {SECRET_KEY_ENV[0]})"
             )
         self._secrets = tuple(s for s in (access_key, secret_key, session_token) if s)
+        # No static keys: the AWS default chain (workload identity, profiles, instance
+        # roles), never silently anonymous while a role is configured.
+        self._chain = None if access_key else AwsChainProvider(region)
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             maxsize=10,
@@ -93,6 +98,7 @@ class S3Store:
             secure=secure,
             region=region,
             http_client=http,
+            credentials=self._chain,
         )
 
     def __repr__(self) -> str:
@@ -115,10 +121,13 @@ class S3Store:
             if exc.code in _MISSING:
                 raise StorageNotFound(f"{what} {at}: {exc.code}") from None
             if exc.code in _DENIED:
-                raise StorageError(
-                    f"{what} {at}: {exc.code}; check {ACCESS_KEY_ENV[0]} and "
-                    f"{SECRET_KEY_ENV[0]} (or the sweep's credentials Secret)"
-                ) from None
+                whose = (
+                    f"check {ACCESS_KEY_ENV[0]} and {SECRET_KEY_ENV[0]} (or the sweep's "
+                    "credentials Secret)"
+                    if self._chain is None
+                    else f"credentials from {identity_source()}: check the role's S3 policy"
+                )
+                raise StorageError(f"{what} {at}: {exc.code}; {whose}") from None
             raise StorageError(self._scrub(f"{what} {at}: {exc.code}: {exc.message}")) from None
         except ServerError as exc:
             raise StorageUnavailable(
