@@ -26,11 +26,12 @@ from kubernetes.client.rest import ApiException
 
 from polypythia import crd, planner
 from polypythia.k8s import labels as L
+from polypythia.k8s import preflight as P
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
 from polypythia.k8s.rayjob import ClusterSettings
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
-from polypythia.spec import SpecError, sweep_from_object, with_storage_defaults
+from polypythia.spec import SpecError, Sweep, sweep_from_object, with_storage_defaults
 
 RAY = ("ray.io", "v1", "rayjobs")
 RAY_CLUSTERS = ("ray.io", "v1", "rayclusters")
@@ -85,6 +86,7 @@ class _SweepState:
     created: dict[str, dict[str, tuple[dict, float]]] = field(
         default_factory=lambda: {"rayjobs": {}, "jobs": {}}
     )
+    preflight: P.Preflight = field(default_factory=P.Preflight)  # bucket and data paths
 
 
 class Operator:
@@ -353,6 +355,8 @@ class Operator:
         outcome = R.reconcile(
             sweep, plan, rayjobs, eval_jobs, previous, observations, images, now, blockers
         )
+        if missing is None:
+            outcome = await self._preflight(sweep, state, creds, outcome, previous, now)
         state.observer.finish(
             [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
         )
@@ -378,6 +382,23 @@ class Operator:
             if _changed(previous, status):
                 await self._run(self._patch_status, ns, name, status)
                 state.written = (obj["metadata"].get("resourceVersion"), status)
+
+    async def _preflight(
+        self,
+        sweep: Sweep,
+        state: _SweepState,
+        creds: tuple[str | None, str | None],
+        outcome: R.Outcome,
+        previous: dict,
+        now: str,
+    ) -> R.Outcome:
+        """StorageReady: the bucket and s3:// data paths, probed with backoff (preflight)."""
+        wanted = P.targets(sweep.spec)
+        finding = state.preflight.finding
+        if finding is None or state.preflight.due(wanted):
+            opener = P.opener_for(sweep.spec, creds, self.config.storage_endpoint)
+            finding = state.preflight.record(wanted, await self._run(P.probe, wanted, opener))
+        return P.gate(outcome, finding, previous, now, sweep.generation)
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}
