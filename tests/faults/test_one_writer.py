@@ -13,8 +13,16 @@ import time
 
 import pytest
 
-from polypythia.storage import LeaseHeld, LeaseLost, RunLease, RunStore
+from polypythia.storage import (
+    LeaseHeld,
+    LeaseLost,
+    LocalStore,
+    RunLease,
+    RunStore,
+    StorageUnavailable,
+)
 from polypythia.storage.lease import LEASE, check_lease
+from polypythia.storage.retry import RetryingStore
 
 
 def test_create_if_absent_lets_exactly_one_writer_in(run_uri: str) -> None:
@@ -179,3 +187,35 @@ def test_two_writers_racing_renewals_never_both_hold_the_lease(run_uri: str) -> 
             holder.release()
         assert not run.store.exists(run.key(LEASE))
     assert takeovers > 0  # the race was run, not always won by the holder
+
+
+class _LostAnswer:
+    """A store whose next conditional write lands but whose answer is lost (a network
+    cut after the server wrote): the retried request then fails its precondition."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.cut = False
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        written = self.inner.put_bytes_if_match(key, data, version)
+        if self.cut:
+            self.cut = False
+            raise StorageUnavailable("answer lost")
+        return written
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    flaky = _LostAnswer(LocalStore(tmp_path))
+    run = RunStore(RetryingStore(flaky, retry_s=5), "t/t-nano-s0", str(tmp_path / "t/t-nano-s0"))
+    lease = RunLease(run, owner="trainer")
+    lease.acquire(wait=False)
+    flaky.cut = True
+    lease.renew()  # the retry fails its If-Match, yet the stored lease is ours: kept
+    lease.renew()
+    check_lease(run, lease.token)
+    lease.release()
+    assert not run.store.exists(run.key(LEASE))
