@@ -123,3 +123,12 @@ def test_failed_checks_back_off_and_a_spec_edit_checks_at_once() -> None:
     assert not pre.due(wanted) and pre.due(P.targets(_spec("other")))
     pre.record(wanted, P.Finding(True, "Reachable", ""))
     assert pre.next_at - now[0] == P.RECHECK_OK_S
+
+
+def test_no_endpoint_is_a_finding_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("POLYPYTHIA_S3_ENDPOINT", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    spec = _spec("sweeps")
+    finding = P.probe(P.targets(spec), P.opener_for(spec, (None, None), None))
+    assert (finding.ok, finding.reason) == (False, "StorageRefused")
+    assert "no S3 endpoint" in finding.message

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from polypythia.errors import UsageError
 from polypythia.k8s import reconcile as R
 from polypythia.storage import StorageError, StorageUnavailable, open_store
 
@@ -72,7 +73,8 @@ def probe(wanted: list[Target], opener: Callable[[str], tuple[object, str]]) -> 
                 found = store.exists(key) or bool(store.list(key.rstrip("/") + "/"))  # type: ignore[attr-defined]
         except StorageUnavailable as exc:
             return Finding(False, "StorageUnreachable", f"{target.field}: {target.uri}: {exc}")
-        except (StorageError, ValueError) as exc:
+        except (StorageError, UsageError, ValueError) as exc:
+            # Denied, or not addressable at all (no endpoint, a bad bucket name).
             return Finding(False, "StorageRefused", f"{target.field}: {target.uri}: {exc}")
         if not found:
             what = "bucket" if target.bucket_only else "object"
