@@ -219,3 +219,46 @@ def test_a_renewal_whose_answer_was_lost_keeps_the_lease(tmp_path) -> None:  # t
     check_lease(run, lease.token)
     lease.release()
     assert not run.store.exists(run.key(LEASE))
+
+
+def _break_in_together(run_uri: str, n: int) -> tuple[list, list[str], list]:
+    """``n`` writers find the same stale lease and try to take it at the same moment:
+    (winners, refusal messages, unexpected exceptions)."""
+    run = RunStore.open(run_uri)
+    old = {"token": "dead", "owner": "gone", "host": "elsewhere", "pid": 1, "heartbeat": 0.0}
+    run.store.put_bytes(run.key(LEASE), json.dumps({**old, "ttlSeconds": 60}).encode())
+    breakers = [RunLease(RunStore.open(run_uri), owner=f"breaker {i}") for i in range(n)]
+    start = threading.Barrier(n)
+    won: list[RunLease] = []
+    refused: list[str] = []
+    crashed: list[BaseException] = []
+
+    def take(lease: RunLease) -> None:
+        start.wait()
+        try:
+            lease.acquire(wait=False)
+        except LeaseHeld as exc:
+            refused.append(str(exc))
+            return
+        except BaseException as exc:  # e.g. a lease deleted under a breaker
+            crashed.append(exc)
+            return
+        won.append(lease)
+
+    threads = [threading.Thread(target=take, args=(b,)) for b in breakers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return won, refused, crashed
+
+
+def test_breakers_racing_for_a_stale_lease_let_exactly_one_in(run_uri: str) -> None:
+    """The take-over is one compare-and-swap on the stale version: one writer wins, the
+    others are refused naming it (with delete-then-create, two could win)."""
+    for _ in range(5):
+        won, refused, crashed = _break_in_together(run_uri, 4)
+        assert crashed == [] and len(won) == 1, ([w.owner for w in won], crashed)
+        assert len(refused) == 3 and all(won[0].owner in m for m in refused)
+        check_lease(won[0].run, won[0].token)
+        won[0].release()
