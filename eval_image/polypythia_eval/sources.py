@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from polypythia.storage import StorageError, SweepStore
+from polypythia.storage.verify import sound_checkpoints
 
 _STEP_FILE = re.compile(r"step(\d+)\.json$")
 
@@ -85,6 +86,7 @@ def _run_from_store(store, name: str) -> RunData:
             setattr(run, what, read())
         except (StorageError, ValueError, KeyError) as exc:
             run.problems.append(f"{what} unreadable ({exc})")
+    _drop_damaged(store, run)
     if not run.telemetry:
         run.problems.append("no telemetry yet")
     if not run.checkpoints and not run.evals:
@@ -92,6 +94,22 @@ def _run_from_store(store, name: str) -> RunData:
     if not run.evals:
         run.problems.append("no evaluation results yet")
     return run
+
+
+def _drop_damaged(store, run: RunData) -> None:
+    """Leave out checkpoints whose files do not match COMPLETE (sizes: one HEAD per file;
+    the evaluator checked sha256 when it loaded them), and their evaluations, naming each."""
+    try:
+        checked = sound_checkpoints(store, run.name, checksums=False)
+    except StorageError as exc:
+        run.problems.append(f"checkpoints not verified ({exc})")
+        return
+    for step, problem in checked.damaged.items():
+        run.problems.append(
+            f"step{step}: damaged checkpoint excluded with its evaluation ({problem})"
+        )
+    run.checkpoints = [s for s in run.checkpoints if s not in checked.damaged]
+    run.evals = {s: e for s, e in run.evals.items() if s not in checked.damaged}
 
 
 def load_sweep(uri: str, run_errors: dict[str, str] | None = None, **store_kwargs) -> SweepData:

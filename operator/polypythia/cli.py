@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("polypythia.commands.validate", "check a sweep file against the CRD schema"),
     "presets": ("polypythia.commands.presets", "list the model-size presets"),
     "plan": ("polypythia.commands.plan", "expand a sweep into runs (and Kubernetes objects)"),
+    "verify": ("polypythia.commands.verify", "check checkpoints against their COMPLETE manifests"),
     "run": ("polypythia.local.cli", "run a sweep on this machine or a Ray cluster"),
     "train": ("polypythia_trainer.cli", "train one run from a resolved run config"),
     "data": ("polypythia_trainer.data.cli", "build indexed token datasets"),

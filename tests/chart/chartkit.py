@@ -129,6 +129,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "prometheusRule": {"enabled": True, "operatorHealth": {"enabled": False}},
         },
     },
+    "workload-identity": {
+        "storage": {"endpoint": "s3.amazonaws.com", "bucket": "polypythias"},
+        "serviceAccount": {
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pp-operator"}
+        },
+        "runPods": {"serviceAccountName": "polypythia-run"},
+        "runServiceAccounts": {
+            "namespaces": ["research", "team-b"],
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pp-run"},
+        },
+    },
     "existing-account": {
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "research-operator"},

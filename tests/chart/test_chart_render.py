@@ -233,6 +233,38 @@ def test_storage_settings_and_secret_reference_reach_the_operator(chart) -> None
     assert all("value" not in env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
 
 
+def test_workload_identity_needs_no_credentials_secret(chart) -> None:
+    """IRSA / GKE Workload Identity: annotated ServiceAccounts for the operator and, in
+    each sweep namespace, for the training and evaluation pods; no keys anywhere."""
+    objects = render_objects(chart, SCENARIOS["workload-identity"])
+    accounts = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o
+        for o in by_kind(objects, "ServiceAccount")
+    }
+    run_role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pp-run"}
+    for ns in ("research", "team-b"):
+        assert accounts[(ns, "polypythia-run")]["metadata"]["annotations"] == run_role
+    operator = one(objects, "Deployment")["spec"]["template"]["spec"]
+    own = accounts[(NAMESPACE, operator["serviceAccountName"])]
+    assert own["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("pp-operator")
+    env = {e["name"]: e for e in operator["containers"][0]["env"]}
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POLYPYTHIA_S3_SECRET_NAME"} & set(
+        env
+    )
+    defaults = json.loads(env["POLYPYTHIA_POD_DEFAULTS"]["value"])
+    assert defaults["serviceAccountName"] == "polypythia-run"
+    assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+def test_run_service_accounts_need_a_name(chart_dir) -> None:
+    values = {"runServiceAccounts": {"namespaces": ["research"]}}
+    with (
+        helm_python.Chart.load(chart_dir) as chart,
+        pytest.raises(Exception, match="set runPods.serviceAccountName"),
+    ):
+        render_docs(chart, values)
+
+
 def test_image_tags_digests_and_pull_settings(chart) -> None:
     objects = render_objects(chart, SCENARIOS["pinned-images"])
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]

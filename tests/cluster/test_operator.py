@@ -120,6 +120,7 @@ def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) 
         "Ready": "True",
         "Progressing": "True",
         "Degraded": "False",
+        "StorageReady": "True",
     }
 
 

@@ -73,6 +73,7 @@ def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
         "Ready": "True",
         "Progressing": "True",
         "Degraded": "False",
+        "StorageReady": "True",
     }
 
 

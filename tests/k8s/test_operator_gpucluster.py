@@ -194,3 +194,31 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
         lambda: len(cluster.rayjobs(ns, sweep)) == 2,
         timeout=WAIT_S,
     )
+
+
+def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
+    ns, sweep = "nobucket", "nb"
+    storage = _storage(cluster, ns)
+    cluster.s3.remove_bucket(storage["bucket"])  # a typo'd or not yet created bucket
+    cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
+    held = cluster.wait_for(
+        "StorageReady False",
+        lambda: (
+            _condition(cluster, ns, sweep, "StorageReady").get("status") == "False"
+            and _condition(cluster, ns, sweep, "StorageReady")
+        ),
+        timeout=WAIT_S,
+    )
+    assert held["reason"] == "BucketMissing"
+    assert f"s3://{storage['bucket']} does not exist" in held["message"]
+    assert _condition(cluster, ns, sweep, "Ready")["reason"] == "BucketMissing"
+    assert cluster.wait_for("Event", lambda: _events(cluster, ns, "BucketMissing"), timeout=WAIT_S)
+    time.sleep(2.0)  # several passes: still no RayJob, still one Event
+    assert cluster.rayjobs(ns, sweep) == [] and len(_events(cluster, ns, "BucketMissing")) == 1
+    cluster.s3.make_bucket(storage["bucket"])
+    cluster.wait_for(
+        "RayJob once the bucket exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
+    )
+    ready = _condition(cluster, ns, sweep, "StorageReady")
+    assert (ready["status"], ready["reason"]) == ("True", "Reachable")
+    assert _events(cluster, ns, "StorageReady")

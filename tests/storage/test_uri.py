@@ -11,8 +11,17 @@ from polypythia.storage import LocalStore, S3Store, StorageError, open_store
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # No AWS identity of the machine's either (profiles, instance metadata).
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for name in [
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
         "POLYPYTHIA_S3_ENDPOINT",
         "AWS_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
@@ -102,9 +111,10 @@ def test_half_credentials_refused_without_echoing_them(monkeypatch: pytest.Monke
 def test_credentials_come_from_aws_then_minio_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     def access_key() -> str | None:
         provider = open_store("s3://b12", endpoint="minio:9000")[0]._client._provider
-        return provider.retrieve().access_key if provider else None
+        creds = provider.retrieve() if provider else None
+        return creds.access_key if creds else None
 
-    assert access_key() is None  # anonymous
+    assert access_key() is None  # no keys and no identity anywhere: anonymous
     monkeypatch.setenv("MINIO_ROOT_USER", "minio-user")
     monkeypatch.setenv("MINIO_ROOT_PASSWORD", "minio-pass")
     assert access_key() == "minio-user"

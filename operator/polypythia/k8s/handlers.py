@@ -27,6 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from polypythia import branch, crd, planner
 from polypythia.k8s import labels as L
+from polypythia.k8s import preflight as P
 from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
 from polypythia.k8s.rayjob import ClusterSettings
@@ -90,6 +91,7 @@ class _SweepState:
     )
     # spec.branch: (generation, monotonic time, problems) of the last parent check.
     branch_check: tuple[int | None, float, list[str]] | None = None
+    preflight: P.Preflight = field(default_factory=P.Preflight)  # bucket and data paths
 
 
 class Operator:
@@ -362,6 +364,8 @@ class Operator:
         outcome = R.reconcile(
             sweep, plan, rayjobs, eval_jobs, previous, observations, images, now, blockers
         )
+        if missing is None:
+            outcome = await self._preflight(sweep, state, creds, outcome, previous, now)
         state.observer.finish(
             [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
         )
@@ -418,6 +422,23 @@ class Operator:
             return []
         state.branch_check = (sweep.generation, time.monotonic(), problems)
         return problems
+
+    async def _preflight(
+        self,
+        sweep: Sweep,
+        state: _SweepState,
+        creds: tuple[str | None, str | None],
+        outcome: R.Outcome,
+        previous: dict,
+        now: str,
+    ) -> R.Outcome:
+        """StorageReady: the bucket and s3:// data paths, probed with backoff (preflight)."""
+        wanted = P.targets(sweep.spec)
+        finding = state.preflight.finding
+        if finding is None or state.preflight.due(wanted):
+            opener = P.opener_for(sweep.spec, creds, self.config.storage_endpoint)
+            finding = state.preflight.record(wanted, await self._run(P.probe, wanted, opener))
+        return P.gate(outcome, finding, previous, now, sweep.generation)
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}

@@ -67,6 +67,17 @@ class ObjectStore(Protocol):
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
         """Create ``key`` only when absent (atomically); False when it already existed."""
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its version tag (S3 ETag, a content hash locally);
+        StorageNotFound when absent."""
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace ``key`` only while its version is still ``version`` (compare-and-swap);
+        the new version, or None when the object changed or is gone."""
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        """Delete ``key`` only while its version is still ``version``."""
+
     def move(self, key: str, new_key: str) -> None:
         """Rename one object (quarantine); StorageNotFound when ``key`` is absent."""
 

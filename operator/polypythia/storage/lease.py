@@ -1,10 +1,14 @@
 """One writer per run: a lease object ``<run>/LEASE`` in the run's own storage.
 
 Taken by the trainer before it writes anything, renewed by a heartbeat thread and
-checked before every checkpoint commit. Creation is atomic in both back-ends (a hard
-link on a local disk, a conditional ``If-None-Match: *`` PUT on S3), so of two writers
-exactly one gets it. A lease whose heartbeat is older than its ``ttlSeconds``, or whose
-holder was a process on this host that no longer exists, is stale and may be broken.
+checked before every checkpoint commit. Every write of the lease is conditional, so of
+two racing writers exactly one wins: creation with ``If-None-Match: *`` on S3 (a hard
+link on a local disk); renewal, breaking a stale lease and release with ``If-Match``
+on the version last read or written (the S3 ETag; on a local disk a content hash
+compared under ``flock``). A writer whose lease was taken over can never renew its way
+back in: its renewal fails its precondition and it stops. A lease whose heartbeat is
+older than its ``ttlSeconds``, or whose holder was a process on this host that no
+longer exists, is stale and may be broken.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class RunLease:
         self.ttl_s = ttl_s
         self.token = uuid.uuid4().hex
         self.key = run.key(LEASE)
+        self._version: str | None = None  # of the lease as this writer last wrote it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -69,13 +74,19 @@ class RunLease:
 
     def holder(self) -> dict | None:
         """The lease as stored now (None when nobody holds it; unreadable counts as stale)."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        """The stored lease and its version (None, None when nobody holds it)."""
         try:
-            data = json.loads(self.run.store.get_bytes(self.key))
+            raw, version = self.run.store.get_versioned(self.key)
         except StorageNotFound:
-            return None
+            return None, None
+        try:
+            data = json.loads(raw)
         except ValueError:
-            return {"token": "", "owner": "an unreadable lease", "heartbeat": 0.0}
-        return data if isinstance(data, dict) else {"token": "", "heartbeat": 0.0}
+            return {"token": "", "owner": "an unreadable lease", "heartbeat": 0.0}, version
+        return (data if isinstance(data, dict) else {"token": "", "heartbeat": 0.0}), version
 
     def stale(self, holder: dict, now: float | None = None) -> bool:
         """Whether ``holder`` is dead: heartbeat older than its ttl, or its process gone."""
@@ -112,16 +123,24 @@ class RunLease:
         deadline: float | None = None
         for _ in range(1000):
             if self.run.store.put_bytes_if_absent(self.key, self._body()):
-                self.check()  # a breaker racing us may have deleted ours: trust what is stored
+                current, self._version = self._read()
+                if current is None or current.get("token") != self.token:
+                    continue  # broken at once by a racing writer: look again
                 return
-            current = self.holder()
-            if current is None:
+            current, version = self._read()
+            if current is None or version is None:
                 continue
             if current.get("token") == self.token:
+                self._version = version
                 return
             if self.stale(current):
-                log.warning("breaking a stale lease: %s", self.describe(current))
-                self.run.store.delete(self.key)
+                # Take over with one compare-and-swap: of two breakers only one succeeds,
+                # and a holder that renewed meanwhile keeps its lease.
+                taken = self.run.store.put_bytes_if_match(self.key, self._body(), version)
+                if taken is not None:
+                    log.warning("broke a stale lease: %s", self.describe(current))
+                    self._version = taken
+                    return
                 continue
             elsewhere = current.get("host") != socket.gethostname()
             ttl = float(current.get("ttlSeconds") or self.ttl_s)
@@ -139,9 +158,23 @@ class RunLease:
         check_lease(self.run, self.token)
 
     def renew(self) -> None:
-        """Write a fresh heartbeat (only while the lease is still ours)."""
-        self.check()
-        self.run.store.put_bytes(self.key, self._body())
+        """Write a fresh heartbeat, conditional on the lease being the one we last wrote;
+        LeaseLost when another writer replaced it (or it is gone)."""
+        for _ in range(2):
+            if self._version is not None:
+                written = self.run.store.put_bytes_if_match(self.key, self._body(), self._version)
+                if written is not None:
+                    self._version = written
+                    return
+            # Our own write may have landed while its answer was lost (a retried PUT):
+            # adopt the stored version only when the stored lease carries our token.
+            current, version = self._read()
+            if current is None or current.get("token") != self.token:
+                self._version = None
+                check_lease(self.run, self.token)
+                raise LeaseLost(f"{self.run.uri}: this writer lost the run's lease; stopping")
+            self._version = version
+        raise LeaseLost(f"{self.run.uri}: lease renewal keeps racing another writer; stopping")
 
     def start_heartbeat(self) -> None:
         """Renew every ttl/4 in a daemon thread until ``release``."""
@@ -165,9 +198,10 @@ class RunLease:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            current = self.holder()
-            if current is not None and current.get("token") == self.token:
-                self.run.store.delete(self.key)
+            current, version = self._read()
+            if current is not None and version and current.get("token") == self.token:
+                self.run.store.delete_if_match(self.key, version)
+            self._version = None
         except StorageError as exc:
             log.warning("could not release the lease (it expires by itself): %s", exc)
 

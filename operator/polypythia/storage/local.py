@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 from polypythia.storage.base import (
@@ -166,6 +169,54 @@ class LocalStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return True
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The file's bytes and their sha256 (the version compare-and-swap compares)."""
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _if_match(self, key: str, version: str, change: Callable[[Path], None]) -> bool:
+        """Run ``change(path)`` under an exclusive ``flock`` of the file, only while the
+        file at ``key`` is the one locked (not replaced meanwhile) and its content
+        hash is ``version``: of two racing writers exactly one sees its version."""
+        path = self._path(key)
+        try:
+            f = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return False
+        with f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                try:
+                    if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                        return False  # replaced while we waited for the lock
+                except FileNotFoundError:
+                    return False
+                if hashlib.sha256(f.read()).hexdigest() != version:
+                    return False
+                change(path)
+                return True
+            finally:
+                with suppress(OSError):
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace ``key`` only while its content hash is ``version``; the new hash."""
+
+        def replace(path: Path) -> None:
+            tmp = _write_temp(path, lambda f: f.write(data))
+            os.replace(tmp, path)
+
+        if not self._if_match(key, version, replace):
+            return None
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        """Delete ``key`` only while its content hash is ``version``."""
+        deleted = self._if_match(key, version, lambda path: path.unlink())
+        if deleted:
+            self._prune(self._path(key).parent)
+        return deleted
 
     def move(self, key: str, new_key: str) -> None:
         """Rename one object (one ``os.replace`` on the same file system)."""

@@ -122,6 +122,15 @@ class RetryingStore:
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
         return self._retry("put_bytes_if_absent", key, data)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self._retry("get_versioned", key)
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        return self._retry("put_bytes_if_match", key, data, version)
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        return self._retry("delete_if_match", key, version)
+
     def move(self, key: str, new_key: str) -> None:
         self._retry("move", key, new_key)
 

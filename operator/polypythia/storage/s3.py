@@ -1,7 +1,8 @@
 """S3 / MinIO as an object store, through the ``minio`` SDK.
 
-Credentials come from the arguments or the environment and are never logged or put
-into an exception's message; errors name the endpoint, bucket and key only.
+Credentials come from the arguments or the environment (static keys), else from the
+AWS default chain (workload identity, ``storage.credentials``); they are never logged
+or put into an exception's message; errors name the endpoint, bucket and key only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from polypythia.storage.base import (
     check_prefix,
     check_range,
 )
+from polypythia.storage.credentials import AwsChainProvider, identity_source
 from polypythia.storage.local import atomic_write
 
 ACCESS_KEY_ENV = ("AWS_ACCESS_KEY_ID", "MINIO_ROOT_USER")
@@ -36,6 +38,11 @@ _MISSING = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
 _DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 _CHUNK = 1 << 20
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
+
+
+def _etag(tag: str) -> str:
+    """An ETag without its quotes (S3 quotes it in headers, not always elsewhere)."""
+    return tag.strip().strip('"')
 
 
 def _from_env(names: tuple[str, ...]) -> str | None:
@@ -71,6 +78,9 @@ class S3Store:
                 f"(set both {ACCESS_KEY_ENV[0]} and {SECRET_KEY_ENV[0]})"
             )
         self._secrets = tuple(s for s in (access_key, secret_key, session_token) if s)
+        # No static keys: the AWS default chain (workload identity, profiles, instance
+        # roles), never silently anonymous while a role is configured.
+        self._chain = None if access_key else AwsChainProvider(region)
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             maxsize=10,
@@ -88,6 +98,7 @@ class S3Store:
             secure=secure,
             region=region,
             http_client=http,
+            credentials=self._chain,
         )
 
     def __repr__(self) -> str:
@@ -110,10 +121,13 @@ class S3Store:
             if exc.code in _MISSING:
                 raise StorageNotFound(f"{what} {at}: {exc.code}") from None
             if exc.code in _DENIED:
-                raise StorageError(
-                    f"{what} {at}: {exc.code}; check {ACCESS_KEY_ENV[0]} and "
-                    f"{SECRET_KEY_ENV[0]} (or the sweep's credentials Secret)"
-                ) from None
+                whose = (
+                    f"check {ACCESS_KEY_ENV[0]} and {SECRET_KEY_ENV[0]} (or the sweep's "
+                    "credentials Secret)"
+                    if self._chain is None
+                    else f"credentials from {identity_source()}: check the role's S3 policy"
+                )
+                raise StorageError(f"{what} {at}: {exc.code}; {whose}") from None
             raise StorageError(self._scrub(f"{what} {at}: {exc.code}: {exc.message}")) from None
         except ServerError as exc:
             raise StorageUnavailable(
@@ -239,6 +253,48 @@ class S3Store:
                 # The public put_object sends no conditional headers; _put_object is its
                 # single-request core and takes them.
                 self._client._put_object(self.bucket, key, data, headers={"If-None-Match": "*"})
+        except StorageError as exc:
+            if "PreconditionFailed" in str(exc):
+                return False
+            raise
+        return True
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (from the same GET, so they belong together)."""
+        with self._errors("get", check_key(key)):
+            resp = self._client.get_object(self.bucket, key)
+            try:
+                return resp.read(), _etag(resp.headers.get("ETag", ""))
+            finally:
+                resp.close()
+                resp.release_conn()
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        """A conditional PUT (``If-Match: <etag>``, S3 since 2024, MinIO, moto): the
+        store replaces the object only while its ETag is still ``version``."""
+        try:
+            with self._errors("replace", check_key(key)):
+                result = self._client._put_object(
+                    self.bucket, key, data, headers={"If-Match": f'"{_etag(version)}"'}
+                )
+        except StorageNotFound:
+            return None
+        except StorageError as exc:
+            if "PreconditionFailed" in str(exc):
+                return None
+            raise
+        return _etag(result.etag or "")
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        """A conditional DELETE (``If-Match``; S3 general-purpose buckets since 2025)."""
+        try:
+            with self._errors("delete", check_key(key)):
+                # remove_object sends no conditional headers; _execute is the SDK's core.
+                self._client._execute(
+                    "DELETE", self.bucket, key, headers={"If-Match": f'"{_etag(version)}"'}
+                )
+        except StorageNotFound:
+            return False
         except StorageError as exc:
             if "PreconditionFailed" in str(exc):
                 return False
