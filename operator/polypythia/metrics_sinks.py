@@ -262,12 +262,15 @@ def build_processor(
     resumed_from: int | None = None,
     job_type: str = "train",
 ) -> MetricsProcessor:
-    """The sinks of one run: TensorBoard into ``store`` (a ``RunStore``), W&B if asked."""
+    """The sinks of one run: TensorBoard into ``store`` (a ``RunStore``), W&B if asked
+    (its files under ``$WANDB_DIR`` if set, else ``work_dir``: an offline run must outlive
+    an evaluation's temporary folder)."""
     sinks: list[MetricsSink] = [TensorBoardSink(store_put(store), attempt, resumed_from)]
     project = wandb_project(config)
     if project:
         try:
-            sinks.append(WandbSink(project, config, Path(work_dir), job_type=job_type))
+            directory = Path(os.environ.get("WANDB_DIR") or work_dir)
+            sinks.append(WandbSink(project, config, directory, job_type=job_type))
         except Exception as exc:  # noqa: BLE001 - no W&B must not mean no training
             print(
                 f"warning: W&B run not started for project {project!r} "
