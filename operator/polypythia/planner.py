@@ -241,6 +241,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "steps": checkpoint_steps(spec),
             "resumeEvery": spec["checkpoints"].get("resumeEvery"),
             "keepResume": spec["checkpoints"]["keepResume"],
+            "optimizerState": spec["checkpoints"]["optimizerState"],
         },
         "telemetry": {"flushEvery": max(1, min(50, steps // 20 or 1))},
         "metrics": {
