@@ -187,7 +187,10 @@ class HeldOut:
             else:
                 self._set = validation_set(self.data, tokenizer, self.storage)
                 if self._set is None:
-                    self._why = "megatron data without spec.data.validationPath"
+                    self._why = (
+                        "megatron data without spec.data.validationPath or a "
+                        "spec.data.split with a validation part"
+                    )
         if self._set is None:
             return {"skipped": self._why}
         measured = heldout_loss(model, self._set.tokens, self.sequence_length, batch_size)

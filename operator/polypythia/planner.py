@@ -236,6 +236,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             if data.get("indexDir")
             else None,
             "validationPath": data.get("validationPath"),
+            "split": data.get("split"),
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),
