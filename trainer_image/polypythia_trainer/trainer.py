@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from polypythia.metrics_sinks import build_processor
-from polypythia.storage import CheckpointDamaged
+from polypythia.storage import CheckpointDamaged, StorageNotFound
 from polypythia.storage.lease import check_lease
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import RunConfig
@@ -355,7 +355,10 @@ class Trainer:
             if step in kept or step in self._without_optimizer:
                 continue
             reason = f"checkpoints.optimizerState {plan.optimizer_state}"
-            self.store.drop_checkpoint_files(step, ckpt.is_optimizer_file, reason)
+            try:
+                self.store.drop_checkpoint_files(step, ckpt.is_optimizer_file, reason)
+            except (StorageNotFound, CheckpointDamaged):
+                continue  # deleted meanwhile (a rewind), or for a resume to quarantine
             self._without_optimizer.add(step)
 
     def _staging_dir(self, step: int) -> Path:
