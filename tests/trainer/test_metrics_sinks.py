@@ -109,3 +109,22 @@ def test_wandb_offline_writes_one_run_per_polypythia_run(tmp_path, monkeypatch) 
     history = wandb_history(log)
     assert [row["loss/train"] for row in history if "loss/train" in row] == [4.0, 3.0, 2.0]
     assert [row["eval/sciq/acc"] for row in history if "eval/sciq/acc" in row] == [0.5]
+
+
+def test_an_evaluation_writes_into_the_trained_run_without_owning_it() -> None:
+    """Online, W&B's shared mode lets the evaluator write while the trainer still runs;
+    it never finishes the trainer's run nor rewrites its metadata."""
+    import wandb
+
+    from polypythia.metrics_sinks import secondary_settings
+
+    online = secondary_settings("eval", None)
+    assert online == {
+        "x_label": "eval",
+        "x_primary": False,
+        "x_update_finish_state": False,
+        "mode": "shared",
+    }
+    assert "mode" not in secondary_settings("eval", "offline")
+    parsed = wandb.Settings(**online)  # W&B's own validation accepts them
+    assert parsed.mode == "shared" and parsed.x_update_finish_state is False
