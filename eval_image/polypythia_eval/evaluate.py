@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from polypythia.errors import UsageError
-from polypythia.metrics_sinks import MetricsProcessor, TensorBoardSink, store_put
+from polypythia.metrics_sinks import build_processor
 from polypythia.monitoring.eval_scores import task_scores
 from polypythia.planner import OFFLINE_TASKS, POLYPYTHIAS_TASKS
 from polypythia.storage import CheckpointDamaged, RunStore, StorageNotFound
@@ -187,7 +187,10 @@ class HeldOut:
             else:
                 self._set = validation_set(self.data, tokenizer, self.storage)
                 if self._set is None:
-                    self._why = "megatron data without spec.data.validationPath"
+                    self._why = (
+                        "megatron data without spec.data.validationPath or a "
+                        "spec.data.split with a validation part"
+                    )
         if self._set is None:
             return {"skipped": self._why}
         measured = heldout_loss(model, self._set.tokens, self.sequence_length, batch_size)
@@ -268,49 +271,58 @@ def evaluate_run(
         log(f"step{step}: already evaluated (use --force to redo)")
     if not todo:
         return summary
-    identity = _identity(store)
-    # Scores as TensorBoard scalars at their checkpoint steps, beside the training curves.
-    board = MetricsProcessor([TensorBoardSink(store_put(store), attempt=0)])
     held_out = HeldOut(_config(store)) if options.validation else None
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="polypythia-eval-") as tmp:
         workdir = Path(options.workdir) if options.workdir else Path(tmp)
-        manager = task_manager(options.tasks, workdir, options.items) if options.tasks else None
-        for step in todo:
-            started = time.time()
-            fetched = None
-            try:
-                model_dir = store.local_path(step)
-                if model_dir is None:
-                    fetched = Path(tmp) / f"step{step}"
-                    model_dir = store.fetch_checkpoint(step, fetched)
-                result = evaluate_checkpoint(model_dir, options, workdir, manager, held_out)
-            except (OSError, RuntimeError, ValueError, StorageNotFound, CheckpointDamaged) as exc:
-                summary.failed[step] = f"{type(exc).__name__}: {exc}"
-                log(f"step{step}: FAILED {summary.failed[step]}")
-                continue
-            finally:
-                if fetched is not None:
-                    shutil.rmtree(fetched, ignore_errors=True)
-            result["polypythia"] = {
-                "schema": EVAL_SCHEMA,
-                **identity,
-                "step": step,
-                "tasks": list(options.tasks),
-                "limit": options.limit,
-                "items": asdict(options.items),
-                "checkpoint": f"{store.uri}/checkpoints/step{step}",
-                "started": started,
-                "finished": time.time(),
-            }
-            store.write_eval(step, result)
-            board.log_eval(step, task_scores(result))
-            summary.evaluated.append(step)
-            scores = ", ".join(
-                f"{task} {k.split(',')[0]}={v:.3f}"
-                for task, metrics in result.get("results", {}).items()
-                for k, v in metrics.items()
-                if k in ("acc,none",)
-            )
-            log(f"step{step}: evaluated in {time.time() - started:.1f}s {scores}".rstrip())
+        # Scores at their checkpoint steps beside the training curves: TensorBoard's `eval`
+        # sub-run, and the trained run's own W&B run (same id) when a project is named.
+        board = build_processor(store, _config(store), attempt=0, work_dir=workdir, job_type="eval")
+        try:
+            _evaluate_steps(store, todo, options, workdir, Path(tmp), held_out, board, summary, log)
+        finally:
+            board.close()
     return summary
+
+
+def _evaluate_steps(store, todo, options, workdir, tmp, held_out, board, summary, log) -> None:
+    """Evaluate each step of ``todo`` in turn; a failed step is recorded and skipped."""
+    identity = _identity(store)
+    manager = task_manager(options.tasks, workdir, options.items) if options.tasks else None
+    for step in todo:
+        started = time.time()
+        fetched = None
+        try:
+            model_dir = store.local_path(step)
+            if model_dir is None:
+                fetched = tmp / f"step{step}"
+                model_dir = store.fetch_checkpoint(step, fetched)
+            result = evaluate_checkpoint(model_dir, options, workdir, manager, held_out)
+        except (OSError, RuntimeError, ValueError, StorageNotFound, CheckpointDamaged) as exc:
+            summary.failed[step] = f"{type(exc).__name__}: {exc}"
+            log(f"step{step}: FAILED {summary.failed[step]}")
+            continue
+        finally:
+            if fetched is not None:
+                shutil.rmtree(fetched, ignore_errors=True)
+        result["polypythia"] = {
+            "schema": EVAL_SCHEMA,
+            **identity,
+            "step": step,
+            "tasks": list(options.tasks),
+            "limit": options.limit,
+            "items": asdict(options.items),
+            "checkpoint": f"{store.uri}/checkpoints/step{step}",
+            "started": started,
+            "finished": time.time(),
+        }
+        store.write_eval(step, result)
+        board.log_eval(step, task_scores(result))
+        summary.evaluated.append(step)
+        scores = ", ".join(
+            f"{task} {k.split(',')[0]}={v:.3f}"
+            for task, metrics in result.get("results", {}).items()
+            for k, v in metrics.items()
+            if k in ("acc,none",)
+        )
+        log(f"step{step}: evaluated in {time.time() - started:.1f}s {scores}".rstrip())

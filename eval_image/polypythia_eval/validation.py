@@ -8,7 +8,10 @@ come from (``data`` block of the run config):
 - ``generated`` (the demo corpus): documents of the same grammar drawn with their own
   corpus seed, minus any document whose text is also a training document;
 - ``megatron`` with ``validationPath``: the first documents of that indexed dataset
-  (documents held out of the training files by whoever built them).
+  (documents held out of the training files by whoever built them);
+- ``megatron`` with ``split`` (GPT-NeoX's ``"969,30,1"``) and no ``validationPath``: the
+  first documents of the validation part ``[s1, s2)`` of the training file itself, which
+  the trainer then never reads (it trains on ``[0, s1)``).
 
 ``dataset`` is the SHA-256 of the exact token sequence (first 16 hex digits), so two
 results with the same identifier were computed on exactly the same tokens.
@@ -76,6 +79,26 @@ def indexed_set(path: str, storage: dict | None = None) -> ValidationSet:
     return ValidationSet(tokens, _identify(tokens), path)
 
 
+def split_set(path: str, split: str, storage: dict | None = None) -> ValidationSet | None:
+    """The first documents (up to MAX_TOKENS tokens) of the validation part of ``path``
+    under GPT-NeoX's ``split``; None when that part is empty."""
+    from polypythia_trainer.data.indexed import IndexedDataset
+    from polypythia_trainer.data.sources import open_source
+    from polypythia_trainer.data.split import split_indices
+
+    dataset = IndexedDataset(
+        open_source(f"{path}.idx", field="spec.data.path", storage=storage),
+        open_source(f"{path}.bin", field="spec.data.path", storage=storage),
+    )
+    _, first, end, _ = split_indices(split, dataset.num_items)
+    if end <= first:
+        return None
+    start, stop = dataset.item_start(first), dataset.item_start(end)
+    tokens = np.asarray(dataset.tokens(start, min(MAX_TOKENS, stop - start)), dtype=np.int64)
+    source = f"{path} split {split}: validation documents [{first}, {end})"
+    return ValidationSet(tokens, _identify(tokens), source)
+
+
 def heldout_loss(model, tokens: np.ndarray, sequence_length: int, batch_size: int = 8) -> dict:
     """Mean next-token cross-entropy over windows of ``sequence_length + 1`` tokens (the
     tail shorter than a window is left out, as in training)."""
@@ -103,7 +126,7 @@ def heldout_loss(model, tokens: np.ndarray, sequence_length: int, batch_size: in
 
 def validation_set(data: dict, tokenizer, storage: dict | None = None) -> ValidationSet | None:
     """The sweep's held-out set for a run config's ``data`` block; None when it has none
-    (megatron data without ``validationPath``)."""
+    (megatron data with neither ``validationPath`` nor a ``split`` with a validation part)."""
     if data.get("format", "generated") == "generated":
         eod = tokenizer.eos_token_id
         if eod is None:
@@ -115,4 +138,6 @@ def validation_set(data: dict, tokenizer, storage: dict | None = None) -> Valida
         return generated_set(encode, eod)
     if data.get("validationPath"):
         return indexed_set(data["validationPath"], storage)
+    if data.get("split") and data.get("path"):
+        return split_set(data["path"], data["split"], storage)
     return None

@@ -43,6 +43,7 @@ _DATA_FIELDS = (
     ("data", "format"),
     ("data", "path"),
     ("data", "order"),
+    ("data", "split"),
     ("training", "sequenceLength"),
     ("training", "globalBatchSize"),
 )
@@ -71,9 +72,10 @@ class Parent:
 
     @property
     def checksum(self) -> str:
-        """`sha256:<hex>` over the (path, sha256) list of the checkpoint's files: the same
-        checkpoint gives the same value whether it is read from COMPLETE or hashed here."""
-        return files_checksum(self.files)
+        """`sha256:<hex>` over the (path, sha256) list of the checkpoint's files except its
+        optimiser state: the same checkpoint gives the same value whether it is read from
+        COMPLETE or hashed here, and after `checkpoints.optimizerState: latest` drops it."""
+        return files_checksum(f for f in self.files if not f[0].startswith(OPTIMIZER_PREFIX))
 
 
 def files_checksum(files) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from polypythia import planner
 from polypythia.planner import RunPlan
+from polypythia.retention import LEGACY_POLICY, optimizer_state_kept
 
 ADAM_MOMENT_BYTES = 8  # exp_avg + exp_avg_sq in fp32 per parameter
 FP32_MASTER_BYTES = 4  # DeepSpeed keeps an fp32 master copy when the module is fp16/bf16
@@ -82,6 +83,9 @@ class RunEstimate:
     checkpoint_bytes: int
     evaluations: int
     task_evaluations: int
+    optimizer_state: str = "all"
+    with_optimizer: int = 0
+    optimizer_bytes_saved: int = 0
 
     def as_dict(self) -> dict:
         """camelCase, like the CRD and `plan -o json`'s other keys."""
@@ -99,6 +103,9 @@ class RunEstimate:
             "weightBytesPerCheckpoint": self.weight_bytes,
             "optimizerBytesPerCheckpoint": self.optimizer_bytes,
             "checkpointBytes": self.checkpoint_bytes,
+            "optimizerState": self.optimizer_state,
+            "checkpointsWithOptimizerState": self.with_optimizer,
+            "optimizerBytesSaved": self.optimizer_bytes_saved,
             "evaluations": self.evaluations,
             "taskEvaluations": self.task_evaluations,
         }
@@ -154,9 +161,17 @@ def estimate_run(spec: dict, run: RunPlan, assumptions: Assumptions) -> RunEstim
     hours = flops / (assumptions.peak_flops * assumptions.mfu) / 3600
     accelerators = training["workers"] * training["gpusPerWorker"]
     weight_b, optim_b = checkpoint_bytes_per_parameter(training)
-    planned = cfg["checkpoints"]["steps"]
-    resume = _resume_kept(cfg["checkpoints"], training["steps"], planned)
-    per_checkpoint = params * (weight_b + optim_b)
+    plan = cfg["checkpoints"]
+    planned = plan["steps"]
+    kept = planned + _resume_kept(plan, training["steps"], planned)
+    policy = plan.get("optimizerState", LEGACY_POLICY)
+    with_optimizer = optimizer_state_kept(
+        kept,
+        policy=policy,
+        planned=set(planned),
+        resume_every=plan.get("resumeEvery"),
+        keep_resume=plan["keepResume"],
+    )
     evaluated = planner.evaluation_steps(spec, planned)
     return RunEstimate(
         run=run.name,
@@ -171,19 +186,22 @@ def estimate_run(spec: dict, run: RunPlan, assumptions: Assumptions) -> RunEstim
         checkpoints=len(planned),
         weight_bytes=params * weight_b,
         optimizer_bytes=params * optim_b,
-        checkpoint_bytes=(len(planned) + resume) * per_checkpoint,
+        checkpoint_bytes=params * (len(kept) * weight_b + len(with_optimizer) * optim_b),
         evaluations=len(evaluated),
         task_evaluations=len(evaluated) * len(planner.evaluation_tasks(spec, run.size)),
+        optimizer_state=policy,
+        with_optimizer=len(with_optimizer),
+        optimizer_bytes_saved=params * optim_b * (len(kept) - len(with_optimizer)),
     )
 
 
-def _resume_kept(checkpoints: dict, steps: int, planned: list[int]) -> int:
-    """Resume-only checkpoints alive at once (the trainer prunes to the last keepResume)."""
+def _resume_kept(checkpoints: dict, steps: int, planned: list[int]) -> list[int]:
+    """Resume-only checkpoints alive at the end (the trainer prunes to the last keepResume)."""
     every = checkpoints.get("resumeEvery")
     if not every:
-        return 0
+        return []
     extra = [s for s in range(every, steps + 1, every) if s not in set(planned)]
-    return min(len(extra), checkpoints["keepResume"])
+    return extra[-checkpoints["keepResume"] :]
 
 
 @dataclass(frozen=True)
@@ -208,6 +226,10 @@ class SweepEstimate:
     @property
     def checkpoint_bytes(self) -> int:
         return sum(r.checkpoint_bytes for r in self.runs)
+
+    @property
+    def optimizer_bytes_saved(self) -> int:
+        return sum(r.optimizer_bytes_saved for r in self.runs)
 
     @property
     def checkpoints(self) -> int:
@@ -237,6 +259,7 @@ class SweepEstimate:
                 "acceleratorHours": round(self.accelerator_hours, 3),
                 "checkpoints": self.checkpoints,
                 "checkpointBytes": self.checkpoint_bytes,
+                "optimizerBytesSaved": self.optimizer_bytes_saved,
                 "evaluations": self.evaluations,
                 "taskEvaluations": self.task_evaluations,
             },

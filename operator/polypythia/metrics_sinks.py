@@ -164,6 +164,21 @@ def wandb_run_id(run_uri: str, run: str) -> str:
     return f"{run[:55]}-{digest}"
 
 
+def secondary_settings(label: str, mode: str | None) -> dict[str, object]:
+    """W&B settings of a process that adds to a run another process owns (an evaluation
+    beside its training run): its data labelled, the run's final state and metadata files
+    left to the trainer, and, online, W&B's ``shared`` mode (several processes writing one
+    run at once; offline runs are synced one after the other)."""
+    settings: dict[str, object] = {
+        "x_label": label,
+        "x_primary": False,
+        "x_update_finish_state": False,
+    }
+    if (mode or "online") == "online":
+        settings["mode"] = "shared"
+    return settings
+
+
 class WandbSink:
     """One W&B run per polypythia run, grouped by sweep; eval scores on their own axis."""
 
@@ -178,6 +193,11 @@ class WandbSink:
         import wandb
 
         directory.mkdir(parents=True, exist_ok=True)
+        extra = {}
+        if job_type != "train":
+            extra["settings"] = wandb.Settings(
+                **secondary_settings(job_type, os.environ.get("WANDB_MODE"))
+            )
         self.run = wandb.init(
             project=project,
             entity=(config.get("metrics") or {}).get("wandbEntity") or None,
@@ -189,6 +209,7 @@ class WandbSink:
             dir=str(directory),
             job_type=job_type,
             tags=[f"size:{config.get('size')}", f"seed:{config.get('seed')}"],
+            **extra,
         )
         self.run.define_metric(EVAL_STEP_TAG)
         self.run.define_metric("eval/*", step_metric=EVAL_STEP_TAG)
@@ -262,12 +283,15 @@ def build_processor(
     resumed_from: int | None = None,
     job_type: str = "train",
 ) -> MetricsProcessor:
-    """The sinks of one run: TensorBoard into ``store`` (a ``RunStore``), W&B if asked."""
+    """The sinks of one run: TensorBoard into ``store`` (a ``RunStore``), W&B if asked
+    (its files under ``$WANDB_DIR`` if set, else ``work_dir``: an offline run must outlive
+    an evaluation's temporary folder)."""
     sinks: list[MetricsSink] = [TensorBoardSink(store_put(store), attempt, resumed_from)]
     project = wandb_project(config)
     if project:
         try:
-            sinks.append(WandbSink(project, config, Path(work_dir), job_type=job_type))
+            directory = Path(os.environ.get("WANDB_DIR") or work_dir)
+            sinks.append(WandbSink(project, config, directory, job_type=job_type))
         except Exception as exc:  # noqa: BLE001 - no W&B must not mean no training
             print(
                 f"warning: W&B run not started for project {project!r} "

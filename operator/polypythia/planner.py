@@ -267,11 +267,13 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             if data.get("indexDir")
             else None,
             "validationPath": data.get("validationPath"),
+            "split": data.get("split"),
         },
         "checkpoints": {
             "steps": checkpoint_steps(spec),
             "resumeEvery": spec["checkpoints"].get("resumeEvery"),
             "keepResume": spec["checkpoints"]["keepResume"],
+            "optimizerState": spec["checkpoints"]["optimizerState"],
         },
         "telemetry": {"flushEvery": max(1, min(50, steps // 20 or 1))},
         "metrics": {

@@ -259,6 +259,13 @@ def semantic_errors(spec: dict) -> list[str]:
         errors.append("spec.data.path: is required when spec.data.format is megatron")
     if data["format"] == "megatron" and "tokenizer" not in data:
         errors.append("spec.data.tokenizer: is required when spec.data.format is megatron")
+    if "split" in data and data["format"] != "megatron":
+        errors.append(
+            "spec.data.split: only used with format megatron (the generated corpus has its "
+            "own held-out documents)"
+        )
+    elif "split" in data and not any(float(w) for w in re.split(r"[,/]", data["split"])):
+        errors.append(f"spec.data.split: {data['split']!r} gives every part weight 0")
     for index, pair in enumerate(data.get("skipBatches", [])):
         if pair[0] >= pair[1]:
             errors.append(

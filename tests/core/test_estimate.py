@@ -77,8 +77,9 @@ def test_plan_table_ends_with_a_total_and_states_its_assumptions() -> None:
     result = _cli("plan", str(EXAMPLES / "sweep-tiny.yaml"), "--device", "a100", "--mfu", "0.5")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-2].startswith("TOTAL (6 runs)")
-    assert "50% MFU" in lines[-1] and "A100" in lines[-1]
+    total = next(i for i, line in enumerate(lines) if line.startswith("TOTAL (6 runs)"))
+    assert "50% MFU" in lines[total + 1] and "A100" in lines[total + 1]
+    assert lines[total + 2].startswith("checkpoints.optimizerState latest: ")
 
 
 def test_bad_mfu_is_a_one_line_usage_error() -> None:
@@ -96,3 +97,33 @@ def test_validate_warns_over_the_checkpoint_threshold() -> None:
     assert tiny.returncode == 0 and "warning" not in tiny.stderr
     lowered = _cli("validate", str(EXAMPLES / "sweep-tiny.yaml"), "--checkpoint-warn-tb", "1e-6")
     assert "warning: checkpoints would take" in lowered.stderr
+
+
+def test_optimizer_state_latest_keeps_it_on_the_newest_and_resume_checkpoints_only() -> None:
+    """The 410m PolyPythias run, worked by hand: 154 planned checkpoints of 405,334,016
+    parameters (DeepSpeed bf16: 2 bytes of weights, 12 of optimiser state per parameter)."""
+    sweep = load_sweep_file(str(POLYPYTHIAS))
+    run = next(r for r in planner.plan_sweep(sweep) if r.size == "410m")
+    plan = run.config["checkpoints"]
+    assert plan["optimizerState"] == "latest"  # the CRD default
+    latest = estimate.estimate_run(sweep.spec, run, estimate.Assumptions())
+    run.config["checkpoints"] = {**plan, "optimizerState": "all"}
+    every = estimate.estimate_run(sweep.spec, run, estimate.Assumptions())
+    params = 405_334_016
+    # resumeEvery 500, keepResume 2: the resume-only 141,500 and 142,500 survive pruning,
+    # so 156 checkpoints; optimiser state stays on those two and on the newest, 143,000.
+    assert plan["resumeEvery"] == 500 and plan["keepResume"] == 2
+    assert every.checkpoint_bytes == 156 * params * 14
+    assert every.optimizer_bytes_saved == 0 and every.with_optimizer == 156
+    assert latest.with_optimizer == 3
+    saved = 153 * params * 12
+    assert latest.optimizer_bytes_saved == saved
+    assert latest.checkpoint_bytes == every.checkpoint_bytes - saved == params * (156 * 2 + 3 * 12)
+    assert saved > 0.8 * every.checkpoint_bytes  # most of a Pythia checkpoint is Adam
+
+
+def test_plan_json_states_the_bytes_the_optimizer_policy_saves() -> None:
+    out = json.loads(_cli("plan", str(POLYPYTHIAS), "-o", "json").stdout)["estimate"]
+    saved = out["total"]["optimizerBytesSaved"]
+    assert saved == sum(r["optimizerBytesSaved"] for r in out["runs"]) > 1e12
+    assert {r["optimizerState"] for r in out["runs"]} == {"latest"}

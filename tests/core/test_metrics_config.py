@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from polypythia import planner
-from polypythia.k8s import rayjob
+from polypythia.k8s import evaljob, rayjob
 from polypythia.spec import sweep_from_object
 
 
@@ -27,19 +27,27 @@ def _env(sweep) -> dict[str, dict]:
     return {e["name"]: e for e in head["env"]}
 
 
+def _eval_env(sweep) -> dict[str, dict]:
+    (run,) = planner.plan_sweep(sweep)
+    job = evaljob.render_eval_job(sweep, run, [0], eval_image="eval:test")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
 def test_wandb_project_and_secret_reach_the_trainer() -> None:
     sweep = _sweep({"wandbProject": "pp", "wandbEntity": "lab", "wandbSecretName": "wandb"})
     (run,) = planner.plan_sweep(sweep)
     assert run.config["metrics"] == {"wandbProject": "pp", "wandbEntity": "lab"}
-    key = _env(sweep)["WANDB_API_KEY"]
-    assert key == {
+    expected = {
         "name": "WANDB_API_KEY",
         "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "WANDB_API_KEY"}},
     }
+    # The evaluator logs the scores to the same W&B run: it needs the key too.
+    assert _env(sweep)["WANDB_API_KEY"] == _eval_env(sweep)["WANDB_API_KEY"] == expected
 
 
 def test_without_metrics_no_wandb() -> None:
     sweep = _sweep(None)
     (run,) = planner.plan_sweep(sweep)
     assert run.config["metrics"] == {"wandbProject": None, "wandbEntity": None}
-    assert "WANDB_API_KEY" not in _env(sweep)
+    assert "WANDB_API_KEY" not in _env(sweep) and "WANDB_API_KEY" not in _eval_env(sweep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -99,3 +100,53 @@ def test_evaluates_and_reports_a_run_in_s3(s3_endpoint, tokenizer, tmp_path):
         f"{s3_endpoint.uri}/sw", tmp_path / "report", **s3_endpoint.store_kwargs()
     )
     assert "sw-nano-s0" in index.read_text()
+
+
+def test_eval_scores_reach_the_trained_runs_wandb_run_and_tensorboard(
+    tiny_run, tmp_path, monkeypatch
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from polypythia.metrics_sinks import TENSORBOARD_FOLDER, build_processor
+    from support.wandb_log import wandb_history
+
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_PROJECT": "polypythia-test",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path / "wandb-files"),
+        "WANDB_CONFIG_DIR": str(tmp_path / "config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "sw" / "sw-nano-s0"
+    shutil.copytree(tiny_run, run)
+    store = RunStore.open(str(run))
+    for earlier in ("evals", TENSORBOARD_FOLDER):  # left by the module's other evaluations
+        shutil.rmtree(run / earlier, ignore_errors=True)
+    config = {**store.read_run_config(), "runUri": store.uri}
+    store.write_run_config(config)
+    trained = build_processor(store, config, attempt=0, work_dir=tmp_path / "unused")
+    trained.log_records([{"step": s, "loss": 6.0 - s / 4} for s in range(1, 9)])
+    trained.close()
+    options = EvaluateOptions(
+        tasks=["pp_cloze"], limit=4, batch_size=4, items=OfflineItems(cloze=8), weight_stats=False
+    )
+    summary = evaluate_run(str(run), [8], options, log=lambda _: None)
+    assert summary.evaluated == [8]
+    perplexity = json.loads((run / "evals" / "step8.json").read_text())["results"]["pp_cloze"][
+        "perplexity,none"
+    ]
+    # Two offline W&B files (training, then evaluation) of ONE W&B run: the trained run's id.
+    files = sorted((tmp_path / "wandb-files" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and len({f.name for f in files}) == 1
+    rows = [row for f in files for row in wandb_history(f)]
+    assert [row["eval/pp_cloze/perplexity"] for row in rows if "eval/step" in row] == [
+        pytest.approx(perplexity)
+    ]
+    assert [row["eval/step"] for row in rows if "eval/step" in row] == [8]
+    # TensorBoard's own reader finds the score at its checkpoint step.
+    board = EventAccumulator(str(run / TENSORBOARD_FOLDER / "eval"), size_guidance={"scalars": 0})
+    board.Reload()
+    (event,) = board.Scalars("eval/pp_cloze/perplexity")
+    assert (event.step, event.value) == (8, pytest.approx(perplexity, rel=1e-6))

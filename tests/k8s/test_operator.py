@@ -371,7 +371,10 @@ def test_rbac_rules_cover_exactly_the_calls_made(cluster, unused) -> None:  # ty
 def test_operator_logs_what_it_does(cluster) -> None:
     """`kubectl logs` of the operator shows its start and kopf's handler lines (INFO on stderr)."""
     log = cluster.log  # the whole log: operator_log() keeps only its tail
-    assert "polypythia operator: watching all namespaces" in log.read_text(errors="replace")
+    cluster.wait_for(
+        "the operator's start-up line",
+        lambda: "polypythia operator: watching all namespaces" in log.read_text(errors="replace"),
+    )
     storage = _namespace(cluster, "logs")
     cluster.apply_sweep("logs", sweep_body("logs-sweep", storage=storage))
     cluster.wait_for(

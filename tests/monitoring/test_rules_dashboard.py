@@ -120,6 +120,27 @@ def test_dashboard_has_what_grafana_needs():
         assert names and names <= catalog.series_names()
 
 
+def test_annotations_mark_spikes_and_rewinds_as_grafana_reads_them():
+    """Every annotation is a Prometheus annotation query Grafana can run (name, datasource,
+    expression, step, labels for the text); a rewind is marked when the run's rewind counter
+    grows, for every run of the selected namespace, sweep and size."""
+    dash = json.loads(DASHBOARD.read_text())
+    annotations = {a["name"]: a for a in dash["annotations"]["list"]}
+    assert {"Loss spikes", "Gradient-norm spikes", "Rewinds"} <= set(annotations)
+    for a in annotations.values():
+        assert a["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, a["name"]
+        assert isinstance(a["enable"], bool) and a["iconColor"] and a["titleFormat"]
+        assert re.fullmatch(r"\d+[smh]", a["step"]), a["name"]
+        shown = set(re.findall(r"{{(\w+)}}", a["textFormat"])) | set(a["tagKeys"].split(","))
+        grouped = re.search(r"\bby \(([^)]*)\)", a["expr"])[1]
+        assert shown <= {x.strip() for x in grouped.split(",")}, a["name"]
+    rewinds = annotations["Rewinds"]["expr"]
+    assert _metric_names(rewinds) == {"polypythia_run_rewinds_total"}
+    assert "increase(" in rewinds and rewinds.endswith("> 0")
+    for variable in ("namespace", "sweep", "size"):
+        assert f'{variable}=~"${variable}"' in rewinds
+
+
 def _panels(dash: dict, kind: str) -> list[dict]:
     return [p for p in dash["panels"] if p["type"] == kind]
 

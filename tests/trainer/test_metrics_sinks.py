@@ -15,6 +15,7 @@ from polypythia.metrics_sinks import (
 )
 from polypythia.storage import RunStore
 from polypythia_trainer.loop import run_worker
+from support.wandb_log import wandb_history
 
 
 def _scalars(folder) -> EventAccumulator:
@@ -105,36 +106,25 @@ def test_wandb_offline_writes_one_run_per_polypythia_run(tmp_path, monkeypatch) 
     (offline,) = (tmp_path / "work" / "wandb").glob("offline-run-*")
     (log,) = offline.glob("run-*.wandb")
     assert log.name == f"run-{wandb_run.id}.wandb" and log.stat().st_size > 0
-    history = _wandb_history(log)
+    history = wandb_history(log)
     assert [row["loss/train"] for row in history if "loss/train" in row] == [4.0, 3.0, 2.0]
     assert [row["eval/sciq/acc"] for row in history if "eval/sciq/acc" in row] == [0.5]
 
 
-def _wandb_history(path) -> list[dict]:
-    """History rows of an offline W&B run file: W&B's transaction log is the LevelDB log
-    format (a 7-byte `:W&B` header, then 32 KiB blocks of checksummed, possibly split
-    records, each a `wandb_internal_pb2.Record`), read here with W&B's own protobufs."""
-    import json
-    import struct
+def test_an_evaluation_writes_into_the_trained_run_without_owning_it() -> None:
+    """Online, W&B's shared mode lets the evaluator write while the trainer still runs;
+    it never finishes the trainer's run nor rewrites its metadata."""
+    import wandb
 
-    from wandb.proto import wandb_internal_pb2
+    from polypythia.metrics_sinks import secondary_settings
 
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, rows = 32 * 1024, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):  # FULL or LAST: a whole record
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                             for i in record.history.item})  # fmt: skip
-    return rows
+    online = secondary_settings("eval", None)
+    assert online == {
+        "x_label": "eval",
+        "x_primary": False,
+        "x_update_finish_state": False,
+        "mode": "shared",
+    }
+    assert "mode" not in secondary_settings("eval", "offline")
+    parsed = wandb.Settings(**online)  # W&B's own validation accepts them
+    assert parsed.mode == "shared" and parsed.x_update_finish_state is False

@@ -61,6 +61,22 @@ def optimizer_file(rank: int | None) -> str:
     return "optimizer.pt" if rank is None else f"optimizer.rank{rank}.pt"
 
 
+def is_optimizer_file(path: str) -> bool:
+    """Whether a checkpoint-relative path is optimiser state (what ``optimizerState:
+    latest`` drops from older checkpoints; model, tokenizer and ``state.pt`` stay)."""
+    folder, _, name = path.rpartition("/")
+    return folder == STATE_DIR and name.startswith("optimizer") and name.endswith(".pt")
+
+
+def has_optimizer_state(ckpt_dir: Path) -> bool:
+    """Whether the checkpoint still holds optimiser state (any shard: a missing one of
+    several is an error ``read_optimizer_states`` names)."""
+    state_dir = Path(ckpt_dir) / STATE_DIR
+    return state_dir.is_dir() and any(
+        is_optimizer_file(f"{STATE_DIR}/{p.name}") for p in state_dir.iterdir()
+    )
+
+
 def write_checkpoint(
     out_dir: Path,
     *,

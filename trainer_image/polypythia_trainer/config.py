@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polypythia.errors import UsageError
+from polypythia.retention import LEGACY_POLICY, POLICIES, optimizer_state_kept
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu_new", "gelu")
@@ -207,6 +208,7 @@ class CheckpointConfig:
     steps: tuple[int, ...]
     resume_every: int | None = None
     keep_resume: int = 2
+    optimizer_state: str = LEGACY_POLICY
 
     @classmethod
     def from_dict(
@@ -223,7 +225,28 @@ class CheckpointConfig:
             _at_least(every, 1, f"{path}.resumeEvery")
         keep = _get(block, "keepResume", path, int, 2)
         _at_least(keep, 1, f"{path}.keepResume")
-        return cls(steps=tuple(sorted(set(steps))), resume_every=every, keep_resume=keep)
+        # Absent in a run.json written before the field existed: that run kept everything.
+        optimizer = _get(block, "optimizerState", path, str, LEGACY_POLICY)
+        if optimizer not in POLICIES:
+            raise UsageError(
+                f"{path}.optimizerState: {optimizer!r}; allowed: {', '.join(POLICIES)}"
+            )
+        return cls(
+            steps=tuple(sorted(set(steps))),
+            resume_every=every,
+            keep_resume=keep,
+            optimizer_state=optimizer,
+        )
+
+    def optimizer_state_kept(self, complete: list[int]) -> set[int]:
+        """The steps among ``complete`` whose checkpoint keeps its optimiser state."""
+        return optimizer_state_kept(
+            complete,
+            policy=self.optimizer_state,
+            planned=set(self.steps),
+            resume_every=self.resume_every,
+            keep_resume=self.keep_resume,
+        )
 
     def is_planned(self, step: int) -> bool:
         return step in self.steps

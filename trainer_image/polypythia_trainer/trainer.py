@@ -17,7 +17,7 @@ import torch
 
 from polypythia.errors import UsageError
 from polypythia.metrics_sinks import build_processor
-from polypythia.storage import CheckpointDamaged
+from polypythia.storage import CheckpointDamaged, StorageNotFound
 from polypythia.storage.lease import check_lease
 from polypythia_trainer import branching
 from polypythia_trainer import checkpoint as ckpt
@@ -108,6 +108,8 @@ class Trainer:
         )
         self.step = 0
         self.resumed_from = resume_step
+        self.optimizer_restored = None  # a resume says whether the optimiser came back
+        self._without_optimizer: set[int] = set()
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
         elif parent_dir is not None:
@@ -201,9 +203,13 @@ class Trainer:
                 f"checkpoint step{state['step']} was written by {state.get('world_size')} "
                 f"ZeRO workers; resume needs the same number, got {self.world_size}"
             )
-        self.engine.load_optimizer_state(
-            ckpt.read_optimizer_states(ckpt_dir, self.world_size, sharded)
-        )
+        self.optimizer_restored = ckpt.has_optimizer_state(ckpt_dir)
+        if self.optimizer_restored:
+            self.engine.load_optimizer_state(
+                ckpt.read_optimizer_states(ckpt_dir, self.world_size, sharded)
+            )
+        elif self.rank == 0:
+            self._record_fresh_optimizer(int(state["step"]))
         self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
@@ -230,6 +236,18 @@ class Trainer:
                 f"spec.branch.from.step: the parent checkpoint of step {start} says it was "
                 f"written at step {self.step}; allowed: a checkpoint of that step"
             )
+
+    def _record_fresh_optimizer(self, step: int) -> None:
+        """A checkpoint without optimiser state (``optimizerState: latest`` dropped it: a
+        rewind to an analysis checkpoint, or the newer ones were damaged) still resumes:
+        weights, schedule, RNG and data cursor are restored and Adam starts from zero,
+        recorded in ``optimizer-restarts.json`` so the run's history says so."""
+        reason = (
+            f"checkpoint step{step} holds no optimiser state (checkpoints.optimizerState: "
+            "latest keeps it on the newest and resume checkpoints only); Adam restarts from zero"
+        )
+        self.store.record_optimizer_restart(step, self.attempt, reason)
+        print(f"warning: {reason}", flush=True)
 
     # one step
 
@@ -353,6 +371,25 @@ class Trainer:
         if self.store.store.local_dir(self.store.checkpoint_key(step)) != out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
         self._prune(step)
+        self._drop_optimizer_states()
+
+    def _drop_optimizer_states(self) -> None:
+        """``optimizerState: latest``: drop optimiser state from checkpoints that no longer
+        need it, once the newer checkpoint that replaces them is complete."""
+        plan = self.cfg.checkpoints
+        if plan.optimizer_state == "all":
+            return
+        complete = self.store.complete_checkpoints()
+        kept = plan.optimizer_state_kept(complete)
+        for step in complete:
+            if step in kept or step in self._without_optimizer:
+                continue
+            reason = f"checkpoints.optimizerState {plan.optimizer_state}"
+            try:
+                self.store.drop_checkpoint_files(step, ckpt.is_optimizer_file, reason)
+            except (StorageNotFound, CheckpointDamaged):
+                continue  # deleted meanwhile (a rewind), or for a resume to quarantine
+            self._without_optimizer.add(step)
 
     def _staging_dir(self, step: int) -> Path:
         """Write in place on a local store (commit then only adds COMPLETE), else in work_dir."""
@@ -413,6 +450,10 @@ class Trainer:
             "loss": last["loss"] if last else None,
             "attempt": self.attempt,
             "resumed_from": self.resumed_from,
+            # a resume restores the optimiser, or restarts it where none was kept
+            "optimizer": None
+            if self.resumed_from is None
+            else ("restored" if self.optimizer_restored else "fresh"),
         }
 
     def close(self) -> None:

@@ -167,8 +167,16 @@ def estimate_table(cost: estimate.SweepEstimate) -> str:
     note = (
         f"estimate: FLOPs = tokens x (6N + 12LdT) (PaLM); hours at {a.mfu:.0%} MFU of "
         f"{a.device} ({a.peak_flops / 1e12:g} TFLOP/s peak); WALL_H = hours / the run's "
-        "accelerators; CKPT_BYTES = weights + optimiser state of every kept checkpoint"
+        "accelerators; CKPT_BYTES = weights of every kept checkpoint + optimiser state where kept"
     )
+    saved = cost.optimizer_bytes_saved
+    if saved:
+        policies = ", ".join(sorted({r.optimizer_state for r in cost.runs}))
+        note += (
+            f"\ncheckpoints.optimizerState {policies}: optimiser state kept on the newest and "
+            f"resume checkpoints only, saving {b(saved)} ({b(cost.checkpoint_bytes + saved)} "
+            "with optimizerState all)"
+        )
     return f"{table}\n{note}"
 
 

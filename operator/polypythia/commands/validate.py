@@ -65,8 +65,11 @@ def main(args: argparse.Namespace) -> int:
             f"{estimate.human_bytes(cost.checkpoint_bytes)} (over "
             f"--checkpoint-warn-tb {args.checkpoint_warn_tb:g}); the largest run, "
             f"{biggest.run}, keeps {biggest.checkpoints} checkpoints of "
-            f"{estimate.human_bytes(biggest.weight_bytes + biggest.optimizer_bytes)} "
-            "(`polypythia plan` shows the estimate)",
+            f"{estimate.human_bytes(biggest.weight_bytes)} weights, "
+            f"{biggest.with_optimizer} of them with "
+            f"{estimate.human_bytes(biggest.optimizer_bytes)} optimiser state "
+            f"(checkpoints.optimizerState {biggest.optimizer_state}; "
+            "`polypythia plan` shows the estimate)",
             file=sys.stderr,
         )
     return 0

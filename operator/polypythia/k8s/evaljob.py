@@ -14,6 +14,7 @@ from polypythia.k8s.pods import (
     pod_security,
     pod_settings,
     storage_env,
+    wandb_env,
 )
 from polypythia.planner import RunPlan, evaluate_args
 from polypythia.spec import Sweep, resources_for
@@ -55,7 +56,9 @@ def render_eval_job(
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["polypythia"],
                 "args": args,
-                "env": storage_env(sweep, storage_endpoint) + cache_env(EVAL_USER),
+                "env": storage_env(sweep, storage_endpoint)
+                + cache_env(EVAL_USER)
+                + wandb_env(sweep),
                 "resources": compute(
                     res.get("cpu", "2"), res.get("memory", "8Gi"), gpus, run_res.get("gpuResource")
                 ),

@@ -58,6 +58,16 @@ def storage_env(sweep: Sweep, default_endpoint: str | None) -> list[dict]:
     return env
 
 
+def wandb_env(sweep: Sweep) -> list[dict]:
+    """``WANDB_API_KEY`` by reference to ``spec.metrics.wandbSecretName`` (trainer and
+    evaluator both log to the run's W&B run), nothing when unset."""
+    secret = (sweep.spec.get("metrics") or {}).get("wandbSecretName")
+    if not secret:
+        return []
+    key = "WANDB_API_KEY"
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}]
+
+
 def cache_env(user: ImageUser) -> list[dict]:
     """Caches point into the emptyDir mounted at HOME/.cache (the image's own ENV agrees)."""
     return [

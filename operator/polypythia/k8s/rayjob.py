@@ -23,6 +23,7 @@ from polypythia.k8s.pods import (
     pod_security,
     pod_settings,
     storage_env,
+    wandb_env,
 )
 from polypythia.planner import RunPlan
 from polypythia.spec import Sweep, resources_for
@@ -141,10 +142,7 @@ def render_rayjob(
     )
     settings = pod_settings(sweep, cluster.pod_defaults)
     volumes = [SHM, *cache_volumes(TRAINER_USER)[0]]
-    wandb_secret = (sweep.spec.get("metrics") or {}).get("wandbSecretName")
-    if wandb_secret:
-        key = "WANDB_API_KEY"
-        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": wandb_secret, "key": key}}})
+    env += wandb_env(sweep)
     gpus = int(res["gpusPerWorker"])
     cpus = int(res["cpusPerWorker"])
     memory = res.get("memory") or f"{cpus * DEFAULT_WORKER_MEMORY_PER_CPU_GI}Gi"

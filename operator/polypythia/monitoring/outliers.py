@@ -14,9 +14,10 @@ every z is 0 when both are). Two statistics per seed, on the bad side:
   seed's own persistent offset cancels, so this finds a seed that *falls away*.
 
 Thresholds come from the null distribution, simulated once per (seeds, checkpoints,
-consecutive, sidedness) and cached: seeds exchangeable and Gaussian at each checkpoint,
-a share ``rho`` of their variance a persistent per-seed offset and the rest noise from
-checkpoint to checkpoint; the threshold is the largest over ``rho`` in ``NULL_RHOS``, so
+consecutive, sidedness) and cached in memory and on disk (``null_cache``, keyed on every
+input of the simulation, so a restarted operator reads it back): seeds exchangeable and
+Gaussian at each checkpoint, a share ``rho`` of their variance a persistent per-seed offset
+and the rest noise from checkpoint to checkpoint; the threshold is the largest over ``rho`` in ``NULL_RHOS``, so
 it holds however persistent seed differences are (up to 99% of the variance). The
 family-wise level ``falseAlarmRate`` is split by Bonferroni over every (signal, group)
 family looked at and then equally between the two statistics, which keeps it valid
@@ -28,6 +29,8 @@ Error rates from simulation are in docs/statistics.md.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import statistics
 from collections import defaultdict
@@ -37,6 +40,8 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 import numpy as np
+
+from polypythia.monitoring import null_cache
 
 Direction = Literal["high", "low", "both"]
 # Which side is bad, per known signal: a high loss, a low evaluation score.
@@ -234,11 +239,54 @@ def _statistics(z: np.ndarray, k: int, two_sided: bool) -> tuple[np.ndarray, ...
     return level, level_at, change_max, change_at
 
 
+NULL_SEED = 20251201
+
+
+def _null_families(n: int, t: int) -> int:
+    return int(min(NULL_FAMILIES, max(1000, NULL_VALUES // (n * t))))
+
+
+def _null_params(n: int, t: int, k: int, two_sided: bool) -> dict[str, object]:
+    """Everything a null simulation depends on: its shape and sizes, the RNG seed, numpy's
+    version (its normal sampler may change between releases) and the code that computes it."""
+    return {
+        "seeds": n,
+        "checkpoints": t,
+        "consecutive": k,
+        "twoSided": two_sided,
+        "rhos": list(NULL_RHOS),
+        "families": _null_families(n, t),
+        "seed": NULL_SEED,
+        "numpy": np.__version__,
+        "code": _null_code(),
+    }
+
+
+@lru_cache(maxsize=1)
+def _null_code() -> str:
+    """A digest of the code a null simulation runs (read once: this module as loaded)."""
+    code = "".join(inspect.getsource(f) for f in (_zscores, _statistics, _SIMULATE))
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
 @lru_cache(maxsize=256)
 def _null_maxima(n: int, t: int, k: int, two_sided: bool) -> tuple[tuple[np.ndarray, ...], ...]:
-    """Sorted family maxima of (level, change) under the null, one pair per rho in NULL_RHOS."""
-    rng = np.random.default_rng([n, t, k, int(two_sided), 20251201])
-    families = int(min(NULL_FAMILIES, max(1000, NULL_VALUES // (n * t))))
+    """Sorted family maxima of (level, change) under the null, one pair per rho in NULL_RHOS:
+    from memory, else from the disk cache (``null_cache``), else simulated and stored."""
+    params = _null_params(n, t, k, two_sided)
+    key = null_cache.cache_key(params)
+    folder = null_cache.cache_folder()
+    sims = null_cache.load(folder, key, len(NULL_RHOS), _null_families(n, t))
+    if sims is None:
+        sims = _simulate_null(n, t, k, two_sided)
+        null_cache.save(folder, key, sims, params)
+    return sims
+
+
+def _simulate_null(n: int, t: int, k: int, two_sided: bool) -> tuple[tuple[np.ndarray, ...], ...]:
+    """The simulation itself (seeded: the same parameters give the same arrays)."""
+    rng = np.random.default_rng([n, t, k, int(two_sided), NULL_SEED])
+    families = _null_families(n, t)
     out = []
     for rho in NULL_RHOS:
         levels, changes = [], []
@@ -252,6 +300,9 @@ def _null_maxima(n: int, t: int, k: int, two_sided: bool) -> tuple[tuple[np.ndar
             changes.append(change.max(-1))
         out.append((np.sort(np.concatenate(levels)), np.sort(np.concatenate(changes))))
     return tuple(out)
+
+
+_SIMULATE = _simulate_null  # the code the cache key digests, whatever later rebinds the name
 
 
 def _upper_quantile(sorted_sample: np.ndarray, p: float) -> float:

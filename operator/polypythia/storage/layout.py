@@ -8,6 +8,7 @@
 <run>/telemetry/rewinds.json         spike rewinds and refusals (see ``RunStore.record_rewind``)
 <run>/quarantine/step<N>-<time>/...  a damaged checkpoint, moved aside (never deleted)
 <run>/history.json                   accepted config changes (``--allow-changes``)
+<run>/optimizer-restarts.json        starts from a checkpoint without optimiser state
 <run>/LEASE                          the one writer of the run (``storage.lease``)
 ```
 """
@@ -19,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ _TELEMETRY = re.compile(r"^(\d{9,})-(\d{9,})(?:\.a(\d+))?\.jsonl$")
 _CHECKPOINT = re.compile(r"^checkpoints/step(\d+)/COMPLETE$")
 _EVAL = re.compile(r"^evals/step(\d+)\.json$")
 HISTORY = "history.json"
+OPTIMIZER_RESTARTS = "optimizer-restarts.json"
 QUARANTINE = "quarantine"
 _HASH_CHUNK = 8 << 20
 
@@ -309,6 +312,34 @@ class RunStore:
         self._write_json(f"checkpoints/step{step}/{COMPLETE}", manifest)
         return manifest
 
+    def drop_checkpoint_files(self, step: int, drop: Callable[[str], bool], reason: str) -> int:
+        """Remove the files of a complete checkpoint whose manifest path ``drop`` accepts
+        (``checkpoints.optimizerState: latest`` drops optimiser state); return the bytes
+        freed. The manifest is rewritten first, without those files and with them listed
+        under ``dropped`` (path, size, sha256, reason), so the checkpoint stays sound at
+        every moment; a reader holding the old manifest finds them under ``dropped`` when it
+        misses one. Idempotent: files a crash left behind are deleted on the next call."""
+        manifest = self.read_manifest(step)
+        gone = [f for f in manifest["files"] if drop(f["path"])]
+        if gone:
+            manifest = {
+                **manifest,
+                "files": [f for f in manifest["files"] if not drop(f["path"])],
+                "dropped": [*manifest.get("dropped", []), *({**f, "reason": reason} for f in gone)],
+            }
+            self._write_json(f"checkpoints/step{int(step)}/{COMPLETE}", manifest)
+        for entry in manifest.get("dropped", []):
+            self.store.delete(self.checkpoint_key(step, check_key(entry["path"])))
+        return sum(f["size"] for f in gone)
+
+    def _dropped_since(self, step: int, path: str) -> bool:
+        """Whether ``path`` was dropped from the checkpoint after the caller read its manifest."""
+        try:
+            manifest = self.read_manifest(step)
+        except (StorageNotFound, CheckpointDamaged):
+            return False
+        return any(d.get("path") == path for d in manifest.get("dropped", []))
+
     def read_manifest(self, step: int) -> dict:
         """The COMPLETE manifest of a checkpoint; StorageNotFound when incomplete,
         CheckpointDamaged when COMPLETE itself is not a manifest."""
@@ -355,6 +386,8 @@ class RunStore:
             try:
                 size = self.store.size(key)
             except StorageNotFound:
+                if self._dropped_since(step, entry["path"]):
+                    continue
                 raise CheckpointDamaged(f"{where}/{entry['path']}: missing") from None
             if size != entry["size"]:
                 raise CheckpointDamaged(
@@ -412,6 +445,8 @@ class RunStore:
             try:
                 self.store.get_file(self.checkpoint_key(step, entry["path"]), target)
             except StorageNotFound:
+                if self._dropped_since(step, entry["path"]):
+                    continue
                 raise CheckpointDamaged(
                     f"{self._uri}/checkpoints/step{step}/{entry['path']}: missing"
                 ) from None
@@ -456,6 +491,32 @@ class RunStore:
     def record_changes(self, changes: list[dict]) -> None:
         """Append accepted changes to ``history.json`` (before run.json is rewritten)."""
         self._write_json(HISTORY, {"changes": self.read_history() + list(changes)})
+
+    # optimiser restarts (`checkpoints.optimizerState: latest`)
+
+    def read_optimizer_restarts(self) -> list[dict]:
+        """Starts from a checkpoint without optimiser state, oldest first:
+        ``{step, attempt, reason, at}`` (Adam's moments began again from zero there)."""
+        try:
+            data = self._read_json(OPTIMIZER_RESTARTS)
+        except StorageNotFound:
+            return []
+        return list(data.get("restarts") or []) if isinstance(data, dict) else []
+
+    def record_optimizer_restart(
+        self, step: int, attempt: int, reason: str, at: float | None = None
+    ) -> dict:
+        """Record that ``attempt`` started from checkpoint ``step`` with a fresh optimiser
+        (the run's one writer calls it; a repeated record of the same attempt is kept once)."""
+        entry = {
+            "step": int(step),
+            "attempt": int(attempt),
+            "reason": reason,
+            "at": time.time() if at is None else at,
+        }
+        restarts = [r for r in self.read_optimizer_restarts() if r.get("attempt") != attempt]
+        self._write_json(OPTIMIZER_RESTARTS, {"restarts": [*restarts, entry]})
+        return entry
 
     # rewinds (spike action `rewind`, docs/contracts.md)
 

@@ -18,6 +18,8 @@ from polypythia_trainer.data.megatron import MegatronOrder
 from polypythia_trainer.data.order import batch_index
 from polypythia_trainer.data.sources import is_remote, open_remote_dir, open_source
 from polypythia_trainer.data.spec import DataSpec, parse_data_spec
+from polypythia_trainer.data.split import DATASET_NAME as SPLIT_DATASET_NAME
+from polypythia_trainer.data.split import split_indices
 from polypythia_trainer.data.tokenizer import HF_FILES, load
 from polypythia_trainer.data.training import TrainingData, load_stored_order, local_dataset
 
@@ -148,10 +150,11 @@ def open_training_data(
         dataset = IndexedDataset(index, tokens)
     except IndexFormatError as exc:
         raise UsageError(f"spec.data.path: {exc}") from None
+    train_items = _train_items(spec, dataset)
     if spec.order == "megatron":
         order = _megatron_order(
             spec, spec.path, dataset, sequence_length, data_seed, cache_dir, storage,
-            train_iters, global_batch_size,
+            train_iters, global_batch_size, train_items,
         )  # fmt: skip
         return TrainingData(
             dataset,
@@ -170,7 +173,22 @@ def open_training_data(
         tokenizer=tokenizer,
         stored_order=load_stored_order(spec.path, data_seed, cache_dir, storage),
         name=spec.path,
+        train_items=train_items,
     )
+
+
+def _train_items(spec: DataSpec, dataset: IndexedDataset) -> int | None:
+    """With ``data.split``, the number of leading items training may read (GPT-NeoX's
+    ``[0, s1)``); None without a split (every item, as Pythia's ``train-data-paths``)."""
+    if spec.split is None:
+        return None
+    _, train_end, valid_end, _ = split_indices(spec.split, dataset.num_items)
+    if train_end < 1:
+        raise UsageError(
+            f"spec.data.split: {spec.split!r} leaves no training documents of the "
+            f"{dataset.num_items} in {spec.path}"
+        )
+    return train_end
 
 
 def _megatron_order(
@@ -183,36 +201,48 @@ def _megatron_order(
     storage: dict | None,
     train_iters: int | None,
     global_batch_size: int | None,
+    train_items: int | None = None,
 ) -> MegatronOrder:
     """GPT-NeoX's index maps for this run: from ``indexDir`` as they are, else built once
-    next to a local dataset (or in the cache when that folder is not writable/remote)."""
+    next to a local dataset (or in the cache when that folder is not writable/remote).
+
+    With ``train_items`` (``data.split``) they are those of GPT-NeoX's ``data-path`` route:
+    the first ``train_items`` documents, ``train_iters x batch`` samples, name ``train``."""
     if train_iters is None or global_batch_size is None:
         raise UsageError(
             "spec.data.order: megatron needs the run's training.steps and globalBatchSize"
         )
     if dataset.num_items < 1 or dataset.total_tokens < 2:
         raise UsageError(f"spec.data.path: {path} holds no tokens to order")
+    if train_items is None:
+        docs, tokens = dataset.num_items, dataset.total_tokens
+        samples = megatron.num_samples(train_iters, global_batch_size)
+        dataset_name = megatron.DATASET_NAME
+    else:
+        docs, tokens = train_items, dataset.item_start(train_items)
+        samples = train_iters * global_batch_size
+        dataset_name = SPLIT_DATASET_NAME
+    if tokens < 2:
+        raise UsageError(f"spec.data.split: the training documents of {path} hold {tokens} tokens")
     expected = megatron.Expected(
-        num_docs=dataset.num_items,
-        tokens_per_epoch=dataset.total_tokens,
-        seq_length=sequence_length,
-        samples=megatron.num_samples(train_iters, global_batch_size),
+        num_docs=docs, tokens_per_epoch=tokens, seq_length=sequence_length, samples=samples
     )
     data_name = path.rstrip("/").rpartition("/")[2]
     index_dir = build_dir = None
     if spec.index_dir is not None:
         index_dir = _local_index_dir(
-            spec.index_dir, data_name, expected, data_seed, cache_dir, storage
+            spec.index_dir, data_name, expected, data_seed, cache_dir, storage, dataset_name
         )
     else:
         build_dir = _build_dir(path, cache_dir)
     return megatron.open_order(
         data_name=data_name,
-        sizes_fn=lambda: dataset.sizes,
+        sizes_fn=lambda: dataset.sizes[:docs],
         expected=expected,
         seed=data_seed,
         build_dir=build_dir,
         index_dir=index_dir,
+        dataset_name=dataset_name,
     )
 
 
@@ -232,12 +262,15 @@ def _local_index_dir(
     seed: int,
     cache_dir: Path,
     storage: dict | None,
+    dataset_name: str = megatron.DATASET_NAME,
 ) -> Path:
     """A local ``indexDir`` as it is; a remote one's three files fetched into the cache."""
     if not is_remote(index_dir):
         return Path(index_dir).expanduser()
     local = cache_dir / "indexmaps" / hashlib.sha256(index_dir.encode()).hexdigest()[:16]
-    files = megatron.index_files(local, data_name, expected.samples, expected.seq_length, seed)
+    files = megatron.index_files(
+        local, data_name, expected.samples, expected.seq_length, seed, dataset_name
+    )
     store, prefix = open_remote_dir(index_dir, storage)
     for path in files.paths().values():
         if path.is_file():

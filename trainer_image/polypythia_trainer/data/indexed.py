@@ -223,6 +223,16 @@ class IndexedDataset:
         """Token position of each item in the flat stream (pointers / itemsize)."""
         return self.pointers // self.dtype.itemsize
 
+    def item_start(self, i: int) -> int:
+        """Token position of item ``i`` in the flat stream (``num_items``: the end), read
+        alone (a split boundary needs one pointer, not the whole array)."""
+        if not 0 <= i <= self.num_items:
+            raise IndexError(f"item {i} out of range ({self.num_items} items)")
+        if i == self.num_items:
+            return self.total_tokens
+        pointer = int(self._index.array(self._pointers_at + 8 * i, np.int64, 1)[0])
+        return pointer // self.dtype.itemsize
+
     def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens ``offset .. offset + length`` of item ``i`` (to its end when ``length`` is
         None): Megatron's ``MMapIndexedDataset.get``, what GPT-NeoX's samples are cut with."""

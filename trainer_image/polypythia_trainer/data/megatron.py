@@ -75,10 +75,16 @@ class IndexFiles:
 
 
 def index_files(
-    folder: str | Path, data_name: str, samples: int, seq_length: int, seed: int
+    folder: str | Path,
+    data_name: str,
+    samples: int,
+    seq_length: int,
+    seed: int,
+    dataset_name: str = DATASET_NAME,
 ) -> IndexFiles:
-    """``<folder>/<data_name>_train_0_indexmap_<N>ns_<L>sl_<S>s_{doc,sample,shuffle}_idx.npy``."""
-    stem = f"{data_name}_{DATASET_NAME}_indexmap_{samples}ns_{seq_length}sl_{seed}s"
+    """``<folder>/<data_name>_<dataset_name>_indexmap_<N>ns_<L>sl_<S>s_{doc,sample,shuffle}_idx.npy``
+    (``train_0`` for a ``train-data-paths`` entry, ``train`` for a split ``data-path``)."""
+    stem = f"{data_name}_{dataset_name}_indexmap_{samples}ns_{seq_length}sl_{seed}s"
     folder = Path(folder)
     return IndexFiles(*(folder / f"{stem}_{kind}_idx.npy" for kind in KINDS))
 
@@ -348,6 +354,7 @@ def open_order(
     seed: int,
     build_dir: Path | None,
     index_dir: Path | None,
+    dataset_name: str = DATASET_NAME,
 ) -> MegatronOrder:
     """Open the run's index maps: from ``index_dir`` as they are (never written), else
     built once into ``build_dir`` (under a lock) and reused by every later run.
@@ -355,7 +362,9 @@ def open_order(
     ``sizes_fn`` returns the documents' token counts; it is called only to build.
     """
     if index_dir is not None:
-        files = index_files(index_dir, data_name, expected.samples, expected.seq_length, seed)
+        files = index_files(
+            index_dir, data_name, expected.samples, expected.seq_length, seed, dataset_name
+        )
         for kind, path in files.paths().items():
             if not path.is_file():
                 raise UsageError(
@@ -365,7 +374,9 @@ def open_order(
                 )
         return MegatronOrder(files, expected)
     assert build_dir is not None
-    files = index_files(build_dir, data_name, expected.samples, expected.seq_length, seed)
+    files = index_files(
+        build_dir, data_name, expected.samples, expected.seq_length, seed, dataset_name
+    )
     if not all(p.is_file() for p in files.paths().values()):
         with _locked(build_dir / f".{files.doc.name}.lock"):
             if not all(p.is_file() for p in files.paths().values()):

@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polypythia.errors import UsageError
+from polypythia_trainer.data.split import split_weights
 
 FORMATS = ("generated", "megatron")
 ORDERS = ("megatron", "permutation")
-FIELDS = ("format", "path", "tokenizer", "skipBatches", "order", "indexDir", "validationPath")
+FIELDS = (
+    "format",
+    "path",
+    "tokenizer",
+    "skipBatches",
+    "order",
+    "indexDir",
+    "validationPath",
+    "split",
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,7 @@ class DataSpec:
     skip_batches: tuple[tuple[int, int], ...]
     order: str = "permutation"
     index_dir: str | None = None
+    split: str | None = None
 
 
 def _optional_str(data: dict, field: str) -> str | None:
@@ -83,7 +94,16 @@ def parse_data_spec(data: dict) -> DataSpec:
             "spec.data.indexDir: only used with order megatron (GPT-NeoX's index maps), "
             f"got order {order}"
         )
-    return DataSpec(fmt, path, tokenizer, _skip_batches(data.get("skipBatches")), order, index_dir)
+    split = _optional_str(data, "split")
+    if split is not None:
+        if fmt != "megatron":
+            raise UsageError(
+                "spec.data.split: only used with format megatron (the generated corpus has "
+                "its own held-out documents)"
+            )
+        split_weights(split)
+    skips = _skip_batches(data.get("skipBatches"))
+    return DataSpec(fmt, path, tokenizer, skips, order, index_dir, split)
 
 
 def default_order(fmt: str) -> str:

@@ -47,6 +47,7 @@ class TrainingData:
         stored_order: np.ndarray | None = None,
         megatron: MegatronOrder | None = None,
         name: str = "dataset",
+        train_items: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.sequence_length = sequence_length
@@ -57,10 +58,12 @@ class TrainingData:
         self.name = name
         self.megatron = megatron
         self.order_name = "megatron" if megatron is not None else "permutation"
+        # ``data.split``: only the stream of the first ``train_items`` items is trained on.
+        train_tokens = (
+            dataset.total_tokens if train_items is None else dataset.item_start(train_items)
+        )
         self.num_samples = (
-            megatron.num_samples
-            if megatron is not None
-            else dataset.total_tokens // self.sample_length
+            megatron.num_samples if megatron is not None else train_tokens // self.sample_length
         )
         if self.num_samples < 1:
             raise UsageError(
