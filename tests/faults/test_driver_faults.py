@@ -19,7 +19,8 @@ from trainer_helpers import nano_config
 from polypythia.errors import RuntimeFault, UsageError
 from polypythia.local import driver as driver_module
 from polypythia.local.cli import _one_driver
-from polypythia.local.driver import FAILED, PENDING, RUNNING, DriverOptions, LocalDriver
+from polypythia.local.driver import DriverOptions, LocalDriver
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import sweep_from_object
 from polypythia.storage import RunStore
 
@@ -76,7 +77,7 @@ def test_a_damaged_final_checkpoint_is_not_finished(tmp_path: Path) -> None:
 
     again = driver(tmp_path)
     again.prepare()
-    assert [r.phase for r in again.runs] == [PENDING, "Succeeded"]
+    assert [r.phase for r in again.runs] == [RunPhase.PENDING, "Succeeded"]
     assert broken.complete_checkpoints() == []
     assert list((Path(broken.uri) / "quarantine").glob("step10-*/model.safetensors"))
 
@@ -108,10 +109,10 @@ def test_failed_trainers_are_retried_up_to_max_retries(tmp_path: Path) -> None:
     run = d.runs[0]
     phases = []
     for _ in range(3):
-        run.phase, run.process = RUNNING, Exited(1)
+        run.phase, run.process = RunPhase.RUNNING, Exited(1)
         d._reap()
         phases.append(run.phase)
-    assert phases == [PENDING, PENDING, FAILED]  # maxRetries 2
+    assert phases == [RunPhase.RETRYING, RunPhase.RETRYING, RunPhase.FAILED]  # maxRetries 2
     assert "boom" in run.error
 
 
@@ -119,20 +120,20 @@ def test_kills_from_outside_spend_no_retry_and_refusals_none_at_all(tmp_path: Pa
     d = driver(tmp_path)
     run = d.runs[0]
     for _ in range(5):
-        run.phase, run.process = RUNNING, Exited(-signal.SIGKILL)
+        run.phase, run.process = RunPhase.RUNNING, Exited(-signal.SIGKILL)
         d._reap()
-        assert run.phase == PENDING
+        assert run.phase == RunPhase.PREEMPTED
     assert run.retries == 0
-    run.phase, run.process = RUNNING, Exited(2)  # config drift, a bad field
+    run.phase, run.process = RunPhase.RUNNING, Exited(2)  # config drift, a bad field
     d._reap()
-    assert run.phase == FAILED
+    assert run.phase == RunPhase.FAILED
 
 
 def test_retries_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = driver(tmp_path)
     d.options.retry_base_s = 5.0
     run = d.runs[0]
-    run.phase, run.process = RUNNING, Exited(1)
+    run.phase, run.process = RunPhase.RUNNING, Exited(1)
     d._reap()
     assert run.not_before >= time.time() + 4
     started = []

@@ -12,9 +12,12 @@ from polypythia import planner
 from polypythia.k8s.observe import SweepObserver
 from polypythia.local.driver import DriverOptions, LocalDriver
 from polypythia.local.metrics import LocalExporter
-from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
+from polypythia.monitoring.common_mode import CommonModeTracker
+from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import RunSpikeDetector
 from polypythia.monitoring.synthetic import History, make_history
+from polypythia.runcore.monitor import SweepSpikes
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import Sweep, sweep_from_object
 from polypythia.storage import RunStore
 from support.fixtures import s3_endpoint  # noqa: F401
@@ -65,19 +68,38 @@ EXPECTED = {
 } | {("nano", "1", signal, "seed-specific", "none"): 1.0 for signal in ("loss", "grad_norm")}
 
 
+class _Live:
+    """What both adapters do: events in progress at once, counted once the run core
+    settled their kind."""
+
+    def __init__(self, sweep: str, ex: SweepExporter, orders: dict[str, int]) -> None:
+        self.sweep, self.ex = sweep, ex
+        self.core = SweepSpikes(CommonModeTracker(orders))
+
+    def observe(self, name: str, events, last_step) -> None:  # type: ignore[no-untyped-def]
+        self.ex.observe_spikes(_labels(self.sweep, name), events, count=False)
+        self._count(self.core.observe(name, events, last_step))
+
+    def finish(self, name: str) -> None:
+        self._count(self.core.finish(name))
+
+    def _count(self, settled) -> None:  # type: ignore[no-untyped-def]
+        for e in settled:
+            self.ex.observe_spikes(_labels(self.sweep, e.run), [e])
+
+
 def test_spikes_are_counted_once_their_kind_is_settled():
     sweep = "cm"
     histories = _histories(sweep)
     ex = SweepExporter()
-    spikes = CommonModeSpikes(ex)
-    spikes.plan({name: int(name[-1]) for name in histories})
+    spikes = _Live(sweep, ex, {name: int(name[-1]) for name in histories})
     detectors = {name: RunSpikeDetector(name) for name in histories}
 
     def advance(name: str, upto: int) -> None:
         h, d = histories[name], detectors[name]
         lo = 0 if d.last_step is None else d.last_step
         events = d.feed_many(h.steps[lo:upto], h.loss[lo:upto], h.grad_norm[lo:upto])
-        spikes.observe(name, _labels(sweep, name), events, d.last_step)
+        spikes.observe(name, events, d.last_step)
 
     advance(f"{sweep}-nano-s0", SHARED + 2)
     # The spike is in progress at once (the alert does not wait) but its kind is not
@@ -98,11 +120,10 @@ def test_spikes_are_counted_once_their_kind_is_settled():
 
     # A restarted monitor rebuilds the same labels from the whole histories at once.
     again = SweepExporter()
-    rebuilt = CommonModeSpikes(again)
-    rebuilt.plan({name: int(name[-1]) for name in histories})
+    rebuilt = _Live(sweep, again, {name: int(name[-1]) for name in histories})
     for name, h in histories.items():
         detector, events = RunSpikeDetector.rebuild(name, h.steps, h.loss, h.grad_norm)
-        rebuilt.observe(name, _labels(sweep, name), events, detector.last_step)
+        rebuilt.observe(name, events, detector.last_step)
     assert _spike_counts(again) == EXPECTED
 
 
@@ -152,8 +173,8 @@ def test_local_exporter_labels_spikes_by_data_order(tmp_path: Path):
         driver.prepare()  # what a restarted `polypythia run` does: everything from storage
         assert _spike_counts(exporter.metrics) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}
         failed = next(r for r in driver.runs if r.plan.name == "lcm-micro-s1")
-        failed.phase = "Failed"
-        exporter.observe_sweep(driver)
+        failed.phase = RunPhase.FAILED
+        driver.finish_spikes()
         assert _spike_counts(exporter.metrics) == EXPECTED
     finally:
         exporter.close()
