@@ -204,3 +204,48 @@ def test_operator_observer_labels_spikes_by_data_order(s3_endpoint):  # noqa: F8
         assert _spike_counts(ex) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}, attempt
         observer.finish(["ocm-micro-s1"])  # reconcile saw its RayJob fail after the last retry
         assert _spike_counts(ex) == EXPECTED, attempt
+
+
+def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
+    s3_endpoint,  # noqa: F811
+):
+    """One sweep in storage, read three ways: the operator's observer feeding the
+    exporter (live), reconcile's status (``recentSpikes``), and the report's analysis."""
+    from polypythia.k8s import reconcile as R
+    from polypythia_eval.analysis import detect_spikes
+    from polypythia_eval.sources import load_sweep
+
+    storage = {"bucket": s3_endpoint.bucket, "secure": False}
+    sweep = _sweep("lab", storage)
+    plan = planner.plan_sweep(sweep)
+    histories = _histories("lab")
+    for run in plan:
+        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
+        store.write_run_config(run.config)
+        _write_telemetry(store, histories[run.name])
+    server = s3_endpoint.server
+    ex = SweepExporter()
+    observer = SweepObserver(("default", "lab"), ex)
+    names = [r.name for r in plan]
+    observations = observer.observe(
+        sweep, plan, names, (server.access_key, server.secret_key), s3_endpoint.endpoint
+    )
+    live = _spike_counts(ex)
+    assert live == EXPECTED
+
+    out = R.reconcile(
+        sweep, plan, [], [], {}, observations, R.Images("t:1", "e:1"), "2026-12-01T12:00:00Z"
+    )
+    status = {
+        (s["run"], s["signal"], s["onsetStep"]): (s["kind"], s["cause"])
+        for s in out.status["recentSpikes"]
+    }
+    size_seed = {r.name: (r.size, str(r.seed)) for r in plan}
+    assert {
+        (*size_seed[run], signal, *label): 1.0 for (run, signal, _), label in status.items()
+    } == live
+
+    sweep_uri = plan[0].config["runUri"].rsplit("/", 1)[0]
+    found = detect_spikes(load_sweep(sweep_uri, **s3_endpoint.store_kwargs()))
+    report = {(e.run, e.signal, e.onset_step): (e.kind, e.cause) for e in found}
+    assert report == status

@@ -55,14 +55,14 @@ def rayjob_state(job: dict) -> RunPhase:
         # KubeRay reports a RayJob created suspended as Suspended; under Kueue that is a
         # job waiting for admission (a suspended sweep deletes its Kueue RayJobs instead).
         queued = L.QUEUE in (job.get("metadata", {}).get("labels") or {})
-        return RunPhase.QUEUED if queued else "Suspended"
+        return RunPhase.QUEUED if queued else RunPhase.SUSPENDED
     if deployment == "Running":
         return RunPhase.RUNNING
     return RunPhase.QUEUED
 
 
 def timed_out(job: dict) -> str | None:
-    """The operator's own pending-timeout verdict on a RayJob (see `pending_too_long`)."""
+    """The operator's own pending-timeout verdict on a RayJob (see `attempt_pending_too_long`)."""
     return (job.get("metadata", {}).get("annotations") or {}).get(L.TIMED_OUT)
 
 

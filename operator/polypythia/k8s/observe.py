@@ -101,6 +101,10 @@ class SweepObserver:
                 # Forget what was half read: the next pass reads the run afresh.
                 self._forget(name)
                 continue
+        if self.spikes is not None:
+            # A later run of this pass may have settled an earlier one's spikes.
+            for name, obs in out.items():
+                out[name] = replace(obs, settled=tuple(self.spikes.settled.get(name, ())))
         self._flag_outliers(plan, out, settings)
         return out
 
@@ -176,13 +180,11 @@ class SweepObserver:
                 last_checkpoint_step=max(checkpoints) if checkpoints else None,
                 evaluations=len(evaluated),
             )
-        settled = tuple(self.spikes.settled.get(run.name, ())) if self.spikes else ()
         return RunObservation(
             checkpoints=tuple(checkpoints),
             evaluated=tuple(evaluated),
             step=monitor.step,
             spikes=len(monitor.spikes),
-            settled=settled,
             rewinds=tuple(cached.recorded["rewinds"]),
             refused=tuple(cached.recorded["refused"]),
             proposal=proposal,
