@@ -95,7 +95,33 @@ def _phases(out: R.Outcome) -> dict[str, str]:
     return {r["name"]: r["phase"] for r in out.status["runs"]}
 
 
+SEED1_DONE = {"t-nano-s1-base": "Succeeded", "t-nano-s1-perm": "Succeeded"}
+
+
+def _study(deployment: str, job_status: str, **spec: object) -> World:
+    """An init study (inits base and perm, perm from seed 0's base run) whose seed 1 is
+    done and whose seed-0 base run has the RayJob described."""
+    return World(
+        spec={"maxConcurrentRuns": 4, **spec},
+        inits=True,
+        jobs=[_job("t-nano-s0-base", deployment, job_status)],
+        rows={**SEED1_DONE, "t-nano-s0-base": "Running"},
+    )
+
+
 RUNNING = _job("t-nano-s0", "Running", "RUNNING")
+
+
+def _spiking(proposal: R.RecordRewind | R.RecordRefusal, **spec: object) -> World:
+    """Seed 0 trains under ``action: rewind`` and the run core proposes ``proposal``."""
+    return World(
+        spec={"instability": {"action": "rewind"}, **spec},
+        jobs=[RUNNING],
+        rows={"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
+        observations={"t-nano-s0": R.RunObservation(checkpoints=(50,), proposal=proposal)},
+    )
+
+
 FAILED = _job("t-nano-s0", "Complete", "FAILED")
 LATE = _job("t-nano-s0", "Initializing", "", status={"startTime": "2026-12-01T11:00:00Z"})
 
@@ -135,96 +161,39 @@ CASES = {
         "Complete",
     ),
     "the run core's rewind of a running run: recorded, then the attempt deleted": (
-        World(
-            spec={"instability": {"action": "rewind"}},
-            jobs=[RUNNING],
-            rows={"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
-            observations={"t-nano-s0": R.RunObservation(checkpoints=(50,), proposal=REWIND)},
-        ),
+        _spiking(REWIND),
         ["record rewind t-nano-s0 from 50", "event RunRewound", "delete t-nano-s0 (foreground)"],
         {"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
         "Running",
     ),
     "a rewind is not taken while the sweep is suspended": (
-        World(
-            spec={"instability": {"action": "rewind"}, "suspend": True},
-            jobs=[RUNNING],
-            rows={"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
-            observations={"t-nano-s0": R.RunObservation(checkpoints=(50,), proposal=REWIND)},
-        ),
+        _spiking(REWIND, suspend=True),
         ["suspend t-nano-s0"],
         {"t-nano-s0": "Suspended", "t-nano-s1": "Succeeded"},
         "Suspended",
     ),
     "a refused rewind is recorded and the attempt keeps running": (
-        World(
-            spec={"instability": {"action": "rewind"}},
-            jobs=[RUNNING],
-            rows={"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
-            observations={"t-nano-s0": R.RunObservation(checkpoints=(50,), proposal=REFUSAL)},
-        ),
+        _spiking(REFUSAL),
         ["record refusal t-nano-s0"],
         {"t-nano-s0": "Running", "t-nano-s1": "Succeeded"},
         "Running",
     ),
     "an init-study run waits while its reference run trains": (
-        World(
-            spec={"maxConcurrentRuns": 4},
-            inits=True,
-            jobs=[_job("t-nano-s0-base", "Running", "RUNNING")],
-            rows={
-                "t-nano-s0-base": "Running",
-                "t-nano-s1-base": "Succeeded",
-                "t-nano-s1-perm": "Succeeded",
-            },
-        ),
+        _study("Running", "RUNNING"),
         [],
-        {
-            "t-nano-s0-base": "Running",
-            "t-nano-s0-perm": "Pending",
-            "t-nano-s1-base": "Succeeded",
-            "t-nano-s1-perm": "Succeeded",
-        },
+        {**SEED1_DONE, "t-nano-s0-base": "Running", "t-nano-s0-perm": "Pending"},
         "Running",
     ),
     "an init-study run starts once its reference run succeeded": (
-        World(
-            spec={"maxConcurrentRuns": 4},
-            inits=True,
-            jobs=[_job("t-nano-s0-base", "Complete", "SUCCEEDED")],
-            rows={
-                "t-nano-s0-base": "Running",
-                "t-nano-s1-base": "Succeeded",
-                "t-nano-s1-perm": "Succeeded",
-            },
-        ),
+        _study("Complete", "SUCCEEDED"),
         ["create t-nano-s0-perm@0", "event RunStarted", "event RunSucceeded"],
-        {
-            "t-nano-s0-base": "Succeeded",
-            "t-nano-s0-perm": "Queued",
-            "t-nano-s1-base": "Succeeded",
-            "t-nano-s1-perm": "Succeeded",
-        },
+        {**SEED1_DONE, "t-nano-s0-base": "Succeeded", "t-nano-s0-perm": "Queued"},
         "Running",
     ),
     "an init-study run fails when its reference run failed for good": (
-        World(
-            spec={"maxConcurrentRuns": 4, "maxRetries": 0},
-            inits=True,
-            jobs=[_job("t-nano-s0-base", "Complete", "FAILED")],
-            rows={
-                "t-nano-s0-base": "Running",
-                "t-nano-s1-base": "Succeeded",
-                "t-nano-s1-perm": "Succeeded",
-            },
-        ),
+        _study("Complete", "FAILED", maxRetries=0),
         ["event RunFailed", "event RunFailed"],
-        {
-            "t-nano-s0-base": "Failed",
-            "t-nano-s0-perm": "Failed",
-            "t-nano-s1-base": "Succeeded",
-            "t-nano-s1-perm": "Succeeded",
-        },
+        {**SEED1_DONE, "t-nano-s0-base": "Failed", "t-nano-s0-perm": "Failed"},
         "Complete",
     ),
 }

@@ -157,6 +157,19 @@ def _write_telemetry(store: RunStore, h: History, upto: int = STEPS) -> None:
         )
 
 
+def _in_s3(s3_endpoint, name: str, short: str | None = None):  # noqa: F811
+    """The sweep's runs in the S3 bucket (run.json and telemetry); run ``short`` stopped
+    at step 2,000."""
+    sweep = _sweep(name, {"bucket": s3_endpoint.bucket, "secure": False})
+    plan = planner.plan_sweep(sweep)
+    histories = _histories(name)
+    for run in plan:
+        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
+        store.write_run_config(run.config)
+        _write_telemetry(store, histories[run.name], 2_000 if run.name == short else STEPS)
+    return sweep, plan
+
+
 def test_local_exporter_labels_spikes_by_data_order(tmp_path: Path):
     sweep = _sweep("lcm", {})
     histories = _histories("lcm")
@@ -181,15 +194,8 @@ def test_local_exporter_labels_spikes_by_data_order(tmp_path: Path):
 
 
 def test_operator_observer_labels_spikes_by_data_order(s3_endpoint):  # noqa: F811
-    storage = {"bucket": s3_endpoint.bucket, "secure": False}
-    sweep = _sweep("ocm", storage)
-    plan = planner.plan_sweep(sweep)
-    histories = _histories("ocm")
-    for run in plan:
-        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
-        # micro-s1 failed for good before nano-s1's spike: that spike's kind waits for it
-        upto = 2_000 if run.name == "ocm-micro-s1" else STEPS
-        _write_telemetry(store, histories[run.name], upto)
+    # micro-s1 failed for good before nano-s1's spike: that spike's kind waits for it
+    sweep, plan = _in_s3(s3_endpoint, "ocm", short="ocm-micro-s1")
     server = s3_endpoint.server
     names = [r.name for r in plan]
     creds = (server.access_key, server.secret_key)
@@ -215,14 +221,7 @@ def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
     from polypythia_eval.analysis import detect_spikes
     from polypythia_eval.sources import load_sweep
 
-    storage = {"bucket": s3_endpoint.bucket, "secure": False}
-    sweep = _sweep("lab", storage)
-    plan = planner.plan_sweep(sweep)
-    histories = _histories("lab")
-    for run in plan:
-        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
-        store.write_run_config(run.config)
-        _write_telemetry(store, histories[run.name])
+    sweep, plan = _in_s3(s3_endpoint, "lab")
     server = s3_endpoint.server
     ex = SweepExporter()
     observer = SweepObserver(("default", "lab"), ex)

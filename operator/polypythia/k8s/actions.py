@@ -13,6 +13,8 @@ from polypythia.runcore.monitor import RecordRefusal, RecordRewind
 
 @dataclass(frozen=True)
 class CreateRayJob:
+    """Create attempt ``attempt`` of ``run`` (``body`` is the rendered RayJob)."""
+
     run: str
     attempt: int
     body: dict
@@ -20,6 +22,8 @@ class CreateRayJob:
 
 @dataclass(frozen=True)
 class DeleteRayJob:
+    """Delete a RayJob (a run left the sweep, a rewind replaces it, Kueue suspends it)."""
+
     name: str
     # Foreground: the RayJob goes only after its RayCluster and pods are gone, so a
     # rewind's next attempt never overlaps the old trainer.
@@ -30,18 +34,24 @@ class DeleteRayJob:
 
 @dataclass(frozen=True)
 class AnnotateRayJob:
+    """Add annotations to a RayJob (the operator's own verdicts, e.g. timed out)."""
+
     name: str
     annotations: dict
 
 
 @dataclass(frozen=True)
 class SuspendRayJob:
+    """Set a RayJob's ``spec.suspend`` (spec.suspend of the sweep, a timed-out attempt)."""
+
     name: str
     suspend: bool
 
 
 @dataclass(frozen=True)
 class CreateEvalJob:
+    """Create an eval Job for ``steps`` of ``run``."""
+
     run: str
     steps: tuple[int, ...]
     body: dict
@@ -49,11 +59,15 @@ class CreateEvalJob:
 
 @dataclass(frozen=True)
 class DeleteEvalJob:
+    """Delete an eval Job whose run left the sweep."""
+
     name: str
 
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event on the sweep."""
+
     reason: str
     message: str
     type: str = "Normal"
