@@ -252,22 +252,29 @@ def test_max_failed_runs_stops_new_starts_and_ends_the_sweep(tmp_path: Path) -> 
 def test_an_attempt_that_never_trains_fails_after_pending_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """spec.pendingTimeoutSeconds in local mode: a trainer that has not trained a step
+    """spec.pendingTimeoutSeconds in local mode: a trainer that has written no telemetry
     that long (plus the operator's grace) is stopped, and that attempt spends a retry."""
     d = LocalDriver(
         sweep_with(pendingTimeoutSeconds=30, maxRetries=1),
         str(tmp_path / "store"),
         DriverOptions(workdir=tmp_path / "work", evaluate=False, retry_base_s=0.0),
     )
-    run = d.runs[0]
+    run, other = d.runs
     now = time.time()
-    run.phase, run.process, run.started_at, run.start_step = RunPhase.RUNNING, Hanging(), now, None
+    monkeypatch.setattr(driver_module.time, "time", lambda: now)
+    for r in d.runs:
+        r.process = Hanging()
+    run.phase = other.phase = RunPhase.RUNNING
+    run.started_at = other.started_at = now
+    # The other run trained: a telemetry batch appeared after it started.
+    other.store.append_telemetry([{"step": 1, "loss": 3.0}], attempt=0)
     monkeypatch.setattr(driver_module.time, "time", lambda: now + 60)
     d._reap()
     assert run.phase == RunPhase.RUNNING  # 60 s: within 30 s + grace
     monkeypatch.setattr(driver_module.time, "time", lambda: now + 200)
     d._reap()
     assert run.phase == RunPhase.RETRYING and run.retries == 1 and run.process.stopped
+    assert other.phase == RunPhase.RUNNING and other.started_at is None
     run.phase, run.process, run.started_at = RunPhase.RUNNING, Hanging(), now
     d._reap()
     assert run.phase == RunPhase.FAILED

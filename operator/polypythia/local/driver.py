@@ -79,10 +79,11 @@ class RunState:
     retries: int = 0
     preemptions: int = 0
     not_before: float = 0.0
-    # The current attempt: when it started and the last step it found in storage; it has
-    # begun training once telemetry passes that step (spec.pendingTimeoutSeconds).
+    # While the current attempt has not trained (spec.pendingTimeoutSeconds): when it
+    # started, and the telemetry batches storage held then. A new batch means it trains
+    # (a resumed attempt first retrains steps the old telemetry already has).
     started_at: float | None = None
-    start_step: int | None = None
+    batches_at_start: frozenset[str] = frozenset()
 
     @property
     def total_steps(self) -> int:
@@ -295,7 +296,13 @@ class LocalDriver:
             allow_changes=self.options.allow_changes,
         )
         run.process.start()
-        run.started_at, run.start_step = time.time(), run.monitor.step
+        run.started_at = None
+        if self.sweep.spec.get("pendingTimeoutSeconds"):
+            try:
+                run.batches_at_start = frozenset(f.rel for f in run.store.telemetry_files())
+                run.started_at = time.time()
+            except StorageError as exc:
+                log.warning("storage unavailable for %s: %s", run.plan.name, exc)
 
     def _reap(self) -> None:
         for run in self.runs:
@@ -316,12 +323,19 @@ class LocalDriver:
 
     def _check_pending(self, run: RunState) -> None:
         """spec.pendingTimeoutSeconds, the operator's rule: an attempt that has not
-        trained a step that long after it started (waiting for Ray resources, stuck
+        written telemetry that long after it started (waiting for Ray resources, stuck
         loading) is stopped and counts as a failed attempt."""
-        if run.started_at is None or run.monitor.step != run.start_step:
-            return
         timeout = self.sweep.spec.get("pendingTimeoutSeconds")
-        if not schedule.pending_too_long(time.time() - run.started_at, timeout):
+        if run.started_at is None or not schedule.pending_too_long(
+            time.time() - run.started_at, timeout
+        ):
+            return
+        try:
+            batches = {f.rel for f in run.store.telemetry_files()}
+        except StorageError:
+            return  # unknown: ask again next pass
+        if batches - run.batches_at_start:
+            run.started_at = None  # it trains: no more listings
             return
         assert run.process is not None
         run.process.stop()
