@@ -3,16 +3,21 @@ storage says) in, actions and status out. No server, no clock."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 
+import kubernetes
 import pytest
 
 from k8s.harness import sweep_body
 from polypythia import planner
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
+from polypythia.k8s.handlers import Operator, OperatorConfig, _SweepState
 from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.spec import sweep_from_object
+from polypythia.storage import StorageUnavailable
 
 NOW = "2026-12-01T12:00:00Z"
 IMAGES = R.Images("trainer:1", "eval:1", "minio:9000")
@@ -242,3 +247,25 @@ def test_the_status_shows_each_settled_spike_with_the_run_cores_label() -> None:
     rows = {r["name"]: r for r in out.status["runs"]}
     assert rows["t-nano-s0"]["commonModeSpikes"] == 1
     assert rows["t-nano-s1"]["commonModeSpikes"] == 0
+
+
+def test_a_rewind_whose_record_fails_keeps_its_attempt() -> None:
+    """The handler records the run core's actions before any Kubernetes call; when the
+    record cannot be written, that run's rewind Event and deletion are dropped this pass
+    (its trainer keeps running; the next pass decides again from storage)."""
+
+    class Down:
+        def carry_out(self, action: object) -> dict:
+            raise StorageUnavailable("bucket unreachable")
+
+    operator = Operator(OperatorConfig(), kubernetes.client.ApiClient())
+    state = _SweepState(asyncio.Event(), asyncio.Lock(), Down())  # type: ignore[arg-type]
+    other = R.CreateRayJob("t-nano-s1", 0, {})
+    actions = [
+        REWIND,
+        R.Event("RunRewound", "rewind 1", "Warning", REWIND.run),
+        R.DeleteRayJob("t-nano-s0", foreground=True, run=REWIND.run),
+        other,
+    ]
+    kept = asyncio.run(operator._record(actions, state, logging.getLogger("test")))
+    assert kept == [other]
