@@ -119,7 +119,9 @@ class SweepObserver:
         """Record ``action`` in its run's storage (a rewind also drops the abandoned
         checkpoints) and bring the run's monitor to the new history; returns the entry.
         StorageError: nothing is known to be recorded; the run is read afresh next pass."""
-        cached = self.runs[action.run]
+        cached = self.runs.get(action.run)
+        if cached is None:  # forgotten since it was observed (storage failed meanwhile)
+            raise StorageError(f"run {action.run} is read afresh before its spike is acted on")
         recorded = cached.recorded or cached.store.read_rewinds()
         try:
             if isinstance(action, RecordRewind):
