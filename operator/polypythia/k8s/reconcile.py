@@ -32,6 +32,7 @@ from polypythia.k8s.children import (
     attempt_of,
     attempt_pending_too_long,
     config_diff,
+    job_state,
     label,
     rayjob_state,
     recently_ended,
@@ -42,6 +43,7 @@ from polypythia.k8s.children import (
 from polypythia.k8s.evaluations import plan_evaluations
 from polypythia.k8s.rayjob import config_of, render_rayjob
 from polypythia.k8s.status import (
+    condition,
     invalid_status,
     recent_rewinds,
     recent_spikes,
@@ -75,7 +77,11 @@ __all__ = [
     "RecordRewind",
     "RunObservation",
     "SuspendRayJob",
+    "condition",
+    "config_diff",
     "invalid_status",
+    "job_state",
+    "rayjob_state",
     "reconcile",
     "recently_ended",
     "running_runs",
