@@ -19,7 +19,8 @@ from trainer_helpers import nano_config
 from polypythia.errors import RuntimeFault, UsageError
 from polypythia.local import driver as driver_module
 from polypythia.local.cli import _one_driver
-from polypythia.local.driver import FAILED, PENDING, RUNNING, DriverOptions, LocalDriver
+from polypythia.local.driver import DriverOptions, LocalDriver
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import sweep_from_object
 from polypythia.storage import RunStore
 
@@ -27,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def sweep(**training):
+    return sweep_with(training=training)
+
+
+def sweep_with(training: dict | None = None, **spec):
+    """The faults sweep (nano, seeds 0 and 1, maxRetries 2) with ``spec`` fields set."""
     return sweep_from_object(
         {
             "apiVersion": "polypythia.io/v1alpha1",
@@ -40,10 +46,11 @@ def sweep(**training):
                     "globalBatchSize": 8,
                     "sequenceLength": 32,
                     "precision": "fp32",
-                    **training,
+                    **(training or {}),
                 },
                 "checkpoints": {"schedule": "every", "every": 5},
                 "maxRetries": 2,
+                **spec,
             },
         }
     )
@@ -76,7 +83,7 @@ def test_a_damaged_final_checkpoint_is_not_finished(tmp_path: Path) -> None:
 
     again = driver(tmp_path)
     again.prepare()
-    assert [r.phase for r in again.runs] == [PENDING, "Succeeded"]
+    assert [r.phase for r in again.runs] == [RunPhase.PENDING, "Succeeded"]
     assert broken.complete_checkpoints() == []
     assert list((Path(broken.uri) / "quarantine").glob("step10-*/model.safetensors"))
 
@@ -108,10 +115,10 @@ def test_failed_trainers_are_retried_up_to_max_retries(tmp_path: Path) -> None:
     run = d.runs[0]
     phases = []
     for _ in range(3):
-        run.phase, run.process = RUNNING, Exited(1)
+        run.phase, run.process = RunPhase.RUNNING, Exited(1)
         d._reap()
         phases.append(run.phase)
-    assert phases == [PENDING, PENDING, FAILED]  # maxRetries 2
+    assert phases == [RunPhase.RETRYING, RunPhase.RETRYING, RunPhase.FAILED]  # maxRetries 2
     assert "boom" in run.error
 
 
@@ -119,20 +126,20 @@ def test_kills_from_outside_spend_no_retry_and_refusals_none_at_all(tmp_path: Pa
     d = driver(tmp_path)
     run = d.runs[0]
     for _ in range(5):
-        run.phase, run.process = RUNNING, Exited(-signal.SIGKILL)
+        run.phase, run.process = RunPhase.RUNNING, Exited(-signal.SIGKILL)
         d._reap()
-        assert run.phase == PENDING
+        assert run.phase == RunPhase.PREEMPTED
     assert run.retries == 0
-    run.phase, run.process = RUNNING, Exited(2)  # config drift, a bad field
+    run.phase, run.process = RunPhase.RUNNING, Exited(2)  # config drift, a bad field
     d._reap()
-    assert run.phase == FAILED
+    assert run.phase == RunPhase.FAILED
 
 
 def test_retries_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = driver(tmp_path)
     d.options.retry_base_s = 5.0
     run = d.runs[0]
-    run.phase, run.process = RUNNING, Exited(1)
+    run.phase, run.process = RunPhase.RUNNING, Exited(1)
     d._reap()
     assert run.not_before >= time.time() + 4
     started = []
@@ -204,3 +211,109 @@ def test_sigterm_stops_the_driver_like_ctrl_c(tmp_path: Path) -> None:
     with _sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
         d.run()
     assert stopped == [True]
+
+
+class Hanging:
+    """A trainer process that never trains a step (waiting for Ray resources)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def poll(self) -> int | None:
+        return -15 if self.stopped else None
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def error_summary(self) -> str:
+        return ""
+
+
+def test_max_failed_runs_stops_new_starts_and_ends_the_sweep(tmp_path: Path) -> None:
+    """spec.maxFailedRuns in local mode, the operator's rule: once that many runs failed
+    no run starts, and the driver ends when nothing trains any more."""
+    d = LocalDriver(
+        sweep_with(maxFailedRuns=1, maxRetries=0),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", evaluate=False, retry_base_s=0.0),
+    )
+    first, second = d.runs
+    first.phase, first.process = RunPhase.RUNNING, Exited(1)
+    d._reap()
+    assert first.phase == RunPhase.FAILED
+    started = []
+    d._start_process = lambda r: started.append(r.plan.name)  # type: ignore[method-assign]
+    d._launch()
+    assert started == [] and second.phase == RunPhase.PENDING
+    assert "spec.maxFailedRuns is 1" in (second.error or "")
+    assert d._all_done()
+
+
+def test_an_attempt_that_never_trains_fails_after_pending_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spec.pendingTimeoutSeconds in local mode: a trainer that has written no telemetry
+    that long (plus the operator's grace) is stopped, and that attempt spends a retry."""
+    d = LocalDriver(
+        sweep_with(pendingTimeoutSeconds=30, maxRetries=1),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", evaluate=False, retry_base_s=0.0),
+    )
+    run, other = d.runs
+    now = time.time()
+    monkeypatch.setattr(driver_module.time, "time", lambda: now)
+    for r in d.runs:
+        r.process = Hanging()
+    run.phase = other.phase = RunPhase.RUNNING
+    run.started_at = other.started_at = now
+    # The other run trained: a telemetry batch appeared after it started.
+    other.store.append_telemetry([{"step": 1, "loss": 3.0}], attempt=0)
+    monkeypatch.setattr(driver_module.time, "time", lambda: now + 60)
+    d._reap()
+    assert run.phase == RunPhase.RUNNING  # 60 s: within 30 s + grace
+    monkeypatch.setattr(driver_module.time, "time", lambda: now + 200)
+    d._reap()
+    assert run.phase == RunPhase.RETRYING and run.retries == 1 and run.process.stopped
+    assert other.phase == RunPhase.RUNNING and other.started_at is None
+    run.phase, run.process, run.started_at = RunPhase.RUNNING, Hanging(), now
+    d._reap()
+    assert run.phase == RunPhase.FAILED
+    assert "pendingTimeoutSeconds" in (run.error or "")
+
+
+def test_an_init_study_run_starts_only_after_its_reference_run_succeeded(tmp_path: Path) -> None:
+    """The operator's rule in local mode: the reference run's checkpoint alone is not
+    enough (it may still be rewound or fail); its run must have succeeded."""
+    study = sweep_with(
+        maxConcurrentRuns=4,
+        seeds={"list": [0]},
+        inits=[
+            {"name": "base", "strategy": "pythia"},
+            {
+                "name": "perm",
+                "strategy": "permute",
+                "reference": {"run": {"seed": 0, "init": "base"}},
+            },
+        ],
+    )
+    d = LocalDriver(
+        study,
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", evaluate=False),
+    )
+    base, perm = d.runs
+    assert perm.plan.requires == base.plan.name
+    started = []
+    d._start_process = lambda r: started.append(r.plan.name)  # type: ignore[method-assign]
+    base.phase, base.checkpoints = RunPhase.RUNNING, [0, 5]
+    d._launch()
+    assert started == [] and perm.phase == RunPhase.PENDING
+    base.phase = RunPhase.SUCCEEDED
+    d._launch()
+    assert started == [perm.plan.name]
+    again = LocalDriver(study, str(tmp_path / "store2"), DriverOptions(workdir=tmp_path / "w2"))
+    again.runs[0].phase = RunPhase.FAILED
+    again._start_process = lambda r: None  # type: ignore[method-assign]
+    again._launch()
+    assert again.runs[1].phase == RunPhase.FAILED
+    assert "reference run f-nano-s0-base failed" in (again.runs[1].error or "")

@@ -18,6 +18,7 @@ from polypythia.errors import UsageError
 from polypythia.k8s import cli as operator_cli
 from polypythia.k8s import labels as L
 from polypythia.k8s import reconcile as R
+from polypythia.k8s.children import attempt_pending_too_long
 from polypythia.k8s.evaljob import render_eval_job
 from polypythia.k8s.pods import EVAL_USER, TRAINER_USER
 from polypythia.k8s.rayjob import ClusterSettings, kuberay_rule_errors, render_rayjob
@@ -256,7 +257,7 @@ def test_rewind_starts_the_new_attempt_only_after_the_old_rayjob_is_gone() -> No
     plan = planner.plan_sweep(sweep)
     rewind = R.reconcile(sweep, plan, [job], [], first.status, obs, IMAGES, NOW)
     deletes = [a for a in rewind.actions if isinstance(a, R.DeleteRayJob)]
-    assert deletes == [R.DeleteRayJob("sw-nano-s0", foreground=True)]  # after its cluster
+    assert deletes == [R.DeleteRayJob("sw-nano-s0", foreground=True, run="sw-nano-s0")]
     assert _creates(rewind) == []
     row = next(r for r in rewind.status["runs"] if r["name"] == "sw-nano-s0")
     assert row["rewinding"] is True
@@ -335,4 +336,4 @@ def test_an_attempt_pending_past_the_timeout_fails_and_is_retried() -> None:
     # Kueue's RayJobs wait for quota, not nodes: left alone.
     queued = copy.deepcopy(job)
     queued["metadata"]["labels"][L.QUEUE] = "gpus"
-    assert not R.pending_too_long(queued, 600, NOW)
+    assert not attempt_pending_too_long(queued, 600, NOW)

@@ -12,9 +12,12 @@ from polypythia import planner
 from polypythia.k8s.observe import SweepObserver
 from polypythia.local.driver import DriverOptions, LocalDriver
 from polypythia.local.metrics import LocalExporter
-from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
+from polypythia.monitoring.common_mode import CommonModeTracker
+from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import RunSpikeDetector
 from polypythia.monitoring.synthetic import History, make_history
+from polypythia.runcore.monitor import SweepSpikes
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import Sweep, sweep_from_object
 from polypythia.storage import RunStore
 from support.fixtures import s3_endpoint  # noqa: F401
@@ -65,19 +68,38 @@ EXPECTED = {
 } | {("nano", "1", signal, "seed-specific", "none"): 1.0 for signal in ("loss", "grad_norm")}
 
 
+class _Live:
+    """What both adapters do: events in progress at once, counted once the run core
+    settled their kind."""
+
+    def __init__(self, sweep: str, ex: SweepExporter, orders: dict[str, int]) -> None:
+        self.sweep, self.ex = sweep, ex
+        self.core = SweepSpikes(CommonModeTracker(orders))
+
+    def observe(self, name: str, events, last_step) -> None:  # type: ignore[no-untyped-def]
+        self.ex.observe_spikes(_labels(self.sweep, name), events, count=False)
+        self._count(self.core.observe(name, events, last_step))
+
+    def finish(self, name: str) -> None:
+        self._count(self.core.finish(name))
+
+    def _count(self, settled) -> None:  # type: ignore[no-untyped-def]
+        for e in settled:
+            self.ex.observe_spikes(_labels(self.sweep, e.run), [e])
+
+
 def test_spikes_are_counted_once_their_kind_is_settled():
     sweep = "cm"
     histories = _histories(sweep)
     ex = SweepExporter()
-    spikes = CommonModeSpikes(ex)
-    spikes.plan({name: int(name[-1]) for name in histories})
+    spikes = _Live(sweep, ex, {name: int(name[-1]) for name in histories})
     detectors = {name: RunSpikeDetector(name) for name in histories}
 
     def advance(name: str, upto: int) -> None:
         h, d = histories[name], detectors[name]
         lo = 0 if d.last_step is None else d.last_step
         events = d.feed_many(h.steps[lo:upto], h.loss[lo:upto], h.grad_norm[lo:upto])
-        spikes.observe(name, _labels(sweep, name), events, d.last_step)
+        spikes.observe(name, events, d.last_step)
 
     advance(f"{sweep}-nano-s0", SHARED + 2)
     # The spike is in progress at once (the alert does not wait) but its kind is not
@@ -98,11 +120,10 @@ def test_spikes_are_counted_once_their_kind_is_settled():
 
     # A restarted monitor rebuilds the same labels from the whole histories at once.
     again = SweepExporter()
-    rebuilt = CommonModeSpikes(again)
-    rebuilt.plan({name: int(name[-1]) for name in histories})
+    rebuilt = _Live(sweep, again, {name: int(name[-1]) for name in histories})
     for name, h in histories.items():
         detector, events = RunSpikeDetector.rebuild(name, h.steps, h.loss, h.grad_norm)
-        rebuilt.observe(name, _labels(sweep, name), events, detector.last_step)
+        rebuilt.observe(name, events, detector.last_step)
     assert _spike_counts(again) == EXPECTED
 
 
@@ -136,6 +157,19 @@ def _write_telemetry(store: RunStore, h: History, upto: int = STEPS) -> None:
         )
 
 
+def _in_s3(s3_endpoint, name: str, short: str | None = None):  # noqa: F811
+    """The sweep's runs in the S3 bucket (run.json and telemetry); run ``short`` stopped
+    at step 2,000."""
+    sweep = _sweep(name, {"bucket": s3_endpoint.bucket, "secure": False})
+    plan = planner.plan_sweep(sweep)
+    histories = _histories(name)
+    for run in plan:
+        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
+        store.write_run_config(run.config)
+        _write_telemetry(store, histories[run.name], 2_000 if run.name == short else STEPS)
+    return sweep, plan
+
+
 def test_local_exporter_labels_spikes_by_data_order(tmp_path: Path):
     sweep = _sweep("lcm", {})
     histories = _histories("lcm")
@@ -152,23 +186,16 @@ def test_local_exporter_labels_spikes_by_data_order(tmp_path: Path):
         driver.prepare()  # what a restarted `polypythia run` does: everything from storage
         assert _spike_counts(exporter.metrics) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}
         failed = next(r for r in driver.runs if r.plan.name == "lcm-micro-s1")
-        failed.phase = "Failed"
-        exporter.observe_sweep(driver)
+        failed.phase = RunPhase.FAILED
+        driver.finish_spikes()
         assert _spike_counts(exporter.metrics) == EXPECTED
     finally:
         exporter.close()
 
 
 def test_operator_observer_labels_spikes_by_data_order(s3_endpoint):  # noqa: F811
-    storage = {"bucket": s3_endpoint.bucket, "secure": False}
-    sweep = _sweep("ocm", storage)
-    plan = planner.plan_sweep(sweep)
-    histories = _histories("ocm")
-    for run in plan:
-        store = RunStore.open(run.config["runUri"], **s3_endpoint.store_kwargs())
-        # micro-s1 failed for good before nano-s1's spike: that spike's kind waits for it
-        upto = 2_000 if run.name == "ocm-micro-s1" else STEPS
-        _write_telemetry(store, histories[run.name], upto)
+    # micro-s1 failed for good before nano-s1's spike: that spike's kind waits for it
+    sweep, plan = _in_s3(s3_endpoint, "ocm", short="ocm-micro-s1")
     server = s3_endpoint.server
     names = [r.name for r in plan]
     creds = (server.access_key, server.secret_key)
@@ -183,3 +210,41 @@ def test_operator_observer_labels_spikes_by_data_order(s3_endpoint):  # noqa: F8
         assert _spike_counts(ex) == {k: v for k, v in EXPECTED.items() if k[1] == "0"}, attempt
         observer.finish(["ocm-micro-s1"])  # reconcile saw its RayJob fail after the last retry
         assert _spike_counts(ex) == EXPECTED, attempt
+
+
+def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
+    s3_endpoint,  # noqa: F811
+):
+    """One sweep in storage, read three ways: the operator's observer feeding the
+    exporter (live), reconcile's status (``recentSpikes``), and the report's analysis."""
+    from polypythia.k8s import reconcile as R
+    from polypythia_eval.analysis import detect_spikes
+    from polypythia_eval.sources import load_sweep
+
+    sweep, plan = _in_s3(s3_endpoint, "lab")
+    server = s3_endpoint.server
+    ex = SweepExporter()
+    observer = SweepObserver(("default", "lab"), ex)
+    names = [r.name for r in plan]
+    observations = observer.observe(
+        sweep, plan, names, (server.access_key, server.secret_key), s3_endpoint.endpoint
+    )
+    live = _spike_counts(ex)
+    assert live == EXPECTED
+
+    out = R.reconcile(
+        sweep, plan, [], [], {}, observations, R.Images("t:1", "e:1"), "2026-12-01T12:00:00Z"
+    )
+    status = {
+        (s["run"], s["signal"], s["onsetStep"]): (s["kind"], s["cause"])
+        for s in out.status["recentSpikes"]
+    }
+    size_seed = {r.name: (r.size, str(r.seed)) for r in plan}
+    assert {
+        (*size_seed[run], signal, *label): 1.0 for (run, signal, _), label in status.items()
+    } == live
+
+    sweep_uri = plan[0].config["runUri"].rsplit("/", 1)[0]
+    found = detect_spikes(load_sweep(sweep_uri, **s3_endpoint.store_kwargs()))
+    report = {(e.run, e.signal, e.onset_step): (e.kind, e.cause) for e in found}
+    assert report == status

@@ -32,8 +32,9 @@ from polypythia.k8s import reconcile as R
 from polypythia.k8s.observe import SweepObserver
 from polypythia.k8s.rayjob import ClusterSettings
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
+from polypythia.runcore.phase import is_terminal
 from polypythia.spec import SpecError, Sweep, sweep_from_object, with_storage_defaults
-from polypythia.storage import StorageUnavailable
+from polypythia.storage import StorageError, StorageUnavailable
 
 RAY = ("ray.io", "v1", "rayjobs")
 RAY_CLUSTERS = ("ray.io", "v1", "rayclusters")
@@ -367,12 +368,13 @@ class Operator:
         if missing is None:
             outcome = await self._preflight(sweep, state, creds, outcome, previous, now)
         state.observer.finish(
-            [r["name"] for r in outcome.status.get("runs", []) if r.get("phase") in R.ENDED]
+            [r["name"] for r in outcome.status.get("runs", []) if is_terminal(r.get("phase"))]
         )
         status = outcome.status
         refusals: list[str] = []
         try:
-            refusals = await self._apply(body, ns, outcome.actions, state)
+            actions = await self._record(outcome.actions, state, logger)
+            refusals = await self._apply(body, ns, actions, state)
         finally:
             # Written whatever happened to the calls: a refused create must show.
             status = R.with_refusals(status, refusals, previous, now, sweep.generation)
@@ -439,6 +441,28 @@ class Operator:
             opener = P.opener_for(sweep.spec, creds, self.config.storage_endpoint)
             finding = state.preflight.record(wanted, await self._run(P.probe, wanted, opener))
         return P.gate(outcome, finding, previous, now, sweep.generation)
+
+    async def _record(
+        self, actions: list[R.Action], state: _SweepState, logger: logging.Logger
+    ) -> list[R.Action]:
+        """Carry out the run core's storage actions first (a rewind's record is what its
+        next attempt obeys); a run whose record failed keeps its attempt this pass."""
+        failed: set[str] = set()
+        rest: list[R.Action] = []
+        for action in actions:
+            if not isinstance(action, (R.RecordRewind, R.RecordRefusal)):
+                rest.append(action)
+                continue
+            try:
+                await self._run(state.observer.carry_out, action)
+            except StorageError as exc:
+                failed.add(action.run)
+                logger.warning(f"rewind record of {action.run} not written, retried: {exc}")
+        return [
+            a
+            for a in rest
+            if not (isinstance(a, (R.DeleteRayJob, R.Event)) and a.run in failed and a.run)
+        ]
 
     def _images(self, spec: dict) -> R.Images:
         images = spec.get("images") or {}

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from polypythia.errors import RuntimeFault, UsageError
-from polypythia.local.driver import FAILED, DriverOptions, LocalDriver, check_resources
+from polypythia.local.driver import DriverOptions, LocalDriver, check_resources
 from polypythia.local.progress import make_progress
 from polypythia.local.summary import print_summary
 from polypythia.planner import evaluation_tasks
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import load_sweep_file
 
 
@@ -382,4 +383,4 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
 
         report = render_report(f"{base_uri.rstrip('/')}/{sweep.name}", workdir / "report")
     print_summary(driver, report=report, wall_s=time.time() - started)
-    return 1 if any(r.phase == FAILED for r in driver.runs) else 0
+    return 1 if any(r.phase == RunPhase.FAILED for r in driver.runs) else 0

@@ -21,17 +21,23 @@ from polypythia import planner
 from polypythia.errors import UsageError
 from polypythia.local.evaluation import evaluate_in_child, storage_flags
 from polypythia.local.processes import RunProcess, write_config
-from polypythia.monitoring.actions import decide_rewind
-from polypythia.monitoring.cross_seed import (
-    CrossSeedResult,
-    RunHistory,
-    cross_seed_outliers,
-    seed_group,
-)
+from polypythia.monitoring.cross_seed import CrossSeedResult
 from polypythia.monitoring.outliers import OutlierVerdict
 from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import RunPlan
+from polypythia.runcore import schedule
+from polypythia.runcore.monitor import (
+    RecordRefusal,
+    RecordRewind,
+    RunMonitor,
+    SpikeAction,
+    SweepSpikes,
+    handled,
+    next_spike_action,
+    outlier_verdicts,
+)
+from polypythia.runcore.phase import RunPhase
 from polypythia.spec import Sweep
 from polypythia.storage import (
     RunStore,
@@ -50,40 +56,34 @@ MAX_PREEMPTIONS = 20  # restarts after a kill by signal that spend no retry
 USAGE_EXIT = 2  # the trainer refused its input (config drift, a bad field): retrying cannot help
 # SIGKILL / SIGTERM from outside (exit 130: the trainer stopped cleanly on one): preemption-like
 KILLED = {-9, -15, 128 + 9, 128 + 15, 130}
-PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
-    "Pending",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Stopped",
-)
 
 
 @dataclass
 class RunState:
-    """What the driver knows of one run, all re-derivable from storage."""
+    """What the driver knows of one run, all re-derivable from storage; its monitoring
+    state is the run core's ``RunMonitor`` (the operator keeps the same one)."""
 
     plan: RunPlan
     store: RunStore
-    phase: str = PENDING
-    step: int = 0
-    loss: float | None = None
-    tokens_per_s: float | None = None
+    monitor: RunMonitor
+    phase: RunPhase = RunPhase.PENDING
     checkpoints: list[int] = field(default_factory=list)
     evaluated: set[int] = field(default_factory=set)
-    spikes: list[SpikeEvent] = field(default_factory=list)
-    checkpoint_losses: dict[int, float] = field(default_factory=dict)
     evals: dict[int, dict] = field(default_factory=dict)
     outlier: OutlierVerdict | None = None
     error: str | None = None
     process: RunProcess | None = None
-    detector: RunSpikeDetector | None = None
     eval_future: Future | None = None
     rewinds: list[dict] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
     retries: int = 0
     preemptions: int = 0
     not_before: float = 0.0
+    # While the current attempt has not trained (spec.pendingTimeoutSeconds): when it
+    # started, and the telemetry batches storage held then. A new batch means it trains
+    # (a resumed attempt first retrains steps the old telemetry already has).
+    started_at: float | None = None
+    batches_at_start: frozenset[str] = frozenset()
 
     @property
     def total_steps(self) -> int:
@@ -92,6 +92,30 @@ class RunState:
     @property
     def finished(self) -> bool:
         return self.total_steps in self.checkpoints
+
+    @property
+    def step(self) -> int:
+        return self.monitor.step or 0
+
+    @property
+    def loss(self) -> float | None:
+        return self.monitor.loss
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.monitor.tokens_per_s
+
+    @property
+    def spikes(self) -> list[SpikeEvent]:
+        return self.monitor.spikes
+
+    @property
+    def detector(self) -> RunSpikeDetector:
+        return self.monitor.detector
+
+    @property
+    def checkpoint_losses(self) -> dict[int, float]:
+        return self.monitor.checkpoint_losses
 
 
 @dataclass
@@ -123,10 +147,17 @@ class LocalDriver:
         self.on_update = on_update
         self.exporter = exporter
         self.settings = settings_from_spec(sweep.spec.get("instability"))
+        plan = planner.plan_sweep(sweep, base_uri=base_uri)
         self.runs = [
-            RunState(plan=run, store=RunStore.open(run.config["runUri"], **_store_kwargs(run)))
-            for run in planner.plan_sweep(sweep, base_uri=base_uri)
+            RunState(
+                plan=run,
+                store=RunStore.open(run.config["runUri"], **_store_kwargs(run)),
+                monitor=RunMonitor.for_plan(run, self.settings.spikes),
+            )
+            for run in plan
         ]
+        # Spike labels (common-mode or seed-specific) across the sweep, as the operator's.
+        self.spikes = SweepSpikes.for_plan(plan, self.settings.spikes)
         self.max_concurrent = options.max_concurrent or sweep.spec["maxConcurrentRuns"]
         # Like the operator's eval Jobs: at most spec.evaluation.concurrency at once.
         self._evaluator = ThreadPoolExecutor(
@@ -156,7 +187,7 @@ class LocalDriver:
                 )
                 run.checkpoints = run.store.complete_checkpoints()
             if run.finished:
-                run.phase = SUCCEEDED
+                run.phase = RunPhase.SUCCEEDED
 
     def _check_drift(self) -> None:
         """Exit 2 before anything trains when a stored run ran another recipe
@@ -180,7 +211,9 @@ class LocalDriver:
                 self._reap()
                 self._launch()
                 for run in self.runs:
-                    if run.phase == RUNNING or (run.phase == SUCCEEDED and not run.finished):
+                    if run.phase == RunPhase.RUNNING or (
+                        run.phase == RunPhase.SUCCEEDED and not run.finished
+                    ):
                         self._sync(run)
                     self._maybe_evaluate(run)
                 self._export()
@@ -203,25 +236,45 @@ class LocalDriver:
         for run in alive:
             run.process.stop()
             self._sync(run)
-            run.phase = SUCCEEDED if run.finished else STOPPED
+            run.phase = RunPhase.SUCCEEDED if run.finished else RunPhase.STOPPED
 
     # -- scheduling ------------------------------------------------------------
 
     def _launch(self) -> None:
+        """Start waiting runs in plan order within maxConcurrentRuns, as the operator
+        does: a dependent run once its reference run succeeded, none once
+        spec.maxFailedRuns runs failed."""
         if self.sweep.spec.get("suspend"):
             return
-        active = sum(1 for r in self.runs if r.phase == RUNNING)
+        phases = {r.plan.name: r.phase for r in self.runs}
+        if self._budget_spent():
+            for run in self.runs:
+                if run.phase.waiting:
+                    run.error = schedule.budget_message(
+                        phases.values(), self.sweep.spec["maxFailedRuns"]
+                    )
+            return
+        active = sum(1 for r in self.runs if r.phase == RunPhase.RUNNING)
         for run in sorted(self.runs, key=lambda r: r.plan.order):
             if active >= self.max_concurrent:
                 return
-            if run.phase != PENDING or not self._reference_ready(run):
+            if not run.phase.waiting or time.time() < run.not_before:
                 continue
-            if time.time() < run.not_before:
+            gate = schedule.reference_gate(run.plan.requires, phases)
+            if gate.verdict == "fail":
+                run.phase, run.error = RunPhase.FAILED, gate.message
+                continue
+            if gate.verdict == "wait":
                 continue
             self._start_process(run)
-            run.phase = RUNNING
+            run.phase = RunPhase.RUNNING
             active += 1
             log.info("started %s", run.plan.name)
+
+    def _budget_spent(self) -> bool:
+        return schedule.failure_budget_spent(
+            (r.phase for r in self.runs), self.sweep.spec.get("maxFailedRuns")
+        )
 
     def _start_process(self, run: RunState) -> None:
         """Start (or, after a rewind, restart) the run's trainer; it resumes from storage."""
@@ -243,49 +296,63 @@ class LocalDriver:
             allow_changes=self.options.allow_changes,
         )
         run.process.start()
-
-    def _reference_ready(self, run: RunState) -> bool:
-        """A run initialised from another run's weights waits for that checkpoint."""
-        if run.plan.requires is None:
-            return True
-        reference = run.plan.config["init"]["reference"]
-        required = next(r for r in self.runs if r.plan.name == run.plan.requires)
-        if reference["step"] in required.checkpoints:
-            return True
-        if required.phase in (FAILED, STOPPED) or (
-            required.phase == SUCCEEDED and required.finished
-        ):
-            run.phase = FAILED
-            run.error = (
-                f"reference run {required.plan.name} ended ({required.phase}) without "
-                f"checkpoint step{reference['step']}"
-            )
-        return False
+        run.started_at = None
+        if self.sweep.spec.get("pendingTimeoutSeconds"):
+            try:
+                run.batches_at_start = frozenset(f.rel for f in run.store.telemetry_files())
+                run.started_at = time.time()
+            except StorageError as exc:
+                log.warning("storage unavailable for %s: %s", run.plan.name, exc)
 
     def _reap(self) -> None:
         for run in self.runs:
-            if run.phase != RUNNING or run.process is None:
+            if run.phase != RunPhase.RUNNING or run.process is None:
                 continue
             code = run.process.poll()
             if code is None:
+                self._check_pending(run)
                 continue
             self._sync(run)
             if code == 0 and run.finished:
-                run.phase = SUCCEEDED
+                run.phase = RunPhase.SUCCEEDED
             elif self._retry(run, code):
-                run.phase = PENDING
+                run.phase = RunPhase.PREEMPTED if code in KILLED else RunPhase.RETRYING
             else:
-                run.phase = FAILED
+                run.phase = RunPhase.FAILED
                 run.error = f"exit code {code}: {run.process.error_summary()}"
 
-    def _retry(self, run: RunState, code: int) -> bool:
+    def _check_pending(self, run: RunState) -> None:
+        """spec.pendingTimeoutSeconds, the operator's rule: an attempt that has not
+        written telemetry that long after it started (waiting for Ray resources, stuck
+        loading) is stopped and counts as a failed attempt."""
+        timeout = self.sweep.spec.get("pendingTimeoutSeconds")
+        if run.started_at is None or not schedule.pending_too_long(
+            time.time() - run.started_at, timeout
+        ):
+            return
+        try:
+            batches = {f.rel for f in run.store.telemetry_files()}
+        except StorageError:
+            return  # unknown: ask again next pass
+        if batches - run.batches_at_start:
+            run.started_at = None  # it trains: no more listings
+            return
+        assert run.process is not None
+        run.process.stop()
+        message = schedule.pending_message(int(timeout))
+        if self._retry(run, USAGE_EXIT + 1, message):
+            run.phase = RunPhase.RETRYING
+        else:
+            run.phase, run.error = RunPhase.FAILED, message
+
+    def _retry(self, run: RunState, code: int, why: str | None = None) -> bool:
         """Whether to start a failed run again (spec.maxRetries, like the operator): after
         a backoff, resuming from its newest sound checkpoint. A kill by signal from
         outside (preemption, the OOM killer) spends no retry; a refused input never retries."""
         if code == USAGE_EXIT:
             return False
         preempted = code in KILLED and run.preemptions < MAX_PREEMPTIONS
-        if not preempted and run.retries >= self.sweep.spec["maxRetries"]:
+        if not preempted and not schedule.may_retry(run.retries, self.sweep.spec["maxRetries"]):
             return False
         if preempted:
             run.preemptions += 1
@@ -301,14 +368,17 @@ class LocalDriver:
             "checkpoint (%s)",
             run.plan.name,
             code,
-            run.process.error_summary(),
+            why or run.process.error_summary(),
             delay,
             spent,
         )
         return True
 
     def _all_done(self) -> bool:
-        ended = all(r.phase in (SUCCEEDED, FAILED, STOPPED) for r in self.runs)
+        """Every run ended, or none trains and the failure budget stops the rest."""
+        ended = all(r.phase.terminal for r in self.runs) or (
+            self._budget_spent() and not any(r.phase == RunPhase.RUNNING for r in self.runs)
+        )
         evaluating = any(r.eval_future and not r.eval_future.done() for r in self.runs)
         pending_evals = self.options.evaluate and any(self.to_evaluate(r) for r in self.runs)
         return ended and not evaluating and not pending_evals
@@ -316,10 +386,12 @@ class LocalDriver:
     # -- observing -------------------------------------------------------------
 
     def _sync(self, run: RunState, full: bool = False) -> None:
-        """Read new telemetry and checkpoints; feed the spike detector."""
+        """Read new telemetry and checkpoints into the run core; act on new spikes."""
         try:
             records = (
-                run.store.read_telemetry() if full else run.store.read_telemetry_since(run.step)
+                run.store.read_telemetry()
+                if full
+                else run.store.read_telemetry_since(run.monitor.step or 0)
             )
             run.checkpoints = run.store.complete_checkpoints()
             run.evaluated = set(run.store.evaluated_steps())
@@ -329,34 +401,28 @@ class LocalDriver:
         except StorageError as exc:
             log.warning("storage unavailable for %s: %s", run.plan.name, exc)
             return
-        if run.detector is None or full:
-            run.detector = RunSpikeDetector(run.plan.name, self.settings.spikes)
-            run.spikes = []
-        records = [r for r in records if full or r["step"] > run.step]
-        events: list[SpikeEvent] = []
-        planned = set(run.plan.config["checkpoints"]["steps"])
-        for record in records:
-            events += run.detector.feed(record["step"], record["loss"], record.get("grad_norm"))
-            if record["step"] in planned:
-                run.checkpoint_losses[record["step"]] = record["loss"]
-            run.step = record["step"]
-            run.loss = record["loss"]
-            run.tokens_per_s = record.get("tokens_per_s")
-        run.spikes += [e for e in events if e.status == "open"]
+        if full:
+            run.monitor = RunMonitor.for_plan(run.plan, self.settings.spikes)
+        events = run.monitor.ingest(records)
         if self.exporter is not None and records:
             self.exporter.observe_records(run, records, events)
-        opened = [e for e in events if e.status == "open"]
-        if opened and not full:
-            self._act_on_spikes(run, opened, {r["step"]: r.get("attempt", 0) for r in records})
+        self._settled(self.spikes.observe(run.plan.name, events, run.monitor.step))
+        if full:
+            run.monitor.drop_unhandled()  # history: acted on (or not) by an earlier driver
+        elif run.monitor.unhandled:
+            self._act_on_spikes(run, [e for e in events if e.status == "open"])
+
+    def _settled(self, settled: list[SpikeEvent]) -> None:
+        if self.exporter is not None and settled:
+            self.exporter.count_spikes(self, settled)
 
     # -- spike actions ---------------------------------------------------------
 
-    def _act_on_spikes(
-        self, run: RunState, opened: list[SpikeEvent], attempts: dict[int, int]
-    ) -> None:
-        """``alert``: a warning line per spike. ``rewind``: stop the trainer, record the
-        rewind in storage (the source of truth every later attempt obeys), rebuild this
-        run's monitoring state from the shortened history and start the trainer again."""
+    def _act_on_spikes(self, run: RunState, opened: list[SpikeEvent]) -> None:
+        """``alert``: a warning line per spike. ``rewind``: the run core's action: stop
+        the trainer, record the rewind in storage (the source of truth every later
+        attempt obeys), rebuild this run's monitor from the shortened history and start
+        the trainer again; or record why not."""
         action = self.settings.action
         if action == "alert":
             for spike in opened:
@@ -367,83 +433,73 @@ class LocalDriver:
                     spike.onset_step,
                     spike.magnitude,
                 )
-            return
         if action != "rewind" or run.process is None or run.process.poll() is not None:
+            run.monitor.drop_unhandled()
             return
-        spike = opened[0]  # one rewind per pass: the other spikes lie in the abandoned timeline
-        record = _spike_record(spike, attempts.get(spike.onset_step, 0))
         try:
-            if run.store.handled(record):
-                return
-            decision = decide_rewind(
-                spike, run.store.complete_checkpoints(), self.settings.rewind, len(run.rewinds)
-            )
-            if decision.action == "refuse":
-                self._refuse(run, decision.reason, record)
+            decided = self._decide(run)
+            if not isinstance(decided, RecordRewind):
+                if decided is not None:
+                    self._carry_out(run, decided)
                 return
             # Until it stops, the trainer prunes old resume checkpoints: decide again
             # from those still there, or the chosen one may be gone.
             run.process.stop()
-            decision = decide_rewind(
-                spike, run.store.complete_checkpoints(), self.settings.rewind, len(run.rewinds)
-            )
-            if decision.action == "refuse":
-                self._refuse(run, decision.reason, record)
-                self._start_process(run)
-                return
-            entry = run.store.record_rewind(decision.restart_step, decision.skip_batches, record)
+            decided = self._decide(run)
+            if decided is not None:
+                self._carry_out(run, decided)
         except StorageError as exc:
             log.warning("storage unavailable for %s: %s", run.plan.name, exc)
             return
+        if run.process.poll() is not None:
+            self._start_process(run)
+
+    def _decide(self, run: RunState) -> SpikeAction | None:
+        recorded = run.store.read_rewinds()
+        return next_spike_action(
+            run.monitor, recorded, run.store.complete_checkpoints(), self.settings
+        )
+
+    def _carry_out(self, run: RunState, action: SpikeAction) -> None:
+        """Record the run core's action in storage and follow it in memory."""
+        if isinstance(action, RecordRefusal):
+            run.refused.append(run.store.record_refusal(action.reason, action.spike))
+            handled(run.monitor, action)
+            log.warning("rewind refused: %s", action.reason)
+            return
+        entry = run.store.record_rewind(action.restart_step, action.skip_batches, action.spike)
         run.rewinds.append(entry)
-        log.warning("rewound %s: %s", run.plan.name, decision.reason)
-        self._rebuild(run, decision.restart_step)
-        self._start_process(run)
-
-    def _refuse(self, run: RunState, reason: str, record: dict) -> None:
-        run.refused.append(run.store.record_refusal(reason, record))
-        log.warning("rewind refused: %s", reason)
-
-    def _rebuild(self, run: RunState, restart_step: int) -> None:
-        """Monitoring state as if the run had just reached ``restart_step`` (from storage);
-        spikes already counted stay counted, so nothing is fed to the exporter again."""
-        records = run.store.read_telemetry()
+        handled(run.monitor, action)
+        log.warning("rewound %s: %s", run.plan.name, action.reason)
         run.checkpoints = run.store.complete_checkpoints()
         run.evaluated = set(run.store.evaluated_steps())
         run.evals = {s: v for s, v in run.evals.items() if s in run.evaluated}
-        run.checkpoint_losses = {
-            s: v for s, v in run.checkpoint_losses.items() if s <= restart_step
-        }
-        run.detector = RunSpikeDetector(run.plan.name, self.settings.spikes)
-        run.step, run.loss = 0, None
-        for record in records:
-            run.detector.feed(record["step"], record["loss"], record.get("grad_norm"))
-            run.step, run.loss = record["step"], record["loss"]
+        run.monitor.rewound(action.restart_step, run.store.read_telemetry())
 
     def _export(self) -> None:
         self._outliers()
+        self.finish_spikes()
         if self.exporter is not None:
             self.exporter.observe_sweep(self)
 
     def _outliers(self) -> None:
-        """Cross-seed robust z-scores of the loss and of each task's evaluation score at
-        checkpoints, per size and init (the operator applies the same rule)."""
+        """The run core's cross-seed verdicts (the operator applies the same rule)."""
         for run in self.runs:
             run.store.refresh_evals(run.evals, run.evaluated)
-        self.cross_seed = cross_seed_outliers(
-            [
-                RunHistory(
-                    seed_group(r.plan.size, r.plan.init, r.plan.parent),
-                    r.plan.name,
-                    r.checkpoint_losses,
-                    r.evals,
-                )
-                for r in self.runs
-            ],
-            self.settings.outliers,
+        self.cross_seed = outlier_verdicts(
+            [r.plan for r in self.runs],
+            {r.plan.name: r.monitor for r in self.runs},
+            {r.plan.name: r.evals for r in self.runs},
+            self.settings,
         )
         for run in self.runs:
             run.outlier = self.cross_seed.first(run.plan.name)
+
+    def finish_spikes(self) -> None:
+        """Runs that ended show no more spikes: settle the spikes waiting on them."""
+        for run in self.runs:
+            if run.phase.terminal:
+                self._settled(self.spikes.finish(run.plan.name))
 
     # -- evaluation ------------------------------------------------------------
 
@@ -480,18 +536,6 @@ class LocalDriver:
             workdir / "logs" / f"{run.plan.name}.eval.log",
             {"POLYPYTHIA_CACHE": str(workdir / "cache")},
         )
-
-
-def _spike_record(spike: SpikeEvent, attempt: int) -> dict:
-    """The spike as the rewind record stores it; ``attempt`` tells a spike of the
-    rewound timeline from one at the same step before the rewind."""
-    magnitude = spike.magnitude if spike.magnitude != float("inf") else None
-    return {
-        "signal": spike.signal,
-        "onsetStep": spike.onset_step,
-        "magnitude": magnitude,
-        "attempt": attempt,
-    }
 
 
 def _store_kwargs(run: RunPlan) -> dict:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polypythia import planner
 from polypythia.monitoring.eval_scores import task_scores
-from polypythia.monitoring.exporter import CommonModeSpikes, RunLabels, SweepExporter
-from polypythia.monitoring.settings import settings_from_spec
+from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.spec import Sweep
 
@@ -21,11 +19,6 @@ class LocalExporter:
     def __init__(self, sweep: Sweep, port: int = 0) -> None:
         self.sweep = sweep
         self.metrics = SweepExporter()
-        # Spikes are counted as common-mode (with a cause) or seed-specific across the sweep.
-        self.spikes = CommonModeSpikes(
-            self.metrics, settings_from_spec(sweep.spec.get("instability")).spikes
-        )
-        self.spikes.plan({r.name: r.data_seed for r in planner.plan_sweep(sweep)})
         self.server = self.metrics.serve(port=port, addr="127.0.0.1")
         self.port = self.server.port
         self._exported: dict[str, set[int]] = {}
@@ -36,11 +29,16 @@ class LocalExporter:
     def observe_records(self, run: RunState, records: list[dict], events: list[SpikeEvent]) -> None:
         labels = self.labels(run)
         self.metrics.observe_telemetry(labels, records)
-        last = run.detector.last_step if run.detector is not None else None
-        self.spikes.observe(run.plan.name, labels, events, last)
-        if run.detector is not None:
-            for signal in self.sweep_signals():
-                self.metrics.set_spike_score(labels, signal, run.detector.score(signal))
+        # In progress at once (alerts do not wait); counted once the kind is settled.
+        self.metrics.observe_spikes(labels, events, count=False)
+        for signal in self.sweep_signals():
+            self.metrics.set_spike_score(labels, signal, run.monitor.detector.score(signal))
+
+    def count_spikes(self, driver: LocalDriver, settled: list[SpikeEvent]) -> None:
+        """Spikes whose kind the run core settled enter ``polypythia_spikes_total``."""
+        runs = {r.plan.name: r for r in driver.runs}
+        for event in settled:
+            self.metrics.observe_spikes(self.labels(runs[event.run]), [event])
 
     def sweep_signals(self) -> list[str]:
         names = {"loss": "loss", "gradNorm": "grad_norm"}
@@ -50,8 +48,6 @@ class LocalExporter:
         for run in driver.runs:
             labels = self.labels(run)
             self.metrics.set_phase(labels, run.phase)
-            if run.phase in ("Succeeded", "Failed"):
-                self.spikes.finish(run.plan.name)
             self.metrics.set_progress(
                 labels,
                 checkpoints=len(run.checkpoints),

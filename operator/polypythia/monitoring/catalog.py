@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from polypythia.runcore.phase import RunPhase
+
 MetricType = Literal["gauge", "counter", "histogram"]
 
 RUN_LABELS: tuple[str, ...] = ("namespace", "sweep", "size", "seed", "init", "run")
@@ -32,16 +34,7 @@ LABELS: dict[str, str] = {
     "metric": "evaluation metric of the task (e.g. `acc`)",
     "phase": "run phase (see PHASES)",
 }
-PHASES: tuple[str, ...] = (
-    "Pending",
-    "Queued",
-    "Running",
-    "Retrying",
-    "Rewinding",
-    "Suspended",
-    "Succeeded",
-    "Failed",
-)
+PHASES: tuple[str, ...] = tuple(p.value for p in RunPhase)
 RECONCILE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 

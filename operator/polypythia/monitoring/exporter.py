@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -21,8 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 
 from polypythia.monitoring import catalog
-from polypythia.monitoring.common_mode import CommonModeTracker
-from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.runkey import RunKey
 
 SMOOTHING = 0.05
@@ -141,7 +140,7 @@ class SweepExporter:
     ) -> None:
         """Spike events of the run. Each spike is counted once, from its ``open`` event,
         under that event's ``kind`` and ``cause`` (pass events settled by
-        ``CommonModeTracker``, as ``CommonModeSpikes`` does); closing events end
+        the run core's ``SweepSpikes``); closing events end
         ``spike_in_progress``. ``count=False``: open events only start
         ``spike_in_progress`` (the kind is not settled yet; alerts must not wait)."""
         with self._lock:
@@ -290,47 +289,6 @@ class SweepExporter:
                         [namespace, sweep, phase], phases.get(phase, 0)
                     )
         yield from families.values()
-
-
-class CommonModeSpikes:
-    """A sweep's spike events into a ``SweepExporter``, counted as common-mode (with a
-    cause) or seed-specific by a ``CommonModeTracker``.
-
-    A spike shows in ``spike_in_progress`` at once, but enters ``spikes_total`` only
-    when its kind is certain: every run of the sweep has passed its onset or ended (a
-    counter cannot move between kinds later). The kind depends only on the
-    runs' telemetry, so a restarted monitor fed the history from storage counts the
-    same spikes under the same kinds.
-    """
-
-    def __init__(self, exporter: SweepExporter, settings: SpikeSettings | None = None) -> None:
-        s = settings or SpikeSettings()
-        self.exporter = exporter
-        self.tracker = CommonModeTracker({}, s.common_mode_fraction, s.common_mode_tolerance)
-        self._labels: dict[str, RunLabels] = {}
-
-    def plan(self, data_order: Mapping[str, Hashable]) -> None:
-        """Every run of the sweep (started or not) and its data order."""
-        self.tracker.data_order = dict(data_order)
-
-    def observe(
-        self, run: str, labels: RunLabels, events: Iterable[SpikeEvent], last_step: int | None
-    ) -> None:
-        """The run's new events, now that its telemetry reached ``last_step``."""
-        events = list(events)
-        self._labels[run] = labels
-        if events:
-            self.exporter.observe_spikes(labels, events, count=False)
-        if last_step is not None:
-            self._count(self.tracker.add(run, events, last_step))
-
-    def finish(self, run: str) -> None:
-        """The run ended (succeeded or failed): it will show no more spikes."""
-        self._count(self.tracker.finish(run))
-
-    def _count(self, settled: list[SpikeEvent]) -> None:
-        for e in settled:
-            self.exporter.observe_spikes(self._labels[e.run], [e])
 
 
 _DIRECT = {"polypythia_reconcile_duration_seconds", "polypythia_reconcile_errors_total"}
