@@ -55,3 +55,13 @@ def tiny_run(tmp_path_factory, tokenizer) -> Path:
 def report_sweep(tmp_path_factory) -> Path:
     """The synthetic sweep of ``support.report_sweep.write_report_sweep`` in a fresh folder."""
     return write_report_sweep(tmp_path_factory.mktemp("store") / "sw")
+
+
+@pytest.fixture(scope="session")
+def report_page(report_sweep, tmp_path_factory) -> tuple[Path, str]:
+    """The report of ``report_sweep`` (its failed nano run marked so): the page and its text."""
+    from polypythia_eval.report import render_report
+
+    out = tmp_path_factory.mktemp("report")
+    index = render_report(str(report_sweep), out, run_errors={"sw-nano-s0": "worker OOM-killed"})
+    return index, index.read_text()

@@ -43,11 +43,9 @@ def loaded(report_sweep):
     return sweep, result, sweep_context(sweep, result)
 
 
-@pytest.fixture(scope="module")
-def page(report_sweep, tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("report")
-    index = render_report(str(report_sweep), out, run_errors={"sw-nano-s0": "worker OOM-killed"})
-    return index, index.read_text()
+@pytest.fixture()
+def page(report_page) -> tuple[Path, str]:
+    return report_page
 
 
 def _section(context: dict, size: str) -> dict:
