@@ -212,10 +212,14 @@ def training_curves(
                           annotation_text=f"rewind {run.name}", row=1, col=1)  # fmt: skip
     for signal, row in (("loss", 1), ("grad_norm", 2)):
         events = [e for e in spikes if e.signal == signal and e.run in palette]
+        written: list[int] = []  # a shared spike's label is written once, at its first run
         for e in events:
+            repeat = e.kind == "common-mode" and any(abs(e.onset_step - o) <= 2 for o in written)
+            if e.kind == "common-mode" and not repeat:
+                written.append(e.onset_step)
             fig.add_trace(
                 go.Scatter(
-                    x=[e.peak_step], y=[e.peak_value], mode="markers+text",
+                    x=[e.peak_step], y=[e.peak_value], mode="markers" if repeat else "markers+text",
                     text=[spike_label(e)], textposition="top center",
                     textfont={"size": 10, "color": palette[e.run]},
                     marker={"symbol": "x" if e.kind == "seed-specific" else "circle-open",
@@ -366,8 +370,8 @@ def weight_statistics(size: str, runs: list[RunData], palette: Mapping[str, str]
     kind_colour = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(kinds)}
     fig = make_subplots(
         rows=1, cols=3, horizontal_spacing=0.07,
-        subplot_titles=("Student-t ν: median tensor, 95% interval (top = Gaussian)",
-                        "L2 (Frobenius) norm", "spectral norm (mean per matrix)"),
+        subplot_titles=("Student-t ν (median tensor, 95% interval)", "L2 (Frobenius) norm",
+                        "spectral norm (mean per matrix)"),
     )  # fmt: skip
     for kind in kinds:
         colour = kind_colour[kind]
@@ -474,8 +478,8 @@ def outlier_scores(size: str, scores: list[FamilyScores], palette: Mapping[str, 
         return _too_few(key, title, n, "checkpoints tested across seeds")
     fig = make_subplots(
         rows=len(scores), cols=1, vertical_spacing=0.25 / len(scores),
-        subplot_titles=[f"{fs.signal}: threshold {fs.level_threshold:.2f} for "
-                        "consecutive checkpoints" for fs in scores],
+        subplot_titles=[f"{fs.signal}: level threshold {fs.level_threshold:.2f}, change "
+                        f"threshold {fs.change_threshold:.2f}" for fs in scores],
     )  # fmt: skip
     shown: set[str] = set()
     for i, fs in enumerate(scores, start=1):

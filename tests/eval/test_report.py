@@ -269,3 +269,24 @@ def test_rewound_runs_history_is_the_new_timeline(report_sweep):
     store = RunStore.open(str(report_sweep / REWIND_RUN))
     steps = [r["step"] for r in store.read_telemetry()]
     assert steps == list(range(1, 301))
+
+
+def test_init_study_section_is_kept_with_its_figure_inlined(tmp_path):
+    root = tmp_path / "init-sw"
+    for init, strategy, rate in (("base", "pythia", 60.0), ("gauss", "matched-gaussian", 40.0)):
+        for seed in (0, 1):
+            name = f"init-sw-nano-s{seed}-{init}"
+            store = RunStore.open(str(root / name))
+            store.write_run_config(
+                {"sweep": "init-sw", "run": name, "size": "nano", "seed": seed,
+                 "init": {"name": init, "strategy": strategy}, "training": {"steps": 60}}
+            )  # fmt: skip
+            losses = [2.0 + 5.0 * math.exp(-s / rate) + 0.01 * seed for s in range(1, 61)]
+            store.append_telemetry(
+                [{"step": s, "loss": v} for s, v in zip(range(1, 61), losses, strict=True)], 0
+            )
+    index = render_report(str(root), tmp_path / "out")
+    html = index.read_text()
+    assert "Initialisation study" in html and "matched-gaussian" in html
+    assert 'src="data:image/png;base64,' in html
+    assert {p.name for p in index.parent.iterdir()} == {"index.html", "summary.json"}
