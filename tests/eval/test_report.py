@@ -290,3 +290,20 @@ def test_init_study_section_is_kept_with_its_figure_inlined(tmp_path):
     assert "Initialisation study" in html and "matched-gaussian" in html
     assert 'src="data:image/png;base64,' in html
     assert {p.name for p in index.parent.iterdir()} == {"index.html", "summary.json"}
+
+
+def test_long_histories_are_thinned_but_keep_their_spike_peaks():
+    from polypythia.monitoring.spikes import SpikeEvent
+
+    steps = range(1, 20_001)
+    run = RunData(
+        "sw-micro-s0", "micro", 0,
+        telemetry=[{"step": s, "loss": 3.0 + (4.0 if s == 12_345 else 0.0), "grad_norm": 1.0,
+                    "lr": 1e-3} for s in steps],
+    )  # fmt: skip
+    spike = SpikeEvent("sw-micro-s0", "loss", 12_345, 12_345, 7.0, 50.0, 3.0, 12_346, "seed-specific", "recovered")  # fmt: skip
+    fig = figures.training_curves("micro", [run], [spike], figures.colours([run.name]))
+    (loss,) = [t for t in fig.figure.data if t.mode == "lines" and t.yaxis == "y"]
+    assert len(loss.x) <= figures.MAX_POINTS + 1
+    assert 12_345 in loss.x and loss.y[list(loss.x).index(12_345)] == 7.0
+    assert "thinned" in fig.caption
