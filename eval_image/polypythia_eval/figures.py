@@ -18,7 +18,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from polypythia.monitoring.outliers import FamilyScores, OutlierVerdict
-from polypythia.monitoring.spikes import SpikeEvent
+from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
 from polypythia_eval.analysis import loss_history
 from polypythia_eval.sources import RunData
 from polypythia_eval.trainingmaps import TrainingMap
@@ -33,6 +33,7 @@ OUTLIER_COLOUR = "#d62728"
 PALETTE = qualitative.D3 + qualitative.Dark24
 # Most points one trace carries; longer histories are thinned evenly (spike peaks kept).
 MAX_POINTS = 3000
+COMMON_TOLERANCE = SpikeSettings().common_mode_tolerance
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -214,7 +215,9 @@ def training_curves(
         events = [e for e in spikes if e.signal == signal and e.run in palette]
         written: list[int] = []  # a shared spike's label is written once, at its first run
         for e in events:
-            repeat = e.kind == "common-mode" and any(abs(e.onset_step - o) <= 2 for o in written)
+            repeat = e.kind == "common-mode" and any(
+                abs(e.onset_step - o) <= COMMON_TOLERANCE for o in written
+            )
             if e.kind == "common-mode" and not repeat:
                 written.append(e.onset_step)
             fig.add_trace(

@@ -27,7 +27,7 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
-from polypythia.monitoring.spikes import SpikeEvent
+from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
 from polypythia_eval import figures
 from polypythia_eval.analysis import Analysis, analyse, eval_table, loss_history, ordered_tasks
 from polypythia_eval.init_study import render_init_section, study
@@ -44,6 +44,7 @@ TEMPLATE = "report.html.jinja"
 # Final training loss: the mean of this many last steps (one step's loss is noisy).
 FINAL_LOSS_STEPS = 10
 MIN_SEEDS = OutlierSettings().min_runs
+COMMON_TOLERANCE = SpikeSettings().common_mode_tolerance
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -182,26 +183,32 @@ def eval_rows(table: dict[str, dict[str, dict[int, float]]], tasks: list[str]) -
     return rows
 
 
-def spike_findings(spikes: list[SpikeEvent], runs: int) -> list[str]:
-    """Seed-specific spikes one by one; common-mode ones once per shared onset."""
-    out = []
-    for e in spikes:
-        if e.kind != "common-mode":
-            out.append(f"{e.run}: {figures.spike_text(e)}.")
-    shared: dict[tuple[str, int], list[SpikeEvent]] = defaultdict(list)
-    for e in spikes:
-        if e.kind == "common-mode":
-            shared[(e.signal, e.onset_step)].append(e)
-    seen: set[tuple[str, int]] = set()
-    for (signal, onset), events in sorted(shared.items(), key=lambda kv: kv[0][1]):
-        if any(s == signal and abs(o - onset) <= 2 for s, o in seen):
-            continue
-        seen.add((signal, onset))
-        hit = {e.run for s, o in shared if s == signal and abs(o - onset) <= 2
-               for e in shared[(s, o)]}  # fmt: skip
+def spike_findings(spikes: list[SpikeEvent], runs: int, limit: int = 10) -> list[str]:
+    """Seed-specific spikes one by one (the ``limit`` largest), common-mode ones once per
+    shared onset (within the detector's common-mode tolerance)."""
+    own = [e for e in spikes if e.kind != "common-mode"]
+    top = sorted(own, key=lambda e: -e.magnitude if math.isfinite(e.magnitude) else -math.inf)
+    shown = sorted(top[:limit], key=lambda e: (e.onset_step, e.run))
+    out = [f"{e.run}: {figures.spike_text(e)}." for e in shown]
+    if len(own) > limit:
+        out.append(f"{len(own) - limit} smaller seed-specific spikes: see the spike table.")
+    shared = sorted((e for e in spikes if e.kind == "common-mode"), key=lambda e: e.onset_step)
+    groups: list[list[SpikeEvent]] = []
+    for e in shared:
+        group = next(
+            (g for g in groups if g[0].signal == e.signal
+             and e.onset_step - g[0].onset_step <= COMMON_TOLERANCE),
+            None,
+        )  # fmt: skip
+        if group is None:
+            groups.append([e])
+        else:
+            group.append(e)
+    for g in groups:
+        hit = {e.run for e in g}
         out.append(
-            f"common-mode {signal} spike at step {onset} in {len(hit)} of {runs} runs "
-            f"(cause: {events[0].cause}): shared by the sweep, not one seed's instability."
+            f"common-mode {g[0].signal} spike at step {g[0].onset_step} in {len(hit)} of {runs} "
+            f"runs (cause: {g[0].cause}): shared by the sweep, not one seed's instability."
         )
     return out
 
