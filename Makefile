@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= cpu
 WORKDIR ?= polypythia-work
 
-.PHONY: help demo test lint format bench install-dev install-local prometheus images clean generate
+.PHONY: help demo test lint format bench install-dev install-local prometheus chromium images clean generate
 
 help:
 	@echo "make demo    run the tiny sweep on this machine (creates .venv)"
@@ -50,6 +50,14 @@ prometheus:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v promtool >/dev/null || { echo "promtool missing after install"; exit 1; }
 
+# Headless Chromium (Debian) for the report's browser test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the report's browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "chromium missing after install"; exit 1; }
+
 demo: install-local
 	$(PY) -m polypythia.cli run manifests/examples/sweep-tiny.yaml --workdir $(WORKDIR)
 
@@ -61,8 +69,8 @@ format: install-dev
 	$(VENV)/bin/ruff format operator trainer_image eval_image tests bench tools
 	$(VENV)/bin/ruff check --fix operator trainer_image eval_image tests bench tools
 
-test: install-dev prometheus lint
-	$(PY) -m pytest -q
+test: install-dev prometheus chromium lint
+	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 bench: install-dev
 	@mkdir -p bench-results

@@ -16,7 +16,14 @@ import numpy as np
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.cross_seed import VALIDATION_SIGNAL, validation_losses
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
-from polypythia.monitoring.outliers import Family, OutlierVerdict, Point, flag_families
+from polypythia.monitoring.outliers import (
+    Family,
+    FamilyScores,
+    OutlierVerdict,
+    Point,
+    family_scores,
+    flag_families,
+)
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import POLYPYTHIAS_TASKS
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
@@ -35,6 +42,8 @@ class Analysis:
 
     spikes: list[SpikeEvent] = field(default_factory=list)
     outliers: list[OutlierVerdict] = field(default_factory=list)
+    # Every tested (signal, size) family with its scores and thresholds, flagged or not.
+    scores: list[FamilyScores] = field(default_factory=list)
     maps: dict[str, TrainingMap] = field(default_factory=dict)
     agreement: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -114,27 +123,44 @@ def loss_points(sweep: SweepData, buckets: int = LOSS_BUCKETS) -> list[Point]:
     return points
 
 
-def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
-    """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
-    false-alarm rate holds over all signals and sizes together)."""
+def outlier_families(sweep: SweepData) -> tuple[list[Family], list[str]]:
+    """The cross-seed test's families: the held-out loss (training loss when none is
+    recorded) and every evaluation score, each compared within a size. Branched runs share
+    their parent's history, so they are not seeds: they stay out of the test."""
     notes = []
+    seeds = {r.name for r in sweep.runs if not r.branch}
+    if len(seeds) < len(sweep.runs) and any(r.branch for r in sweep.runs):
+        notes.append("branched runs are not seeds: left out of the cross-seed test and the map")
     held = [
         Point(r.size, r.name, step, loss)
         for r in sweep.runs
+        if r.name in seeds
         for step, loss in validation_losses(r.evals).items()
     ]
     if held:
         families = [Family(VALIDATION_SIGNAL, "high", held)]
     else:
         notes.append("no held-out loss recorded: the loss test compares training losses")
-        families = [Family("loss", "high", loss_points(sweep))]
+        families = [Family("loss", "high", [p for p in loss_points(sweep) if p.run in seeds])]
     for size, tasks in eval_table(sweep).items():
-        if len(sweep.by_size(size)) < 4:
+        if len([r for r in sweep.by_size(size) if not r.branch]) < 4:
             notes.append(f"{size}: fewer than 4 seeds, no cross-seed outlier test")
             continue
         for key, runs in tasks.items():
-            points = [Point(size, run, s, v) for run, by in runs.items() for s, v in by.items()]
+            points = [
+                Point(size, run, s, v)
+                for run, by in runs.items()
+                if run in seeds
+                for s, v in by.items()
+            ]
             families.append(Family(f"eval:{key}", bad_side(key.rsplit("/", 1)[1]), points))
+    return families, notes
+
+
+def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
+    """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
+    false-alarm rate holds over all signals and sizes together)."""
+    families, notes = outlier_families(sweep)
     return flag_families(families), notes
 
 
@@ -155,7 +181,7 @@ def training_maps(sweep: SweepData, **opts) -> tuple[dict[str, TrainingMap], lis
     """One training map per size, over the weight statistics of all its seeds."""
     maps, notes = {}, []
     for size in sweep.sizes():
-        series = _series(sweep.by_size(size))
+        series = _series([r for r in sweep.by_size(size) if not r.branch])
         points = sum(len(p) for p in series.values())
         if points < 4:
             notes.append(f"{size}: {points} checkpoints with weight statistics, no training map")
@@ -188,7 +214,9 @@ def analyse(sweep: SweepData) -> Analysis:
     """Run every detector the report needs."""
     result = Analysis()
     result.spikes = detect_spikes(sweep)
-    result.outliers, notes = detect_outliers(sweep)
+    families, notes = outlier_families(sweep)
+    result.outliers = flag_families(families)
+    result.scores = family_scores(families)
     result.notes.extend(notes)
     result.maps, notes = training_maps(sweep)
     result.notes.extend(notes)

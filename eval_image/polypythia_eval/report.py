@@ -1,128 +1,370 @@
-"""The sweep report: one index.html with PNG figures and tables, plus summary.json.
+"""The sweep report: one self-contained ``index.html`` (Plotly figures, plotly.js inlined once,
+readable offline) rendered from a Jinja2 template, plus ``summary.json``.
 
-``render_report`` is what ``polypythia report`` and the local driver call. It never
-fails on a sweep with missing pieces (no evaluations yet, a failed run): it says
-what is missing where the figure would be.
+``render_report`` is what ``polypythia report`` and the local driver call. It never fails
+on a sweep with missing pieces (no evaluations yet, a failed run): it says what is missing
+where the figure would be. The page leads with findings in words (which seed spiked, when,
+whether it recovered; which seed is an outlier and on which signal; how scores moved), then
+a section per size. The functions that build rows and findings are pure.
 """
 
 from __future__ import annotations
 
-import html
+import base64
 import json
 import math
+import re
+import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
+import jinja2
+import numpy as np
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs
+
+from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
+from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
 from polypythia_eval import figures
 from polypythia_eval.analysis import Analysis, analyse, eval_table, loss_history, ordered_tasks
 from polypythia_eval.init_study import render_init_section, study
 from polypythia_eval.results import json_safe
 from polypythia_eval.sources import (
+    RunData,
     SweepData,
     is_result_folder,
     load_result_files,
     load_sweep,
 )
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
-th{background:#f3f3f3} img{max-width:100%;border:1px solid #eee;margin:0.3em 0}
-.missing{color:#a33} .note{color:#666;font-size:13px} .bad{color:#d62728;font-weight:bold}
-"""
+TEMPLATE = "report.html.jinja"
+# Final training loss: the mean of this many last steps (one step's loss is noisy).
+FINAL_LOSS_STEPS = 10
+MIN_SEEDS = OutlierSettings().min_runs
+COMMON_TOLERANCE = SpikeSettings().common_mode_tolerance
 
 
-def _e(value) -> str:
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else f"{value:.4g}"
-    return html.escape("" if value is None else str(value))
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def final_train_loss(run: RunData, last: int = FINAL_LOSS_STEPS) -> float | None:
+    """Mean training loss over the run's last ``last`` logged steps."""
+    _, loss, _ = loss_history(run)
+    tail = loss[-last:]
+    tail = tail[np.isfinite(tail)]
+    return float(tail.mean()) if len(tail) else None
 
 
-def _img(path: Path, alt: str) -> str:
-    return f'<img src="{html.escape(path.name)}" alt="{html.escape(alt)}">'
+def final_heldout(run: RunData) -> tuple[int, float] | None:
+    """(step, held-out loss) at the run's last checkpoint that recorded one."""
+    points = [
+        (step, r["validation"]["loss"]) for step, r in run.evals.items()
+        if isinstance(r.get("validation"), dict) and r["validation"].get("tokens")
+        and isinstance(r["validation"].get("loss"), (int, float))
+    ]  # fmt: skip
+    return max(points) if points else None
 
 
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
+def outlier_verdict(
+    run: str,
+    seeds: int,
+    verdicts: list[OutlierVerdict],
+    scores: list[FamilyScores],
+    min_seeds: int = MIN_SEEDS,
+    branch: bool = False,
+) -> str:
+    """What the cross-seed test said about one run, in words: flagged (signal, test, score
+    and threshold), tested and not flagged, or not tested and why."""
+    if branch:
+        return "not tested (a branch, not an independent seed)"
+    mine = [v for v in verdicts if v.run == run]
+    if mine:
+        parts = []
+        for v in sorted(mine, key=lambda v: (v.first_step, v.signal)):
+            if v.test == "non-finite":
+                parts.append(f"{v.signal}: non-finite value at step {v.first_step}")
+            else:
+                parts.append(
+                    f"{v.signal} from step {v.first_step} ({v.test} test: score "
+                    f"{v.score:.2f} > threshold {v.threshold:.2f})"
+                )
+        return "outlier: " + "; ".join(parts)
+    tested = sorted({fs.signal for fs in scores if run in fs.runs})
+    if tested:
+        return f"not an outlier (tested on {len(tested)} signal{'s' if len(tested) > 1 else ''})"
+    if seeds < min_seeds:
+        return f"not tested ({seeds} seed{'s' if seeds != 1 else ''}; the test needs {min_seeds})"
+    return f"not tested (no checkpoint with {min_seeds} seeds evaluated yet)"
 
 
-def _run_rows(sweep: SweepData) -> list[list]:
+def rewind_text(run: RunData) -> str:
+    """The run's recorded rewinds: restart step and the spike that caused each."""
+    if not run.rewinds:
+        return "none"
+    return "; ".join(
+        f"restarted at step {r.get('restartStep')} (spike at step "
+        f"{(r.get('spike') or {}).get('onsetStep', '?')})"
+        for r in run.rewinds
+    )
+
+
+def branch_text(run: RunData) -> str:
+    """'branch of <parent> at step N (optimizer restored|fresh)', or '' for ordinary runs."""
+    if not run.branch:
+        return ""
+    b = run.branch
+    return f"branch of {run.parent} at step {b.get('step')} (optimizer {b.get('optimizer', '?')})"
+
+
+def summary_rows(runs: list[RunData], result: Analysis) -> list[dict]:
+    """One row per run of a size: the summary table's columns."""
+    seeds = len([r for r in runs if not r.branch])
     rows = []
-    for size in sweep.sizes():
-        for run in sweep.by_size(size):
-            steps, loss, _ = loss_history(run)
-            last = float(loss[-1]) if len(loss) else None
-            trained = f"{int(steps[-1]) if len(steps) else 0}/{run.planned_steps or '?'}"
-            status = f"FAILED: {run.error}" if run.error else "; ".join(run.problems) or "ok"
-            rows.append(
-                [run.name, run.size, run.seed, trained, last, len(run.checkpoints),
-                 len(run.evals), status]
-            )  # fmt: skip
+    for run in runs:
+        steps, _, _ = loss_history(run)
+        held = final_heldout(run)
+        spikes = [e for e in result.spikes if e.run == run.name]
+        rows.append(
+            {
+                "run": run.name,
+                "seed": run.seed,
+                "branch": branch_text(run),
+                "steps": f"{int(steps[-1]) if len(steps) else 0}/{run.planned_steps or '?'}",
+                "train_loss": final_train_loss(run),
+                "heldout_loss": held[1] if held else None,
+                "heldout_step": held[0] if held else None,
+                "spikes": [figures.spike_text(e) for e in spikes],
+                "outlier": outlier_verdict(
+                    run.name, seeds, result.outliers, result.scores, branch=bool(run.branch)
+                ),
+                "flagged": any(v.run == run.name for v in result.outliers),
+                "rewinds": rewind_text(run),
+                "status": f"FAILED: {run.error}" if run.error else "; ".join(run.problems) or "ok",
+            }
+        )
     return rows
 
 
-def _size_section(sweep: SweepData, size: str, result: Analysis, out: Path, prefix: str) -> str:
+@dataclass
+class EvalRow:
+    """One task of the evaluation table: per checkpoint the median and range over seeds."""
+
+    task: str
+    steps: list[int]
+    median: dict[int, float] = field(default_factory=dict)
+    low: dict[int, float] = field(default_factory=dict)
+    high: dict[int, float] = field(default_factory=dict)
+    seeds: dict[int, int] = field(default_factory=dict)
+    per_seed: dict[str, dict[int, float]] = field(default_factory=dict)
+
+
+def eval_rows(table: dict[str, dict[str, dict[int, float]]], tasks: list[str]) -> list[EvalRow]:
+    """Task x checkpoint: median, min and max over the seeds that have a score there."""
+    rows = []
+    for task in tasks:
+        runs = table[task]
+        steps = sorted({s for by in runs.values() for s in by})
+        row = EvalRow(task, steps, per_seed={r: dict(by) for r, by in sorted(runs.items())})
+        for step in steps:
+            values = [by[step] for by in runs.values() if step in by and math.isfinite(by[step])]
+            if values:
+                row.median[step] = float(np.median(values))
+                row.low[step], row.high[step] = float(min(values)), float(max(values))
+                row.seeds[step] = len(values)
+        rows.append(row)
+    return rows
+
+
+def spike_findings(spikes: list[SpikeEvent], runs: int, limit: int = 10) -> list[str]:
+    """Seed-specific spikes one by one (the ``limit`` largest), common-mode ones once per
+    shared onset (within the detector's common-mode tolerance)."""
+    own = [e for e in spikes if e.kind != "common-mode"]
+    top = sorted(own, key=lambda e: -e.magnitude if math.isfinite(e.magnitude) else -math.inf)
+    shown = sorted(top[:limit], key=lambda e: (e.onset_step, e.run))
+    out = [f"{e.run}: {figures.spike_text(e)}." for e in shown]
+    if len(own) > limit:
+        out.append(f"{len(own) - limit} smaller seed-specific spikes: see the spike table.")
+    shared = sorted((e for e in spikes if e.kind == "common-mode"), key=lambda e: e.onset_step)
+    groups: list[list[SpikeEvent]] = []
+    for e in shared:
+        group = next(
+            (g for g in groups if g[0].signal == e.signal
+             and e.onset_step - g[0].onset_step <= COMMON_TOLERANCE),
+            None,
+        )  # fmt: skip
+        if group is None:
+            groups.append([e])
+        else:
+            group.append(e)
+    for g in groups:
+        hit = {e.run for e in g}
+        out.append(
+            f"common-mode {g[0].signal} spike at step {g[0].onset_step} in {len(hit)} of {runs} "
+            f"runs (cause: {g[0].cause}): shared by the sweep, not one seed's instability."
+        )
+    return out
+
+
+def eval_findings(rows: list[EvalRow], limit: int = 4) -> list[str]:
+    """How each shown task's median score moved from the first to the last checkpoint."""
+    out = []
+    for row in rows[:limit]:
+        steps = [s for s in row.steps if s in row.median]
+        if len(steps) < 2:
+            if steps:
+                out.append(
+                    f"{row.task}: only step {steps[0]} evaluated (median {_fmt(row.median[steps[0]])})."
+                )
+            continue
+        first, last = steps[0], steps[-1]
+        best = max(steps, key=lambda s: row.median[s])
+        out.append(
+            f"{row.task}: median {_fmt(row.median[first])} at step {first} → "
+            f"{_fmt(row.median[last])} at step {last} (best {_fmt(row.median[best])} at step "
+            f"{best}; seeds at the end {_fmt(row.low[last])} to {_fmt(row.high[last])})."
+        )
+    return out
+
+
+def heldout_findings(runs: list[RunData]) -> list[str]:
+    """How the seeds' median held-out loss moved from the first to the last checkpoint."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.branch:
+            continue
+        for step, r in run.evals.items():
+            v = r.get("validation")
+            if isinstance(v, dict) and v.get("tokens") and isinstance(v.get("loss"), (int, float)):
+                by_step[step].append(float(v["loss"]))
+    if len(by_step) < 2:
+        return []
+    first, last = min(by_step), max(by_step)
+    return [
+        f"held-out loss: median {_fmt(float(np.median(by_step[first])))} at step {first} → "
+        f"{_fmt(float(np.median(by_step[last])))} at step {last}."
+    ]
+
+
+def findings(sweep: SweepData, result: Analysis, tables: dict) -> dict[str, list[str]]:
+    """Per size, what a reader should take away, in sentences."""
+    out: dict[str, list[str]] = {}
+    for size in sweep.sizes():
+        runs = sweep.by_size(size)
+        names = {r.name for r in runs}
+        lines = spike_findings([e for e in result.spikes if e.run in names], len(runs))
+        if not any(e.run in names for e in result.spikes) and any(r.telemetry for r in runs):
+            lines.append("no loss or gradient-norm spikes in any seed.")
+        flagged = [v for v in result.outliers if v.run in names]
+        seeds = len([r for r in runs if not r.branch])
+        for v in flagged:
+            said = outlier_verdict(v.run, seeds, [v], []).removeprefix("outlier: ")
+            lines.append(f"{v.run} is a cross-seed outlier on {said}.")
+        tested = any(set(fs.runs) & names for fs in result.scores)
+        if not flagged and tested:
+            lines.append("no seed is a cross-seed outlier on any tested signal.")
+        elif not tested:
+            lines.append(f"outlier test: {outlier_verdict('', seeds, [], [])}.")
+        tmap = result.maps.get(size)
+        if tmap is not None:
+            for run, at in tmap.departures.items():
+                if at is not None:
+                    lines.append(f"{run} leaves the other seeds' training-map path at step {at}.")
+        for run in runs:
+            if run.branch:
+                lines.append(f"{run.name} is a {branch_text(run)}.")
+            if run.rewinds:
+                lines.append(f"{run.name} was rewound: {rewind_text(run)}.")
+        lines += heldout_findings(runs)
+        lines += eval_findings(tables.get(size, []))
+        out[size] = lines
+    return out
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def size_section(sweep: SweepData, size: str, result: Analysis, prefix: str = "") -> dict:
+    """Everything one size's section shows: summary rows, figures, tables."""
     runs = sweep.by_size(size)
-    parts = [f"<h2>{_e(size)} ({len(runs)} runs)</h2>"]
-    slug = f"{prefix}{size}".replace(".", "_")
-    if any(r.telemetry for r in runs):
-        png = figures.loss_curves(size, runs, result.spikes, out / f"loss-{slug}.png")
-        parts.append(_img(png, f"{size} loss"))
-    elif not sweep.reference:
-        parts.append(_missing("No training telemetry yet: no loss curves."))
-    if any(
-        isinstance(e.get("validation"), dict) and e["validation"].get("tokens")
-        for r in runs
-        for e in r.evals.values()
-    ):
-        png = figures.heldout_loss(size, runs, result.outliers, out / f"heldout-{slug}.png")
-        parts.append(_img(png, f"{size} held-out loss"))
+    names = [r.name for r in runs]
+    palette = figures.colours(names)
+    flagged = {v.run for v in result.outliers if v.run in names}
     table = eval_table(sweep).get(size, {})
     tasks = ordered_tasks(table)
+    scores = [fs for fs in result.scores if set(fs.runs) & set(names)]
+    shown: dict[str, figures.Figure] = {}
+    if not sweep.reference:
+        spikes = [e for e in result.spikes if e.run in palette]
+        shown["train"] = figures.training_curves(size, runs, spikes, palette, flagged)
+        shown["heldout"] = figures.heldout_loss(size, runs, result.outliers, palette)
     if tasks:
-        png = figures.eval_scores(size, table, tasks, result.outliers, out / f"evals-{slug}.png")
-        parts.append(_img(png, f"{size} evaluation scores"))
-        if len(table) > len(tasks):
-            parts.append(f'<p class="note">{len(tasks)} of {len(table)} tasks shown.</p>')
+        shown["evals"] = figures.eval_curves(size, table, tasks, result.outliers, palette)
     else:
-        parts.append(_missing("No evaluation results yet: no score curves."))
-    if any(e.get("weight_stats") for r in runs for e in r.evals.values()):
-        png = figures.weight_trajectories(size, runs, out / f"weights-{slug}.png")
-        parts.append(_img(png, f"{size} weight statistics"))
-    elif not sweep.reference:
-        parts.append(_missing("No weight statistics yet (they come with evaluations)."))
+        shown["evals"] = figures.Figure(f"evals-{size}", f"{size}: evaluation scores",
+                                        absent="No evaluation results yet: no score curves.")  # fmt: skip
+    if not sweep.reference:
+        shown["weights"] = figures.weight_statistics(size, runs, palette)
     if size in result.maps:
-        png = figures.state_paths(size, result.maps[size], out / f"map-{slug}.png")
-        parts.append(_img(png, f"{size} training map"))
+        shown["map"] = figures.training_map(size, result.maps[size])
+    if scores:
+        shown["outliers"] = figures.outlier_scores(size, scores, palette)
     if size in result.agreement and result.agreement[size]["self_consistency"]:
-        png = figures.kappa_curves(size, result.agreement[size], out / f"kappa-{slug}.png")
-        parts.append(_img(png, f"{size} agreement"))
-    return "\n".join(parts)
-
-
-def _verdict_rows(result: Analysis) -> tuple[list[list], list[list], list[list]]:
-    spikes = [
-        [e.run, e.signal, e.onset_step, e.peak_step, e.peak_value, e.magnitude, e.status,
-         e.recovery_step, e.kind, e.cause]
-        for e in result.spikes
+        shown["kappa"] = figures.kappa_curves(size, result.agreement[size], palette)
+    for fig in shown.values():
+        fig.key = _key(prefix + fig.key)
+    outlier_rows = [
+        {"signal": fs.signal, "run": run, "level": fs.level[i], "change": fs.change[i],
+         "level_threshold": fs.level_threshold, "change_threshold": fs.change_threshold,
+         "flagged": fs.level[i] > fs.level_threshold or fs.change[i] > fs.change_threshold}
+        for fs in scores for i, run in enumerate(fs.runs)
     ]  # fmt: skip
-    outliers = [
-        [v.group, v.run, v.signal, v.test, v.first_step, v.score, v.threshold, v.checkpoints]
-        for v in result.outliers
-    ]
-    maps = [
-        [size, m.n_states, run, m.departures[run] if m.departures[run] is not None else "-"]
-        for size, m in result.maps.items()
-        for run in m.paths
-    ]
-    return spikes, outliers, maps
+    return {
+        "name": size,
+        "seeds": len([r for r in runs if not r.branch]),
+        "rows": summary_rows(runs, result),
+        "figures": shown,
+        "evals": eval_rows(table, tasks),
+        "more_tasks": max(0, len(table) - len(tasks)),
+        "id": _key(f"{prefix}size-{size}"),
+        "outlier_rows": outlier_rows,
+        "has_telemetry": any(r.telemetry for r in runs),
+    }
+
+
+def sweep_context(sweep: SweepData, result: Analysis, prefix: str = "") -> dict:
+    """The template's view of one sweep (the report's own, or a reference)."""
+    sections = [size_section(sweep, size, result, prefix) for size in sweep.sizes()]
+    return {
+        "reference": sweep.reference,
+        "problems": list(sweep.problems),
+        "sections": sections,
+        "findings": findings(sweep, result, {s["name"]: s["evals"] for s in sections}),
+        "spikes": [
+            {
+                "run": e.run,
+                "signal": e.signal,
+                "onset": e.onset_step,
+                "peak": e.peak_step,
+                "peak_value": e.peak_value,
+                "magnitude": e.magnitude,
+                "status": e.status,
+                "recovery": e.recovery_step,
+                "label": figures.spike_label(e),
+            }
+            for e in result.spikes
+        ],  # fmt: skip
+        "outliers": [v.to_dict() for v in result.outliers],
+        "notes": list(result.notes),
+    }
 
 
 def _summary(sweep: SweepData, result: Analysis) -> dict:
@@ -132,7 +374,14 @@ def _summary(sweep: SweepData, result: Analysis) -> dict:
             "generated": time.time(),
             "problems": sweep.problems,
             "runs": {
-                r.name: {"size": r.size, "seed": r.seed, "problems": r.problems, "error": r.error}
+                r.name: {
+                    "size": r.size,
+                    "seed": r.seed,
+                    "problems": r.problems,
+                    "error": r.error,
+                    "branch": r.branch,
+                    "rewinds": len(r.rewinds),
+                }
                 for r in sweep.runs
             },  # fmt: skip
             "spikes": [e.to_dict() for e in result.spikes],
@@ -141,62 +390,6 @@ def _summary(sweep: SweepData, result: Analysis) -> dict:
             "notes": result.notes,
         }
     )
-
-
-def _sweep_body(sweep: SweepData, result: Analysis, out: Path, prefix: str = "") -> str:
-    parts = []
-    problems = list(sweep.problems)
-    if problems:
-        parts.append("<h2>Missing</h2><ul>" + "".join(f"<li>{_e(p)}</li>" for p in problems))
-        parts.append("</ul>")
-    if sweep.runs:
-        parts.append("<h2>Runs</h2>")
-        parts.append(
-            _table(
-                ["run", "size", "seed", "steps", "last loss", "checkpoints", "evaluated", "status"],
-                _run_rows(sweep),
-            )  # fmt: skip
-        )
-    for size in sweep.sizes():
-        parts.append(_size_section(sweep, size, result, out, prefix))
-    spikes, outliers, maps = _verdict_rows(result)
-    if not sweep.reference:
-        parts.append("<h2>Loss spikes</h2>")
-        parts.append(
-            _table(
-                [
-                    "run",
-                    "signal",
-                    "onset",
-                    "peak",
-                    "peak value",
-                    "magnitude (sd)",
-                    "status",
-                    "recovered at",
-                    "kind",
-                    "cause",
-                ],
-                spikes,
-            )  # fmt: skip
-            if spikes
-            else "<p>No loss spikes detected.</p>"
-        )
-    parts.append("<h2>Cross-seed outliers</h2>")
-    parts.append(
-        _table(
-            ["size", "run", "signal", "test", "first step", "score", "threshold", "checkpoints"],
-            outliers,
-        )
-        if outliers
-        else "<p>No outlier runs.</p>"
-    )
-    if maps:
-        parts.append("<h2>Training maps: departures from the majority path</h2>")
-        parts.append(_table(["size", "states", "run", "departs at step"], maps))
-    if result.notes:
-        parts.append("<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in result.notes))
-        parts.append("</ul>")
-    return "\n".join(parts)
 
 
 def init_records(sweep: SweepData) -> list[dict]:
@@ -219,11 +412,38 @@ def init_records(sweep: SweepData) -> list[dict]:
     return records
 
 
+def _inline_images(fragment: str, folder: Path) -> str:
+    """``<img src="x.png">`` of files in ``folder`` as data: URIs, so the page stands alone."""
+
+    def embed(match: re.Match) -> str:
+        path = folder / match[1]
+        if not path.is_file():
+            return match[0]
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    return re.sub(r'src="([^"/]+\.png)"', embed, fragment)
+
+
 def load_source(source: str, run_errors: dict[str, str] | None = None, **store_kwargs):
     """A sweep from storage, or a folder of lm-eval result files (auto-detected)."""
     if not source.startswith("s3://") and is_result_folder(source):
         return load_result_files(source)
     return load_sweep(source, run_errors=run_errors, **store_kwargs)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["num"] = _fmt
+    return env
+
+
+def render_page(context: dict) -> str:
+    """The HTML page from the package's template."""
+    source = resources.files("polypythia_eval").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    return _environment().from_string(source).render(**context)
 
 
 def render_report(
@@ -235,7 +455,7 @@ def render_report(
     title: str | None = None,
     **store_kwargs,
 ) -> Path:
-    """Write ``out_dir/index.html`` (+ PNGs, summary.json) for a sweep; return its path.
+    """Write ``out_dir/index.html`` (self-contained) and ``summary.json``; return the page.
 
     ``source`` is a sweep folder (local or s3://) or a folder of lm-eval result
     files; ``pythia_evals`` adds a reference section from such a folder;
@@ -245,27 +465,58 @@ def render_report(
     out.mkdir(parents=True, exist_ok=True)
     sweep = load_source(str(source), run_errors, **store_kwargs)
     result = analyse(sweep)
-    body = [_sweep_body(sweep, result, out)]
     summary = _summary(sweep, result)
+    summary["sizes"] = {}
+    main = sweep_context(sweep, result)
+    for section in main["sections"]:
+        summary["sizes"][section["name"]] = json_safe(section["rows"])
+    init_html = None
     studied = init_records(sweep)
     if len({r["init"] for r in studied}) > 1:
         init_result = study(studied)
-        body.append(render_init_section(init_result, out))
+        with tempfile.TemporaryDirectory() as tmp:
+            init_html = Markup(
+                _inline_images(render_init_section(init_result, Path(tmp)), Path(tmp))
+            )
         summary["init_study"] = {size: part["rows"] for size, part in init_result["sizes"].items()}
+    reference = None
     if pythia_evals:
         ref = load_result_files(pythia_evals)
         ref_result = analyse(ref)
-        body.append(f"<h1>Reference: {_e(Path(pythia_evals).name)}</h1>")
-        body.append(_sweep_body(ref, ref_result, out, prefix="ref-"))
+        reference = {"name": Path(pythia_evals).name, **sweep_context(ref, ref_result, "ref-")}
         summary["reference"] = _summary(ref, ref_result)
     name = title or f"polypythia report: {Path(str(source).rstrip('/')).name}"
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(name)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{_e(name)}</h1>"
-        f"<p class='note'>source: {_e(source)} &middot; generated "
-        f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>" + "\n".join(body) + "</body></html>"
+    page = render_page(
+        {
+            "title": name,
+            "source": str(source),
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "plotly_js": Markup(get_plotlyjs()),
+            "sweep": main,
+            "runs": _run_rows(sweep),
+            "init_html": init_html,
+            "ref": reference,
+        }
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     index = out / "index.html"
-    index.write_text(page)
+    index.write_text(page, encoding="utf-8")
     return index
+
+
+def _run_rows(sweep: SweepData) -> list[dict]:
+    rows = []
+    for size in sweep.sizes():
+        for run in sweep.by_size(size):
+            steps, loss, _ = loss_history(run)
+            rows.append(
+                {
+                    "run": run.name, "size": run.size, "seed": run.seed,
+                    "steps": f"{int(steps[-1]) if len(steps) else 0}/{run.planned_steps or '?'}",
+                    "last_loss": float(loss[-1]) if len(loss) else None,
+                    "checkpoints": len(run.checkpoints), "evaluated": len(run.evals),
+                    "status": f"FAILED: {run.error}" if run.error else "; ".join(run.problems)
+                    or "ok",
+                }
+            )  # fmt: skip
+    return rows

@@ -33,6 +33,16 @@ class RunData:
     strategy: str | None = None
     problems: list[str] = field(default_factory=list)
     error: str | None = None
+    # run.json's ``branch`` block (parent URI, step, checksum, optimizer) for a branched run.
+    branch: dict | None = None
+    rewinds: list[dict] = field(default_factory=list)
+
+    @property
+    def parent(self) -> str | None:
+        """The run this one branched from (last part of the parent's URI), if a branch."""
+        if not self.branch or not self.branch.get("parent"):
+            return None
+        return str(self.branch["parent"]).rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -75,12 +85,16 @@ def _run_from_store(store, name: str) -> RunData:
         run.seed = cfg.get("seed")
         run.data_seed = cfg.get("dataSeed", run.seed)
         run.planned_steps = (cfg.get("training") or {}).get("steps")
+        branch = cfg.get("branch")
+        if isinstance(branch, dict) and branch.get("parent") and branch.get("step") is not None:
+            run.branch = dict(branch)
     except StorageError as exc:
         run.problems.append(f"no run config ({exc})")
     for what, read in (
         ("telemetry", store.read_telemetry),
         ("checkpoints", store.complete_checkpoints),
         ("evals", store.read_evals),
+        ("rewinds", lambda: store.read_rewinds()["rewinds"]),
     ):
         try:
             setattr(run, what, read())

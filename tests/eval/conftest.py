@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from support.fixtures import s3_endpoint  # noqa: F401  (fixture)
+from support.report_sweep import write_report_sweep
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,3 +49,19 @@ def tiny_run(tmp_path_factory, tokenizer) -> Path:
     (root / "checkpoints" / "step16").mkdir(parents=True)
     (root / "checkpoints" / "step16" / "config.json").write_text("{}")
     return root
+
+
+@pytest.fixture(scope="session")
+def report_sweep(tmp_path_factory) -> Path:
+    """The synthetic sweep of ``support.report_sweep.write_report_sweep`` in a fresh folder."""
+    return write_report_sweep(tmp_path_factory.mktemp("store") / "sw")
+
+
+@pytest.fixture(scope="session")
+def report_page(report_sweep, tmp_path_factory) -> tuple[Path, str]:
+    """The report of ``report_sweep`` (its failed nano run marked so): the page and its text."""
+    from polypythia_eval.report import render_report
+
+    out = tmp_path_factory.mktemp("report")
+    index = render_report(str(report_sweep), out, run_errors={"sw-nano-s0": "worker OOM-killed"})
+    return index, index.read_text()

@@ -371,30 +371,52 @@ def _tables(points: Iterable[Point], min_runs: int) -> list[_Table]:
     return tables
 
 
-def flag_families(
-    families: Iterable[Family], settings: OutlierSettings | None = None
-) -> list[OutlierVerdict]:
-    """Flag runs over every (signal, group) family at once, false alarms controlled over all
-    of them; at most one verdict per run and signal (the earlier of level and change)."""
-    settings = settings or OutlierSettings()
+@dataclass(frozen=True)
+class FamilyScores:
+    """One tested (signal, group) family: every seed's bad-side robust z per checkpoint,
+    its level and change statistics, and the thresholds they are held to (what a report
+    draws beside the verdicts)."""
+
+    signal: str
+    group: str
+    runs: list[str]
+    steps: list[int]
+    z: np.ndarray  # (seeds, checkpoints), bad side positive, NaN where a value is missing
+    level: np.ndarray  # per seed; -inf where it cannot be computed
+    level_at: np.ndarray
+    change: np.ndarray
+    change_at: np.ndarray
+    level_threshold: float
+    change_threshold: float
+    two_sided: bool = False
+
+
+def _nonfinite_verdicts(fam: Family, table: _Table) -> list[OutlierVerdict]:
+    first_bad: dict[str, tuple[int, float]] = {}
+    for run, step, value in table.nonfinite:
+        first_bad.setdefault(run, (step, value))
+    out = []
+    for run, (step, value) in first_bad.items():
+        count = sum(1 for r, _, _ in table.nonfinite if r == run)
+        out.append(
+            OutlierVerdict(table.group, run, fam.signal, step, value, count, math.nan, "non-finite")
+        )
+    return out
+
+
+def _tested(
+    families: Iterable[Family], settings: OutlierSettings
+) -> tuple[list[OutlierVerdict], list[FamilyScores]]:
     k = settings.consecutive
     work = []
-    verdicts: list[OutlierVerdict] = []
+    nonfinite: list[OutlierVerdict] = []
     for fam in families:
         for table in _tables(fam.points, settings.min_runs):
-            first_bad: dict[str, tuple[int, float]] = {}
-            for run, step, value in table.nonfinite:
-                first_bad.setdefault(run, (step, value))
-            for run, (step, value) in first_bad.items():
-                count = sum(1 for r, _, _ in table.nonfinite if r == run)
-                verdicts.append(
-                    OutlierVerdict(
-                        table.group, run, fam.signal, step, value, count, math.nan, "non-finite"
-                    )
-                )
+            nonfinite += _nonfinite_verdicts(fam, table)
             if len(table.runs) >= settings.min_runs and len(table.steps) >= 1:
                 work.append((fam, table))
     per_family = settings.false_alarm_rate / max(1, len(work))
+    scores = []
     for fam, table in work:
         two_sided = fam.direction == "both"
         sign = -1.0 if fam.direction == "low" else 1.0
@@ -402,36 +424,59 @@ def flag_families(
         level, level_at, change, change_at = (a[0] for a in _statistics(z, k, two_sided))
         n, t = table.values.shape
         level_thr, change_thr = null_thresholds(n, t, k, two_sided, per_family)
-        flagged_runs = {
-            v.run for v in verdicts if v.signal == fam.signal and v.group == table.group
-        }
-        for i, run in enumerate(table.runs):
+        scores.append(
+            FamilyScores(
+                fam.signal, table.group, table.runs, table.steps, z[0], level, level_at,
+                change, change_at, level_thr, change_thr, two_sided,
+            )
+        )  # fmt: skip
+    return nonfinite, scores
+
+
+def family_scores(
+    families: Iterable[Family], settings: OutlierSettings | None = None
+) -> list[FamilyScores]:
+    """The scores and thresholds of every family ``flag_families`` tests (same split of the
+    false-alarm rate), flagged or not."""
+    return _tested(families, settings or OutlierSettings())[1]
+
+
+def flag_families(
+    families: Iterable[Family], settings: OutlierSettings | None = None
+) -> list[OutlierVerdict]:
+    """Flag runs over every (signal, group) family at once, false alarms controlled over all
+    of them; at most one verdict per run and signal (the earlier of level and change)."""
+    settings = settings or OutlierSettings()
+    verdicts, scores = _tested(families, settings)
+    for fs in scores:
+        flagged_runs = {v.run for v in verdicts if v.signal == fs.signal and v.group == fs.group}
+        for i, run in enumerate(fs.runs):
             found = []
-            if level[i] > level_thr:
-                bad = np.abs(z[0, i]) if two_sided else z[0, i]
+            if fs.level[i] > fs.level_threshold:
+                bad = np.abs(fs.z[i]) if fs.two_sided else fs.z[i]
                 found.append(
                     OutlierVerdict(
-                        table.group,
+                        fs.group,
                         run,
-                        fam.signal,
-                        table.steps[int(level_at[i])],
-                        float(level[i]),
-                        int(np.sum(bad > level_thr)),
-                        level_thr,
+                        fs.signal,
+                        fs.steps[int(fs.level_at[i])],
+                        float(fs.level[i]),
+                        int(np.sum(bad > fs.level_threshold)),
+                        fs.level_threshold,
                         "level",
                     )
                 )
-            if change[i] > change_thr:
-                onset = int(change_at[i])
+            if fs.change[i] > fs.change_threshold:
+                onset = int(fs.change_at[i])
                 found.append(
                     OutlierVerdict(
-                        table.group,
+                        fs.group,
                         run,
-                        fam.signal,
-                        table.steps[onset],
-                        float(change[i]),
-                        int(np.sum(~np.isnan(z[0, i, onset:]))),
-                        change_thr,
+                        fs.signal,
+                        fs.steps[onset],
+                        float(fs.change[i]),
+                        int(np.sum(~np.isnan(fs.z[i, onset:]))),
+                        fs.change_threshold,
                         "change",
                     )
                 )
