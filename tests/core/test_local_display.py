@@ -56,15 +56,18 @@ def test_plain_lines_give_elapsed_eta_tokens_per_second_and_each_evaluated_check
     display = LineDisplay(lines.append, clock)
     display.update(driver)
     assert "Pending" in lines[0] and "ETA      -" in lines[0] and "evals 0/6" in lines[0]
-    run.phase, run.step = "Running", 10
-    display.update(driver)  # first sight: start-up time is not in the rate
+    run.phase = "Running"
+    display.update(driver)
+    clock.now += 30
+    run.step = 10
+    display.update(driver)  # start-up (30 s at step 0) is not in the rate
     clock.now += 40
     run.step, run.loss, run.tokens_per_s, run.checkpoints = 50, 3.25, 1234.4, [0, 20, 40]
     display.update(driver)
     mine = [line for line in lines if line.startswith("show-nano-s0")]
     assert "step     50/100" in mine[-1] and "loss  3.2500" in mine[-1]
     assert "1,234 tok/s" in mine[-1]
-    assert "elapsed    40s" in mine[-1] and "ETA    50s" in mine[-1]  # 40 steps in 40 s
+    assert "elapsed  1m10s" in mine[-1] and "ETA    50s" in mine[-1]  # 40 steps in 40 s
     # Training ended; the evaluations still run: not a silent `Succeeded`.
     clock.now += 50
     busy: Future = Future()
@@ -82,7 +85,7 @@ def test_plain_lines_give_elapsed_eta_tokens_per_second_and_each_evaluated_check
     run.evaluated = {0, 20, 40, 60, 80, 100}
     display.update(driver)
     assert "Succeeded" in lines[-5] and "evals 6/6" in lines[-5]
-    assert "elapsed  1m30s" in lines[-5]  # training time: the clock stopped when it ended
+    assert "elapsed  2m00s" in lines[-5]  # training time: the clock stopped when it ended
     display.update(driver)
     assert len(lines) == len(set(lines))  # nothing repeated without a change
 
@@ -140,12 +143,15 @@ def test_a_terminal_gets_a_live_table_with_time_columns(tmp_path: Path) -> None:
     clock.now += 10
     driver.runs[1].step, driver.runs[1].tokens_per_s = 25, 2048.0
     display.update(driver)
+    clock.now += 10
+    driver.runs[1].step = 45
+    display.update(driver)
     display.stop()
     out = buffer.getvalue()
     for header in ("RUN", "PHASE", "TOK/S", "ELAPSED", "ETA", "EVALS", "SPIKES", "REWINDS"):
         assert header in out
     assert "2,048" in out and "show-nano-s1" in out and "trained 0/3" in out
-    assert "38s" in out  # 75 steps left at 2 steps/s
+    assert "28s" in out  # 55 steps left at 2 steps/s
 
 
 def test_not_a_terminal_means_plain_lines() -> None:

@@ -38,12 +38,13 @@ def duration(seconds: float | None) -> str:
 
 @dataclass
 class _Timing:
-    """When the display first saw a run train, and the first step it saw advance from
-    (start-up time is not counted in the rate an ETA is derived from)."""
+    """When the display first saw a run train, and when it first saw the step advance:
+    the rate an ETA comes from counts from there, so start-up time is not in it."""
 
     started: float | None = None
     ended: float | None = None
     base: tuple[float, int] | None = None
+    moved: bool = False
 
 
 @dataclass
@@ -59,7 +60,9 @@ class RunTimer:
                 t.started = now
             t.ended = None
             if t.base is None or step < t.base[1]:  # first sight, or a rewind went back
-                t.base = (now, step)
+                t.base, t.moved = (now, step), False
+            elif not t.moved and step > t.base[1]:  # the first steps: start-up is over
+                t.base, t.moved = (now, step), True
         elif t.started is not None and t.ended is None:
             t.ended = now
 
