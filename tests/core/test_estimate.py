@@ -77,7 +77,7 @@ def test_plan_table_ends_with_a_total_and_states_its_assumptions() -> None:
     result = _cli("plan", str(EXAMPLES / "sweep-tiny.yaml"), "--device", "a100", "--mfu", "0.5")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-2].startswith("TOTAL (6 runs)")
+    assert lines[-2].startswith("TOTAL (5 runs)")  # the demo: 1 size x 5 seeds
     assert "50% MFU" in lines[-1] and "A100" in lines[-1]
 
 
