@@ -10,6 +10,7 @@ import pytest
 
 from polypythia.cli import main
 from support import fixture_sweep as fx
+from support.fixtures import S3Endpoint, s3_endpoint  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,15 @@ def test_too_few_seeds_and_wrong_folders_are_usage_errors(sweep, tmp_path, capsy
     assert "neither a run folder" in capsys.readouterr().err
     assert main(["outliers", str(sweep), "--every", "10"]) == 2
     assert "--every: applies to a file of values" in capsys.readouterr().err
+
+
+def test_a_sweep_in_s3_is_read_like_a_folder(s3_endpoint: S3Endpoint, capsys) -> None:  # noqa: F811
+    uri = fx.write_sweep_at(f"{s3_endpoint.uri}/team", **s3_endpoint.store_kwargs())
+    connect = ["--endpoint", s3_endpoint.url, "--insecure"]
+    assert main(["spikes", uri, *connect, "-o", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {(s["run"], s["onsetStep"]) for s in found} == {
+        (fx.run_name(fx.SPIKE_SEED), fx.SPIKE_STEP)
+    }
+    assert main(["outliers", f"{uri}/{fx.run_name(fx.OUTLIER_SEED)}", *connect, "-o", "json"]) == 0
+    assert {v["run"] for v in json.loads(capsys.readouterr().out)} == {fx.run_name(fx.OUTLIER_SEED)}

@@ -54,10 +54,16 @@ def _evaluation(seed: int, step: int) -> dict:
 
 def write_sweep(root: Path) -> Path:
     """The sweep folder ``root/fx`` (``STORE/SWEEP`` in the docs' commands)."""
-    sweep = root / SWEEP
+    write_sweep_at(str(root))
+    return root / SWEEP
+
+
+def write_sweep_at(storage_uri: str, **store_kwargs) -> str:
+    """The sweep under any storage URI (a folder or s3://bucket/prefix); returns its URI."""
+    sweep = f"{storage_uri.rstrip('/')}/{SWEEP}"
     for seed in SEEDS:
         name = run_name(seed)
-        store = RunStore.open(str(sweep / name))
+        store = RunStore.open(f"{sweep}/{name}", **store_kwargs)
         store.write_run_config(
             {
                 "sweep": SWEEP,
