@@ -28,20 +28,25 @@ SWEEP = REPO / "manifests" / "examples" / "sweep-tiny.yaml"
 
 
 def _sample(proc: psutil.Process, stop: threading.Event, out: list[float]) -> None:
-    """Peak of the summed RSS over the driver and all its descendants (Ray included), and
-    their summed CPU time (each process's last sample), sampled every 0.5 s."""
-    peak = 0
+    """Peaks of the summed RSS and of the summed PSS over the driver and all its descendants
+    (Ray included), and their summed CPU time (each process's last sample), every 0.5 s.
+
+    RSS counts the shared libraries (torch's alone is hundreds of MB) once per process that
+    maps them; PSS shares them out, so its sum is the memory the demo takes from the machine.
+    """
+    peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}
     while not stop.is_set():
-        rss = 0
+        rss = pss = 0
         for p in [proc, *_children(proc)]:
             with contextlib.suppress(psutil.Error):  # a process may exit while sampled
-                rss += p.memory_info().rss
+                memory = p.memory_full_info()
+                rss, pss = rss + memory.rss, pss + memory.pss
                 times = p.cpu_times()
                 cpu[(p.pid, p.create_time())] = times.user + times.system
-        peak = max(peak, rss)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.5)
-    out += [peak, sum(cpu.values())]
+    out += [peak_rss, sum(cpu.values()), peak_pss]
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
@@ -97,6 +102,7 @@ def main() -> int:
                 "startup_overhead_s_max": round(max(overheads), 1) if overheads else None,
                 "evaluations": evaluations,
                 "peak_rss_gb": round(peak[0] / 2**30, 2) if peak else None,
+                "peak_pss_gb": round(peak[2] / 2**30, 2) if peak else None,
                 "cpu_s": round(peak[1], 1) if peak else None,
                 "cpus": os.cpu_count(),
                 "load_avg_1m_start": round(load_start, 2),
