@@ -41,12 +41,13 @@ def _json(args: list[str], cwd: Path, env: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # minutes on a quiet machine; a shared one can take many times that
 def test_demo_sweep_shows_the_planted_spike_and_outlier(tmp_path: Path) -> None:
     for name in ("manifests", ".venv"):
         (tmp_path / name).symlink_to(REPO / name)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     done = subprocess.run(
-        COMMAND.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
+        COMMAND.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2700
     )
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
@@ -83,7 +84,9 @@ def test_demo_sweep_shows_the_planted_spike_and_outlier(tmp_path: Path) -> None:
     assert len({(v["dataset"], v["tokens"]) for h in held.values() for v in h.values()}) == 1
     for run, by_step in held.items():
         losses = [v["loss"] for v in by_step.values()]
-        assert losses[-1] < losses[0] - 1.0, (run, losses)
+        assert losses[-1] < losses[0], (run, losses)
+        if run not in (spiked_run, slowed_run):  # ordinary seeds: lower at every checkpoint
+            assert losses == sorted(losses, reverse=True), (run, losses)
 
     # The terminal (not a TTY here: plain lines) told it as it happened and in the summary.
     assert f"spike    {spiked_run}: loss at step" in out
