@@ -208,6 +208,16 @@ def storage_uri(sweep: Sweep) -> str:
     return f"s3://{storage.get('bucket', '')}" + (f"/{prefix}" if prefix else "")
 
 
+def seed_perturbations(perturbations: list[dict], seed: int) -> list[dict]:
+    """The learning-rate shocks a seed's run gets: those without ``seeds`` and those naming
+    it; ``seeds`` is left out so a run's config says only what its trainer does."""
+    return [
+        {k: v for k, v in p.items() if k != "seeds"}
+        for p in perturbations
+        if seed in p.get("seeds", [seed])
+    ]
+
+
 def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> dict:
     """The resolved run config (docs/contracts.md): everything the trainer needs."""
     spec = sweep.spec
@@ -254,7 +264,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "workers": workers,
             "gpusPerWorker": resources["gpusPerWorker"],
             "cpusPerWorker": resources["cpusPerWorker"],
-            "perturbations": [dict(p) for p in training.get("perturbations", [])],
+            "perturbations": seed_perturbations(training.get("perturbations", []), seed),
         },
         "data": {
             "format": data["format"],

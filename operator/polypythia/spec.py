@@ -245,6 +245,12 @@ def semantic_errors(spec: dict) -> list[str]:
                 f"spec.training.perturbations[{index}].step: {shock['step']} is not below "
                 f"spec.training.steps ({steps})"
             )
+        unknown = sorted(set(shock.get("seeds", [])) - set(seed_list(spec["seeds"])))
+        if unknown:
+            errors.append(
+                f"spec.training.perturbations[{index}].seeds: {unknown} not among the "
+                f"sweep's seeds {seed_list(spec['seeds'])}"
+            )
     checkpoints = spec["checkpoints"]
     errors += _companion(checkpoints, "spec.checkpoints", {"every": "every", "list": "steps"})
     for step in checkpoints.get("steps", []):

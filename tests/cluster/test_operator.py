@@ -77,8 +77,24 @@ def _running_through_kuberay(cluster, expected: int) -> list[dict]:  # type: ign
     return cluster.wait_for(f"{expected} RayJobs Running in KubeRay", check, timeout=180)  # type: ignore[return-value]
 
 
-def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+def _tiny_sweep() -> dict:
+    """The demo sweep file in the shape these tests count on (2 sizes x 3 seeds, final
+    checkpoint evaluated, no planted shocks), whatever the demo itself plants."""
     body = sweep_manifest()
+    spec = body["spec"]
+    spec.update(sizes=["nano", "micro"], seeds={"list": [0, 1, 2]}, maxConcurrentRuns=2)
+    spec["training"].pop("perturbations", None)
+    spec["checkpoints"] = {"schedule": "pythia", "count": 5}
+    spec["evaluation"] = {
+        "tasks": ["pp_subject_verb_agreement", "pp_anaphor_gender_agreement", "pp_cloze"],
+        "schedule": "final",
+        "limit": 100,
+    }
+    return body
+
+
+def test_tiny_sweep_becomes_rayjobs_that_kuberay_runs(cluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    body = _tiny_sweep()
     body["spec"]["storage"] = {"bucket": bucket, "secretName": "s3", "secure": False}
     kubectl("apply", "-n", NS, "-f", "-", stdin=yaml.safe_dump(body))
     sweep = cluster.sweep(NS, SWEEP)

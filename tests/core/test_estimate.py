@@ -77,7 +77,8 @@ def test_plan_table_ends_with_a_total_and_states_its_assumptions() -> None:
     result = _cli("plan", str(EXAMPLES / "sweep-tiny.yaml"), "--device", "a100", "--mfu", "0.5")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    total = next(i for i, line in enumerate(lines) if line.startswith("TOTAL (6 runs)"))
+    # the demo: 1 size x 5 seeds
+    total = next(i for i, line in enumerate(lines) if line.startswith("TOTAL (5 runs)"))
     assert "50% MFU" in lines[total + 1] and "A100" in lines[total + 1]
     assert lines[total + 2].startswith("checkpoints.optimizerState latest: ")
 

@@ -207,3 +207,16 @@ def test_polypythias_tasks_are_lm_eval_tasks() -> None:
     for path in root.rglob("*.yaml"):
         names.update(re.findall(r"^task: *([\w.-]+) *$", path.read_text(errors="ignore"), re.M))
     assert set(planner.POLYPYTHIAS_TASKS) <= names
+
+
+def test_a_perturbation_with_seeds_reaches_only_those_seeds_runs() -> None:
+    shock = {"step": 5, "steps": 2, "learningRateFactor": 50.0, "seeds": [1]}
+    every = {"step": 8, "learningRateFactor": 0.5}
+    runs = planner.plan_sweep(
+        sweep(training={"steps": 20, "perturbations": [shock, every]}), base_uri="/tmp/store"
+    )
+    by_seed = {(r.size, r.seed): r.config["training"]["perturbations"] for r in runs}
+    plain = {"step": 8, "steps": 1, "learningRateFactor": 0.5}
+    assert by_seed[("nano", 1)] == [{"step": 5, "steps": 2, "learningRateFactor": 50.0}, plain]
+    assert by_seed[("micro", 1)] == by_seed[("nano", 1)]
+    assert by_seed[("nano", 0)] == by_seed[("nano", 2)] == [plain]

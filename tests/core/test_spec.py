@@ -91,6 +91,13 @@ def test_explicit_values_are_kept() -> None:
             "spec.resources.perSize.3m: unknown size",
         ),
         ({"training": {"sequenceLength": 4096}}, "exceeds the nano preset's maximum of 2048"),
+        (
+            {
+                "seeds": {"list": [0, 1]},
+                "training": {"perturbations": [{"step": 1, "learningRateFactor": 2, "seeds": [7]}]},
+            },
+            "spec.training.perturbations[0].seeds: [7] not among the sweep's seeds [0, 1]",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(spec: dict, expected: str) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from polypythia.errors import RuntimeFault, UsageError
+from polypythia.local.display import make_display
 from polypythia.local.driver import DriverOptions, LocalDriver, check_resources
-from polypythia.local.progress import make_progress
 from polypythia.local.summary import print_summary
 from polypythia.planner import evaluation_tasks
 from polypythia.runcore.phase import RunPhase
@@ -328,7 +328,7 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
     exporter = None
     if args.metrics_port is None or args.metrics_port >= 0:
         exporter = _exporter(sweep, args.metrics_port)
-    progress = make_progress(sys.stdout.isatty())
+    progress = make_display(sys.stdout.isatty())
     driver = LocalDriver(
         sweep,
         base_uri,

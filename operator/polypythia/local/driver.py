@@ -510,7 +510,10 @@ class LocalDriver:
         return [step for step in wanted if step not in run.evaluated]
 
     def _maybe_evaluate(self, run: RunState) -> None:
-        if not self.options.evaluate or (run.eval_future and not run.eval_future.done()):
+        if not self.options.evaluate:
+            return
+        if run.eval_future and not run.eval_future.done():
+            self._evaluation_progress(run)
             return
         if run.eval_future and run.eval_future.done():
             exc = run.eval_future.exception()
@@ -524,6 +527,13 @@ class LocalDriver:
         steps = self.to_evaluate(run)
         if steps:
             run.eval_future = self._evaluator.submit(self._evaluate, run, steps)
+
+    def _evaluation_progress(self, run: RunState) -> None:
+        """Checkpoints evaluated so far by the batch in flight (the display shows each)."""
+        try:
+            run.evaluated = set(run.store.evaluated_steps())
+        except StorageError as exc:
+            log.warning("storage unavailable for %s: %s", run.plan.name, exc)
 
     def _evaluate(self, run: RunState, steps: list[int]) -> None:
         """`polypythia evaluate` on ``steps`` in a child process (see local.evaluation)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from polypythia.local.display import outlier_text
 from polypythia.tables import render_table
 
 if TYPE_CHECKING:
@@ -26,10 +27,7 @@ def print_summary(driver: LocalDriver, *, report: Path | None, wall_s: float) ->
                 len(run.evaluated),
                 len(run.spikes),
                 len(run.rewinds),
-                f"yes ({run.outlier.signal} {run.outlier.test} {run.outlier.score:.1f} "
-                f"> {run.outlier.threshold:.1f} from step {run.outlier.first_step})"
-                if run.outlier
-                else "no",
+                outlier_text(driver, run),
             ]
         )
     print()

@@ -1,13 +1,17 @@
-"""`polypythia outliers FILE`: cross-seed outlier runs in a long table of per-checkpoint values."""
+"""`polypythia outliers SOURCE`: cross-seed outlier runs in a long table of per-checkpoint
+values, or in a sweep in storage (every signal the driver and operator test: the held-out
+loss and each task's score, false alarms controlled over all of them)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from polypythia.errors import UsageError
-from polypythia.monitoring.outliers import OutlierSettings, Point, find_outliers
+from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers, seed_group
+from polypythia.monitoring.outliers import OutlierSettings, OutlierVerdict, Point, find_outliers
+from polypythia.monitoring.stored import is_stored, storage_kwargs, stored_runs
 from polypythia.monitoring.tables import columns, format_table, integer, number, read_rows, text
 from polypythia.output import FORMATS, camel_keys, emit
 
@@ -18,7 +22,12 @@ MAX_STEPS_PER_RUN = 300
 
 def configure(parser: argparse.ArgumentParser) -> None:
     d = OutlierSettings()
-    parser.add_argument("file", metavar="FILE", help="CSV, TSV or JSONL: step, seed or run, value")
+    parser.add_argument(
+        "file",
+        metavar="SOURCE",
+        help="CSV, TSV or JSONL (step, seed or run, value), or a sweep or run folder / s3:// "
+        "URI in storage (a run is tested against the other seeds of its sweep)",
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -73,6 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=d.min_runs,
         help="fewest runs in a group for a comparison (default: %(default)s)",
     )
+    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
+    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
 
 
 def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], what: str) -> str:
@@ -99,6 +111,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--{exc}".replace("_", "-")) from None
     if args.every is not None and args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
+    if is_stored(args.file):
+        return _show(_stored_verdicts(args, settings), args.output)
     rows = read_rows(args.file)
     if not rows:
         raise UsageError(f"{args.file}: no records")
@@ -121,9 +135,51 @@ def main(args: argparse.Namespace) -> int:
     direction = args.direction or (
         "high" if any(k in value_col.lower() for k in _HIGH_IS_BAD) else "low"
     )
-    verdicts = find_outliers(points, value_col, settings, direction)
-    if args.output != "table":
-        emit([camel_keys(v.to_dict()) for v in verdicts], args.output)
+    return _show(find_outliers(points, value_col, settings, direction), args.output)
+
+
+def _stored_verdicts(args: argparse.Namespace, settings: OutlierSettings) -> list[OutlierVerdict]:
+    """The driver's and operator's rule on runs in storage: a sweep's runs compared per size
+    (and init); a run folder's run compared with the other runs of its sweep."""
+    for flag in ("value_column", "run_column", "group_column", "direction", "every"):
+        if getattr(args, flag) is not None:
+            raise UsageError(
+                f"--{flag.replace('_', '-')}: applies to a file of values, not to runs in "
+                f"storage ({args.file})"
+            )
+    kwargs = storage_kwargs(args.file, args.endpoint, args.insecure, args.region)
+    runs, kind = stored_runs(args.file, evals=True, **kwargs)
+    only = None
+    if kind == "run":
+        only = runs[0].name
+        runs, _ = stored_runs(args.file.rstrip("/").rsplit("/", 1)[0], evals=True, **kwargs)
+    histories = [
+        RunHistory(
+            seed_group(r.size or "all", r.init),
+            r.name,
+            {t["step"]: t["loss"] for t in r.telemetry if t["step"] in set(r.checkpoints)},
+            r.evals,
+        )
+        for r in runs
+    ]
+    result = cross_seed_outliers(histories, settings)
+    verdicts = [v for found in result.verdicts.values() for v in found]
+    if not result.latest_z or (only is not None and only not in result.latest_z):
+        sizes = Counter(h.group for h in histories if only is None or h.run == only)
+        counts = ", ".join(f"{n} run(s) of {g}" for g, n in sorted(sizes.items()))
+        raise UsageError(
+            f"{args.file}: not tested: {counts} with checkpoint values; the cross-seed test "
+            f"needs at least {settings.min_runs} seeds of a size at the same checkpoints"
+        )
+    return sorted(
+        (v for v in verdicts if only is None or v.run == only),
+        key=lambda v: (v.group, v.run, v.first_step, v.signal),
+    )
+
+
+def _show(verdicts: list[OutlierVerdict], output: str) -> int:
+    if output != "table":
+        emit([camel_keys(v.to_dict()) for v in verdicts], output)
         return 0
     if not verdicts:
         print("no outlier runs")

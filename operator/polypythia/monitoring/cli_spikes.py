@@ -1,4 +1,5 @@
-"""`polypythia spikes FILE...`: loss spikes in any training log (CSV, TSV, JSONL)."""
+"""`polypythia spikes SOURCE...`: loss spikes in any training log (CSV, TSV, JSONL) or in
+runs in storage (a run or sweep folder, local or s3://)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ from pathlib import Path
 from polypythia.errors import UsageError
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
+from polypythia.monitoring.stored import is_stored, storage_kwargs, stored_runs
 from polypythia.monitoring.tables import format_table, integer, number, read_rows, text
 from polypythia.output import FORMATS, camel_keys, emit
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     d = SpikeSettings()
-    parser.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV or JSONL (telemetry)")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="SOURCE",
+        help="CSV, TSV or JSONL file (telemetry chunks of one run folder are one run), or a "
+        "run or sweep folder / s3:// URI in storage",
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -44,8 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--data-order-column",
         default=None,
         help="column giving each run's data order: a common-mode spike's cause is then "
-        "data (one shared order) or schedule-or-system (different orders)",
+        "data (one shared order) or schedule-or-system (different orders); runs read from "
+        "storage take it from run.json",
     )
+    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
+    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
     parser.add_argument(
         "--signals",
         default=",".join(d.signals),
@@ -128,8 +140,19 @@ def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], di
     attempts: dict[tuple[str, int], float] = {}
     orders: dict[str, str] = {}
     for path in args.files:
+        if is_stored(path):
+            kwargs = storage_kwargs(path, args.endpoint, args.insecure, args.region)
+            for stored in stored_runs(path, **kwargs)[0]:
+                if not stored.telemetry:
+                    continue
+                runs[stored.name] = {
+                    r["step"]: (r["loss"], r.get("grad_norm")) for r in stored.telemetry
+                }
+                if stored.data_seed is not None:
+                    orders[stored.name] = str(stored.data_seed)
+            continue
         for row in read_rows(path):
-            run = text(row, args.run_column) if args.run_column in row else Path(path).stem
+            run = text(row, args.run_column) if args.run_column in row else _run_of_file(path)
             step = integer(row, args.step_column)
             loss = number(row, args.loss_column)
             grad = number(row, args.grad_norm_column, optional=True)
@@ -144,6 +167,13 @@ def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], di
     if not runs:
         raise UsageError(f"{', '.join(args.files)}: no records")
     return runs, orders
+
+
+def _run_of_file(path: str) -> str:
+    """A telemetry chunk (``RUN/telemetry/<first>-<last>.jsonl``) belongs to its run folder;
+    any other file is one run named after the file."""
+    p = Path(path)
+    return p.parent.parent.name if p.parent.name == "telemetry" and p.parent.parent.name else p.stem
 
 
 def detect(args: argparse.Namespace) -> list[SpikeEvent]:
