@@ -317,3 +317,48 @@ def test_an_init_study_run_starts_only_after_its_reference_run_succeeded(tmp_pat
     again._launch()
     assert again.runs[1].phase == RunPhase.FAILED
     assert "reference run f-nano-s0-base failed" in (again.runs[1].error or "")
+
+
+def test_stopping_the_driver_ends_running_evaluations_and_their_children(tmp_path) -> None:
+    """SIGTERM or Ctrl-C to `polypythia run` ends the `polypythia evaluate` children too
+    (their whole process group), so none outlives the driver; a stopped driver starts none."""
+    import threading
+
+    import psutil
+
+    from polypythia.local.evaluation import EvaluationChildren
+
+    # A stand-in evaluation that starts a grandchild and hangs, as lm-eval's workers would.
+    hang = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"
+    )
+    children = EvaluationChildren(program=(sys.executable, "-c", hang))
+    errors: list[Exception] = []
+
+    def evaluate() -> None:
+        try:
+            children.run([], tmp_path / "eval.log", {})
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    deadline = time.time() + 30
+    tree: list[psutil.Process] = []
+    while time.time() < deadline and len(tree) < 2:
+        tree = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if "time.sleep(300)" in " ".join(p.cmdline())
+        ]
+        time.sleep(0.1)
+    assert len(tree) == 2, "the evaluation and its grandchild did not start"
+    children.stop(grace_s=10)
+    thread.join(15)
+    assert not thread.is_alive()
+    assert errors and "exit code -15" in str(errors[0])
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    with pytest.raises(RuntimeError, match="the driver is stopping"):
+        children.run([], tmp_path / "eval.log", {})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from polypythia import planner
 from polypythia.errors import UsageError
-from polypythia.local.evaluation import evaluate_in_child, storage_flags
+from polypythia.local.evaluation import EvaluationChildren, storage_flags
 from polypythia.local.processes import RunProcess, write_config
 from polypythia.monitoring.cross_seed import CrossSeedResult
 from polypythia.monitoring.outliers import OutlierVerdict
@@ -164,6 +164,7 @@ class LocalDriver:
             max_workers=sweep.spec["evaluation"].get("concurrency", 2),
             thread_name_prefix="evaluate",
         )
+        self._evaluations = EvaluationChildren()
         self.ray_address: str | None = options.ray_address
         self.cross_seed = CrossSeedResult({}, {})
         self.started = time.time()
@@ -233,6 +234,7 @@ class LocalDriver:
         alive = [r for r in self.runs if r.process and r.process.poll() is None]
         for run in alive:
             run.process.terminate()
+        self._evaluations.stop()
         for run in alive:
             run.process.stop()
             self._sync(run)
@@ -541,7 +543,7 @@ class LocalDriver:
         args = planner.evaluate_args(self.sweep.spec, run.store.uri, steps, run.plan.size)
         args += ["--workdir", str(workdir / "eval-work" / run.plan.name)]
         args += storage_flags(run.plan.config["storage"])
-        evaluate_in_child(
+        self._evaluations.run(
             args,
             workdir / "logs" / f"{run.plan.name}.eval.log",
             {"POLYPYTHIA_CACHE": str(workdir / "cache")},
