@@ -59,10 +59,11 @@ def test_plain_lines_give_elapsed_eta_tokens_per_second_and_each_evaluated_check
     run.phase = "Running"
     display.update(driver)
     clock.now += 30
-    run.step = 10
+    run.monitor.step = 10
     display.update(driver)  # start-up (30 s at step 0) is not in the rate
     clock.now += 40
-    run.step, run.loss, run.tokens_per_s, run.checkpoints = 50, 3.25, 1234.4, [0, 20, 40]
+    run.monitor.step, run.monitor.loss, run.monitor.tokens_per_s = 50, 3.25, 1234.4
+    run.checkpoints = [0, 20, 40]
     display.update(driver)
     mine = [line for line in lines if line.startswith("show-nano-s0")]
     assert "step     50/100" in mine[-1] and "loss  3.2500" in mine[-1]
@@ -71,7 +72,8 @@ def test_plain_lines_give_elapsed_eta_tokens_per_second_and_each_evaluated_check
     # Training ended; the evaluations still run: not a silent `Succeeded`.
     clock.now += 50
     busy: Future = Future()
-    run.phase, run.step, run.checkpoints = "Succeeded", 100, [0, 20, 40, 60, 80, 100]
+    run.phase, run.monitor.step = "Succeeded", 100
+    run.checkpoints = [0, 20, 40, 60, 80, 100]
     run.eval_future, run.evaluated = busy, {0, 20}
     run.evals = {0: {"validation": {"loss": 6.9, "tokens": 10}}, 20: {}}
     display.update(driver)
@@ -134,17 +136,17 @@ def test_summary_says_why_the_outlier_test_did_not_run(tmp_path: Path, capsys) -
 
 def test_a_terminal_gets_a_live_table_with_time_columns(tmp_path: Path) -> None:
     driver = _driver(tmp_path, 3)
-    driver.runs[1].phase, driver.runs[1].step = "Running", 5
+    driver.runs[1].phase, driver.runs[1].monitor.step = "Running", 5
     buffer = io.StringIO()
     clock = Clock()
     display = LiveDisplay(Console(file=buffer, force_terminal=True, width=160), clock)
     display.start()
     display.update(driver)
     clock.now += 10
-    driver.runs[1].step, driver.runs[1].tokens_per_s = 25, 2048.0
+    driver.runs[1].monitor.step, driver.runs[1].monitor.tokens_per_s = 25, 2048.0
     display.update(driver)
     clock.now += 10
-    driver.runs[1].step = 45
+    driver.runs[1].monitor.step = 45
     display.update(driver)
     display.stop()
     out = buffer.getvalue()
