@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 POLICIES = ("all", "latest")
-DEFAULT_POLICY = "latest"  # the CRD's default: storage is what a sweep runs out of
 LEGACY_POLICY = "all"  # a run.json written before the field existed kept everything
 
 
