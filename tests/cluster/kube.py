@@ -19,6 +19,7 @@ from pathlib import Path
 import kubernetes
 import yaml
 
+from support.moto_s3 import shared_s3_server
 from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,6 +219,10 @@ class Cluster:
             POLYPYTHIA_EVAL_IMAGE=EVAL_IMAGE,
             POLYPYTHIA_OPERATOR_NAMESPACE=RELEASE_NS,
         )
+        # The operator's own storage credentials (in a cluster: a Secret in its namespace or
+        # workload identity); its storage preflight reads the sweeps' data paths with them.
+        s3 = shared_s3_server()
+        env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
         self.operator = spawn_operator(env, self.log, poll_interval)
 
     def kill_operator(self) -> None:

@@ -4,6 +4,8 @@ garbage collector remove everything. Pods stay Pending: there are no nodes, let 
 
 from __future__ import annotations
 
+import io
+
 import yaml
 
 from cluster.kube import kubectl, sweep_manifest
@@ -16,6 +18,15 @@ def test_polypythias_example_gets_its_rayjobs_and_gpu_rayclusters(cluster, s3) -
     cluster.create_s3_secret(NS, "s3", s3)
     body = sweep_manifest("sweep-polypythias.yaml")
     name = body["metadata"]["name"]
+    # The operator's storage preflight holds RayJobs until the data the sweep names exists:
+    # stand-ins for the Pile's .bin/.idx and the tokenizer, where the example points.
+    client = s3.client()
+    for uri in (body["spec"]["data"]["path"] + ".bin", body["spec"]["data"]["path"] + ".idx",
+                body["spec"]["data"]["tokenizer"] + "/tokenizer.json"):  # fmt: skip
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+        client.put_object(bucket, key, io.BytesIO(b"stand-in"), len(b"stand-in"))
     body["spec"]["storage"] = {"bucket": s3.make_bucket(), "secretName": "s3", "secure": False}
     kubectl("apply", "-n", NS, "-f", "-", stdin=yaml.safe_dump(body))
     limit = body["spec"]["maxConcurrentRuns"]
