@@ -8,6 +8,7 @@ message ended by a NUL byte.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -77,19 +78,17 @@ class Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self.session = None
+        self.session = None
+        # Best effort: a browser that already died cannot be asked to close.
+        with contextlib.suppress(OSError, TimeoutError, RuntimeError):
             self.call("Browser.close", timeout=10)
-        except (OSError, TimeoutError, RuntimeError):
-            pass
-        finally:
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            os.close(self._cmd_w)
-            os.close(self._out_r)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._cmd_w)
+        os.close(self._out_r)
 
     def _read(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
