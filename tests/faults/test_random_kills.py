@@ -4,7 +4,10 @@ disturbed: the same losses for every step exactly once, the same checkpoints, th
 final weights, no lease left behind.
 
 Each kill is a real SIGKILL of the training process (no handler runs, buffered telemetry
-is lost), delivered by the process itself at the chosen point so the point is exact.
+is lost), delivered by the process itself at the chosen point so the point is exact. The
+undisturbed run trains in a child process like the others, all with one intra-op thread:
+a CPU reduction's bits depend on the thread count, and the pytest process's count depends
+on what ran before it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from trainer_helpers import losses, nano_config
 from polypythia.storage import RunStore
 from polypythia.storage.lease import LEASE
 from polypythia.storage.verify import sound_checkpoints
-from polypythia_trainer.launch import run_local
 
 STEPS = 12
 CHECKPOINTS = {"steps": [0, 6, STEPS], "resumeEvery": 2, "keepResume": 2}
@@ -70,6 +72,8 @@ def train_child(config: dict, kind: str, at: int) -> subprocess.CompletedProcess
         "PYTHONPATH": os.pathsep.join(
             str(ROOT / p) for p in ("operator", "trainer_image", "eval_image")
         ),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
     return subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(config), kind, str(at)],
@@ -88,9 +92,9 @@ def final_weights(run_uri: str, tmp: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], list[int], dict]:
     store = tmp_path_factory.mktemp("undisturbed") / "run"
-    assert run_local(nano_config(store, steps=STEPS, checkpoints=CHECKPOINTS))["status"] == (
-        "completed"
-    )
+    result = train_child(nano_config(store, steps=STEPS, checkpoints=CHECKPOINTS), "step", 0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "completed"
     run = RunStore.open(str(store))
     return (
         losses(str(store)),
