@@ -10,14 +10,16 @@ RayJob is deleted in the background), and that trainer keeps pruning resume chec
 (``keepResume``) and dropping optimiser state (``optimizerState: latest``). Both sides
 write before they look, so one of them always sees the other:
 
-- the pinner writes the pin, then looks for a pruner at work on the step and for the
-  checkpoint itself; finding either missing it withdraws and chooses again;
+- the pinner writes the pin, then looks for a pruner at work on the step, then for the
+  checkpoint itself; finding a pruner, or no checkpoint, it withdraws the pin and the
+  restart checkpoint is chosen again;
 - a pruner announces itself (``.pruning``), then looks for a pin, and leaves a pinned
   checkpoint alone; it removes its announcement when done.
 
 If a pruner deleted a checkpoint the pinner found, the pruner looked before the pin was
 written, so it had announced itself before that, and the pinner, looking after writing
-the pin, saw the announcement or (the prune done) no checkpoint. This needs
+the pin, saw the announcement or, the prune done and its announcement removed, no
+checkpoint (it looks for the checkpoint last for this reason). This needs
 read-after-write and list-after-write consistency, which S3 (since 2020), MinIO and a
 local disk give. An announcement left by a pruner that died is ignored after
 ``PRUNING_STALE_S``.
