@@ -17,6 +17,9 @@ from pathlib import Path
 
 from k8s.harness import sweep_body
 from polypythia.k8s import reconcile as R
+from polypythia.k8s.observe import SweepObserver, _Cached
+from polypythia.monitoring.spikes import SpikeSettings
+from polypythia.runcore.monitor import RunMonitor
 from polypythia.storage import RunStore, pins
 
 NS, SWEEP, RUN = "rewind", "rw", "rw-nano-s0"
@@ -251,3 +254,21 @@ def test_running_runs_are_the_rewindable_ones() -> None:
 
     jobs = [job("a", 0, "Failed"), job("a", 1, "Running"), job("b", 0, "Running"), job("b", 1, "")]
     assert R.running_runs(jobs) == frozenset({"a"})
+
+
+def test_an_ended_runs_pins_are_released_once(tmp_path: Path) -> None:
+    """The operator releases the pins of a run that ended (failed for good, say, before
+    its rewound attempt checkpointed past the pin), looking once per run."""
+    run = RunStore.open(str(tmp_path / "store" / SWEEP / RUN))
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w")
+    run.commit_checkpoint(40, folder, attempt=0)
+    pins.pin(run, 40, 1, "rewind: spike at 61")
+    observer = SweepObserver((NS, SWEEP))
+    observer.runs[RUN] = _Cached(RunMonitor(RUN, SpikeSettings(), frozenset()), run)
+    observer.finish([RUN, "never-observed"])
+    assert pins.pins(run) == {} and run.is_complete(40)
+    pins.pin(run, 40, 1, "written by hand later")
+    observer.finish([RUN])  # every pass calls finish: the run is not listed again
+    assert list(pins.pins(run)) == [40]
