@@ -64,7 +64,10 @@ def test_summary_table_says_each_runs_verdict_and_why_untested(loaded):
     assert "score" in rows[OUTLIER_RUN]["outlier"] and "> threshold" in rows[OUTLIER_RUN]["outlier"]
     for run in set(SEEDS) - {OUTLIER_RUN}:
         assert rows[run]["outlier"] == "not an outlier (tested on 2 signals)", run
-    assert rows[BRANCH_RUN]["outlier"] == "not tested (a branch, not an independent seed)"
+    # A branch is compared with the other branches of its parent checkpoint, as live.
+    assert rows[BRANCH_RUN]["outlier"] == (
+        "not tested (1 branch of its parent checkpoint; the test needs 4)"
+    )
     assert (
         rows[BRANCH_RUN]["branch"]
         == f"branch of {SPIKE_RUN} at step {BRANCH_STEP} (optimizer fresh)"
