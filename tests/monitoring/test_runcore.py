@@ -23,6 +23,7 @@ from polypythia.runcore.schedule import (
     reference_gate,
 )
 from polypythia.storage import RunStore
+from support.report_sweep import write_restart_checkpoint
 
 SPIKES = SpikeSettings(signals=("loss",))
 REWIND = InstabilitySettings(
@@ -90,6 +91,7 @@ def test_a_rewound_run_read_back_from_storage_has_the_live_monitors_checkpoint_l
     store.append_telemetry(first, attempt=0)
     monitor.ingest(first)
     assert monitor.checkpoint_losses[62] == 8.0  # the spike, caught by a checkpoint
+    write_restart_checkpoint(store, 50, tmp_path / "staging")
     store.record_rewind(50, (51, 56), {"signal": "loss", "onsetStep": 61, "attempt": 0})
     monitor.rewound(50, store.read_telemetry())
     second = _records(51, 90, attempt=1)

@@ -76,6 +76,14 @@ def _records(seed: int, steps, rng, spike: bool = True) -> list[dict]:
     ]  # fmt: skip
 
 
+def write_restart_checkpoint(store, step: int, staging: Path) -> None:
+    """The complete checkpoint a rewind restarts from (choosing it pins it, so it must exist)."""
+    folder = staging / f"step{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(b"stand-in weights")
+    store.commit_checkpoint(step, folder, attempt=0)
+
+
 def write_report_sweep(root: Path, evals: dict[tuple[int, int], dict] | None = None) -> Path:
     """Five seeds of one size (spike, shared spike, outlier, rewind), a branched run, and a
     second size whose only run failed. ``evals`` caches evaluation files between calls."""
@@ -91,6 +99,7 @@ def write_report_sweep(root: Path, evals: dict[tuple[int, int], dict] | None = N
         rng = np.random.default_rng(seed)
         if name == REWIND_RUN:
             store.append_telemetry(_records(seed, range(1, 131), rng), attempt=0)
+            write_restart_checkpoint(store, REWIND_STEP, root.parent / f"{root.name}-staging")
             spike = {"signal": "loss", "onsetStep": 120, "attempt": 0}
             store.record_rewind(REWIND_STEP, (REWIND_STEP, REWIND_STEP + 20), spike)
             store.append_telemetry(_records(seed, range(101, REPORT_STEPS + 1), rng), attempt=1)
