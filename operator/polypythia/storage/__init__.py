@@ -20,7 +20,7 @@ from polypythia.storage.layout import (
     TelemetryFile,
     resolve_history,
 )
-from polypythia.storage.lease import LeaseHeld, LeaseLost, RunLease
+from polypythia.storage.lease import ConditionalWritesIgnored, LeaseHeld, LeaseLost, RunLease
 from polypythia.storage.local import LocalStore
 from polypythia.storage.s3 import S3Store
 from polypythia.storage.uri import open_store
@@ -28,6 +28,7 @@ from polypythia.storage.uri import open_store
 __all__ = [
     "COMPLETE",
     "CheckpointDamaged",
+    "ConditionalWritesIgnored",
     "LeaseHeld",
     "LeaseLost",
     "RunLease",
