@@ -200,6 +200,25 @@ def test_trainers_die_with_a_killed_driver(tmp_path: Path) -> None:
     pytest.fail("the trainer outlived its driver")
 
 
+def test_a_child_whose_driver_died_before_it_was_armed_ends_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver can die between fork and prctl(PR_SET_PDEATHSIG): no signal would come
+    then, so the child checks that its parent is still the driver and ends if not."""
+    from polypythia.local.processes import die_with_parent
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", lambda: 2**22 + 7)  # the child will not find it as its parent
+        arm = die_with_parent()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=arm)
+    try:
+        assert orphan.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        orphan.kill()
+    armed = subprocess.Popen([sys.executable, "-c", "pass"], preexec_fn=die_with_parent())
+    assert armed.wait(timeout=60) == 0  # its driver is alive: it runs as usual
+
+
 def test_sigterm_stops_the_driver_like_ctrl_c(tmp_path: Path) -> None:
     """kill / systemd / Kubernetes send SIGTERM: the driver stops its trainers and exits 130."""
     from polypythia.local.cli import _sigterm_as_interrupt
