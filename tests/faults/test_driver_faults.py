@@ -97,6 +97,25 @@ def test_drift_is_refused_before_anything_trains(tmp_path: Path) -> None:
     assert "training.learningRate" in str(refused.value) and "-> 0.01" in str(refused.value)
 
 
+def test_resume_only_checkpoints_are_not_evaluated(tmp_path: Path) -> None:
+    """They are pruned (keepResume) while training goes on, often before an evaluation
+    reaches them; selecting one failed the evaluation and turned it off for the sweep."""
+    d = LocalDriver(
+        sweep_with(
+            checkpoints={"schedule": "every", "every": 5, "resumeEvery": 2, "keepResume": 2},
+            evaluation={"tasks": ["pp_cloze"], "schedule": "all"},
+        ),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", retry_base_s=0.0),
+    )
+    run = d.runs[0]
+    run.checkpoints = [0, 2, 4, 5, 6, 8]
+    assert d.to_evaluate(run) == [0, 5]
+    run.evaluated = {0}
+    run.checkpoints = [0, 5, 8, 10]
+    assert d.to_evaluate(run) == [5, 10]
+
+
 class Exited:
     """A trainer process that has already exited with ``code``."""
 

@@ -42,11 +42,10 @@ SPEC = {
     "checkpoints": {"schedule": "every", "every": 8, "resumeEvery": 2, "keepResume": 2},
     "evaluation": {"tasks": [], "schedule": "none"},
 }
-# Evaluated at the planned checkpoints only (resume checkpoints may be pruned before
-# their evaluation starts).
+# Evaluated at every planned checkpoint (0, 8, 16; resume-only ones never are).
 EVALUATED = {
     **SPEC,
-    "evaluation": {"tasks": ["pp_cloze"], "schedule": "every", "every": 8, "limit": 8},
+    "evaluation": {"tasks": ["pp_cloze"], "schedule": "all", "limit": 8},
 }
 
 
