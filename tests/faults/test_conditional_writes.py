@@ -53,6 +53,17 @@ def test_a_store_that_ignores_conditions_is_refused_before_any_lease(careless) -
     assert run.store.list(run.key("")) == []  # no lease, no probe left behind
 
 
+def test_a_store_that_ignores_only_if_match_is_refused_too(s3_endpoint) -> None:
+    """Create-if-absent alone is not enough: renewal and take-over are If-Match writes."""
+    with ignoring_conditions(s3_endpoint.endpoint, frozenset({"if-match"})) as proxy:
+        run = RunStore.open(
+            f"{s3_endpoint.uri}/t/t-nano-s0", endpoint=f"http://{proxy}", secure=False
+        )
+        with pytest.raises(ConditionalWritesIgnored, match="ignores If-Match on PUT"):
+            RunLease(run, owner="polypythia train").acquire(wait=False)
+        assert run.store.list(run.key("")) == []
+
+
 def test_moto_honours_conditions_and_the_probe_leaves_nothing(s3_endpoint) -> None:
     run = RunStore.open(f"{s3_endpoint.uri}/t/t-nano-s0", **s3_endpoint.store_kwargs())
     check_conditional_writes(run)

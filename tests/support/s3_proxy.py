@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-DROPPED = {"if-match", "if-none-match"}
+DROPPED = frozenset({"if-match", "if-none-match"})
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
 
-def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
+def _handler(upstream: str, dropped: frozenset[str]) -> type[BaseHTTPRequestHandler]:
     class Forward(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -26,7 +26,7 @@ def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
             headers = {
                 k: v
                 for k, v in self.headers.items()
-                if k.lower() not in DROPPED and k.lower() not in HOP_BY_HOP
+                if k.lower() not in dropped and k.lower() not in HOP_BY_HOP
             }
             conn = http.client.HTTPConnection(upstream, timeout=60)
             try:
@@ -53,9 +53,10 @@ def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def ignoring_conditions(upstream: str) -> Iterator[str]:
-    """A proxy on 127.0.0.1 in front of ``upstream`` (host:port); yields its host:port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
+def ignoring_conditions(upstream: str, dropped: frozenset[str] = DROPPED) -> Iterator[str]:
+    """A proxy on 127.0.0.1 in front of ``upstream`` (host:port) that drops the request
+    headers named in ``dropped`` (lower case); yields its host:port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, dropped))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="s3-proxy", daemon=True)
     thread.start()
