@@ -97,6 +97,25 @@ def test_drift_is_refused_before_anything_trains(tmp_path: Path) -> None:
     assert "training.learningRate" in str(refused.value) and "-> 0.01" in str(refused.value)
 
 
+def test_resume_only_checkpoints_are_not_evaluated(tmp_path: Path) -> None:
+    """They are pruned (keepResume) while training goes on, often before an evaluation
+    reaches them; selecting one failed the evaluation and turned it off for the sweep."""
+    d = LocalDriver(
+        sweep_with(
+            checkpoints={"schedule": "every", "every": 5, "resumeEvery": 2, "keepResume": 2},
+            evaluation={"tasks": ["pp_cloze"], "schedule": "all"},
+        ),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", retry_base_s=0.0),
+    )
+    run = d.runs[0]
+    run.checkpoints = [0, 2, 4, 5, 6, 8]
+    assert d.to_evaluate(run) == [0, 5]
+    run.evaluated = {0}
+    run.checkpoints = [0, 5, 8, 10]
+    assert d.to_evaluate(run) == [5, 10]
+
+
 class Exited:
     """A trainer process that has already exited with ``code``."""
 
@@ -198,6 +217,25 @@ def test_trainers_die_with_a_killed_driver(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the trainer outlived its driver")
+
+
+def test_a_child_whose_driver_died_before_it_was_armed_ends_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver can die between fork and prctl(PR_SET_PDEATHSIG): no signal would come
+    then, so the child checks that its parent is still the driver and ends if not."""
+    from polypythia.local.processes import die_with_parent
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", lambda: 2**22 + 7)  # the child will not find it as its parent
+        arm = die_with_parent()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=arm)
+    try:
+        assert orphan.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        orphan.kill()
+    armed = subprocess.Popen([sys.executable, "-c", "pass"], preexec_fn=die_with_parent())
+    assert armed.wait(timeout=60) == 0  # its driver is alive: it runs as usual
 
 
 def test_sigterm_stops_the_driver_like_ctrl_c(tmp_path: Path) -> None:

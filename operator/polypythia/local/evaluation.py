@@ -51,7 +51,7 @@ class EvaluationChildren:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env},
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
             self._running.add(child)
         try:

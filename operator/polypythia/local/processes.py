@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -22,16 +23,25 @@ STOP_GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the driver dies, even by SIGKILL, so a
-    rerun never meets an orphan trainer still writing the run (Linux; elsewhere the
-    run's lease refuses the second writer)."""
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for the driver's children: SIGTERM when the driver dies, even by
+    SIGKILL, so a rerun never meets an orphan trainer still writing the run (Linux;
+    elsewhere the run's lease refuses the second writer). Made in the driver, so the
+    child can tell that the driver died between fork and ``prctl`` and end at once."""
+    parent = os.getpid()
     if not sys.platform.startswith("linux"):
-        return
+        return lambda: None
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # Loaded here, not in the child: dlopen after fork in a threaded driver may deadlock.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the driver is already gone: no signal will come
+            os._exit(128 + signal.SIGTERM)
+
+    return arm
 
 
 @dataclass
@@ -65,7 +75,7 @@ class RunProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         self.started_at = time.time()

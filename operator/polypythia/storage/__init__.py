@@ -20,7 +20,7 @@ from polypythia.storage.layout import (
     TelemetryFile,
     resolve_history,
 )
-from polypythia.storage.lease import LeaseHeld, LeaseLost, RunLease
+from polypythia.storage.lease import ConditionalWritesIgnored, LeaseHeld, LeaseLost, RunLease
 from polypythia.storage.local import LocalStore
 from polypythia.storage.pins import CheckpointUnavailable
 from polypythia.storage.s3 import S3Store
@@ -30,6 +30,7 @@ __all__ = [
     "COMPLETE",
     "CheckpointDamaged",
     "CheckpointUnavailable",
+    "ConditionalWritesIgnored",
     "LeaseHeld",
     "LeaseLost",
     "RunLease",

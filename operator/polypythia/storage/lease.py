@@ -9,6 +9,11 @@ compared under ``flock``). A writer whose lease was taken over can never renew i
 back in: its renewal fails its precondition and it stops. A lease whose heartbeat is
 older than its ``ttlSeconds``, or whose holder was a process on this host that no
 longer exists, is stale and may be broken.
+
+Some S3 clones (older MinIO releases among them) accept a conditional PUT and overwrite
+anyway; on such a store two writers would both believe they hold the lease. Before its
+first lease on a store, a process probes it with conditional writes that must fail, and
+refuses the store when one succeeds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from polypythia.storage.base import StorageError, StorageNotFound
 log = logging.getLogger(__name__)
 
 LEASE = "LEASE"
+PROBE = "LEASE-probe-"  # + a random hex: the conditional-write probe's own object
 DEFAULT_TTL_S = 60.0
+_PROBED: set[str] = set()  # stores (url, endpoint) this process found honouring conditions
 
 
 class LeaseHeld(StorageError):
@@ -35,6 +42,50 @@ class LeaseHeld(StorageError):
 
 class LeaseLost(StorageError):
     """This writer's lease was broken or taken over: it must not commit anything more."""
+
+
+class ConditionalWritesIgnored(StorageError):
+    """The store accepted a conditional write that must fail: it cannot hold a lease."""
+
+
+def check_conditional_writes(run) -> None:
+    """Refuse a store that ignores ``If-None-Match: *`` or ``If-Match`` on PUT.
+
+    The probe creates its own object, creates it again (must be refused: it exists) and
+    replaces it on a version it never had (must be refused), then deletes it. Once per
+    store and process: a few small requests before the first lease.
+    """
+    store = run.store
+    endpoint = getattr(store, "endpoint", None)
+    where = store.url("") + (f" at {endpoint}" if endpoint else "")
+    if where in _PROBED:
+        return
+    key = run.key(PROBE + uuid.uuid4().hex)
+    ignored = None
+    try:
+        # A fresh key: "already there" can only be our own write whose answer was lost.
+        store.put_bytes_if_absent(key, b"first")
+        if store.put_bytes_if_absent(key, b"second"):
+            ignored = "If-None-Match: *"
+        else:
+            _, version = store.get_versioned(key)
+            never = "0" * 32 if version.strip('"') != "0" * 32 else "1" * 32
+            if store.put_bytes_if_match(key, b"third", never) is not None:
+                ignored = "If-Match"
+    finally:
+        try:
+            store.delete(key)
+        except StorageError as exc:
+            log.warning("could not delete the lease probe %s: %s", store.url(key), exc)
+    if ignored:
+        raise ConditionalWritesIgnored(
+            f"{where}: the store ignores {ignored} on PUT (a conditional write that must "
+            "fail with 412 Precondition Failed overwrote the object), so two writers could "
+            "both believe they hold a run's lease; refusing to write runs there. Use storage "
+            "that honours conditional writes (AWS S3, a MinIO release with conditional PUT "
+            "support) or a local folder"
+        )
+    _PROBED.add(where)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,12 +165,14 @@ class RunLease:
         )
 
     def acquire(self, wait: bool = True) -> None:
-        """Take the lease or raise LeaseHeld; a stale lease is broken with a warning.
+        """Take the lease or raise LeaseHeld; a stale lease is broken with a warning;
+        a store that ignores conditional writes is refused (ConditionalWritesIgnored).
 
         A live holder on this host is refused at once. One on another host may be a
         pod that just died (a RayJob retried elsewhere): with ``wait`` we wait until its
         heartbeat would have expired, and refuse only if it is still renewed.
         """
+        check_conditional_writes(self.run)
         deadline: float | None = None
         for _ in range(1000):
             if self.run.store.put_bytes_if_absent(self.key, self._body()):
