@@ -99,8 +99,17 @@ def branch_block(spec: dict, size: str) -> dict | None:
     }
 
 
-def evaluation_steps(spec: dict, available: list[int]) -> list[int]:
-    """Which of the `available` checkpoint steps the sweep's evaluation schedule selects."""
+def evaluation_steps(
+    spec: dict, available: list[int], planned: list[int] | None = None
+) -> list[int]:
+    """Which of the `available` checkpoint steps the sweep's evaluation schedule selects.
+
+    With the run's ``planned`` checkpoint steps, resume-only checkpoints (``resumeEvery``)
+    are left out: the trainer prunes them as it goes, often before an evaluation reaches one.
+    """
+    if planned is not None:
+        kept = set(planned)
+        available = [step for step in available if step in kept]
     evaluation = spec["evaluation"]
     schedule = evaluation["schedule"]
     final = spec["training"]["steps"]

@@ -111,6 +111,17 @@ def test_evaluation_schedule_selects_checkpoints() -> None:
     assert planner.evaluation_steps(spec, [0, 50, 100]) == [100]
 
 
+def test_resume_only_checkpoints_are_never_selected_for_evaluation() -> None:
+    """The trainer prunes resume-only checkpoints (resumeEvery) as it goes: an evaluation
+    scheduled on one would find it gone (the local driver and the operator share this)."""
+    spec = sweep(evaluation={"schedule": "all"}, training={"steps": 100}).spec
+    available = [0, 10, 20, 25, 30, 50, 100]  # 10, 20, 30: resume-only
+    assert planner.evaluation_steps(spec, available, planned=[0, 25, 50, 75, 100]) == [
+        0, 25, 50, 100,
+    ]  # fmt: skip
+    assert planner.evaluation_steps(spec, available) == available
+
+
 def test_pythia_defaults_resolve_to_the_pythia_recipe() -> None:
     """Pythia-160m on 32 GPUs, 1024 x 2048, 143000 steps: its config's numbers."""
     s = sweep(

@@ -70,7 +70,9 @@ def plan_evaluations(
             )
             - done
         )
-        selected = evaluation_steps(spec, list(obs.checkpoints))
+        selected = evaluation_steps(
+            spec, list(obs.checkpoints), run.plan.config["checkpoints"]["steps"]
+        )
         pending = [s for s in selected if s not in done and s not in covered and s not in gave_up]
         names = {j["metadata"]["name"] for j in jobs}
         while pending and free > 0:

@@ -128,7 +128,9 @@ def evaluation_progress(driver: LocalDriver, run: RunState) -> tuple[int, int, i
     planned = planner.evaluation_steps(driver.sweep.spec, run.plan.config["checkpoints"]["steps"])
     done = len(set(planned) & set(run.evaluated))
     busy = run.eval_future is not None and not run.eval_future.done()
-    waiting = planner.evaluation_steps(driver.sweep.spec, run.checkpoints)
+    waiting = planner.evaluation_steps(
+        driver.sweep.spec, run.checkpoints, run.plan.config["checkpoints"]["steps"]
+    )
     current = next((s for s in waiting if s not in run.evaluated), None) if busy else None
     return done, len(planned), current
 

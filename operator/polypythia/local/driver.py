@@ -509,11 +509,8 @@ class LocalDriver:
     def to_evaluate(self, run: RunState) -> list[int]:
         if not planner.evaluation_tasks(self.sweep.spec, run.plan.size):
             return []
-        # Resume-only checkpoints (resumeEvery) are pruned as training goes on, often
-        # before an evaluation could reach them: only planned ones are evaluated.
-        planned = set(run.plan.config["checkpoints"]["steps"])
-        kept = [step for step in run.checkpoints if step in planned]
-        wanted = planner.evaluation_steps(self.sweep.spec, kept)
+        planned = run.plan.config["checkpoints"]["steps"]
+        wanted = planner.evaluation_steps(self.sweep.spec, run.checkpoints, planned)
         return [step for step in wanted if step not in run.evaluated]
 
     def _maybe_evaluate(self, run: RunState) -> None:
