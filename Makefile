@@ -13,11 +13,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= cpu
 WORKDIR ?= polypythia-work
 
-.PHONY: help demo test lint format bench install-dev install-local prometheus chromium images clean generate
+.PHONY: help demo test test-faults lint format bench install-dev install-local prometheus chromium images clean generate
 
 help:
 	@echo "make demo    run the tiny sweep on this machine (creates .venv)"
-	@echo "make test    lint + the whole test suite (creates .venv, installs Prometheus)"
+	@echo "make test    lint + the test suite (creates .venv, installs Prometheus)"
+	@echo "make test-faults  the long fault-injection cases make test leaves out (kills, a full disk)"
 	@echo "make bench   benchmarks, JSON lines"
 	@echo "make images  build the operator, trainer and eval images (podman or docker; docs/images.md)"
 	@echo "make test-images  build the images (cached), run them as the pods do (IMAGE_BASE=standin: no registry)"
@@ -70,7 +71,12 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix operator trainer_image eval_image tests bench tools
 
 test: install-dev prometheus chromium lint
-	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=15 -m "not fault_suite"
+
+# The long fault-injection cases (trainer and driver killed at random points, a full disk):
+# minutes each, so apart from `make test`; CI runs both.
+test-faults: install-dev
+	$(PY) -m pytest -q --durations=15 -m fault_suite tests/faults
 
 bench: install-dev
 	@mkdir -p bench-results

@@ -28,7 +28,7 @@ from polypythia.storage import RunStore
 from polypythia.storage.lease import LEASE
 from polypythia.storage.verify import sound_checkpoints
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault_suite]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16

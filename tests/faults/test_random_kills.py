@@ -111,6 +111,7 @@ def test_the_kill_plan_is_seeded_and_hits_steps_and_checkpoint_writes() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fault_suite
 def test_random_kills_lose_and_double_nothing(run_uri: str, tmp_path: Path, reference) -> None:
     expected_losses, expected_checkpoints, expected_weights = reference
     config = nano_config(run_uri, steps=STEPS, checkpoints=CHECKPOINTS)
