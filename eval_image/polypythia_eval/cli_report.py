@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polypythia.commands.common import add_storage_flags, storage_options
 from polypythia.errors import UsageError
 from polypythia_eval.report import render_report
 
@@ -23,9 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pythia-evals", default=None, help="folder of Pythia lm-eval files to show alongside"
     )
     parser.add_argument("--title", default=None, help="report title (default: the sweep name)")
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    add_storage_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,10 +33,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no such folder")
     if args.pythia_evals and not Path(args.pythia_evals).is_dir():
         raise UsageError(f"--pythia-evals {args.pythia_evals!r}: no such folder")
-    store_kwargs = {}
-    if source.startswith("s3://"):
-        store_kwargs = {"endpoint": args.endpoint, "secure": not args.insecure,
-                        "region": args.region}  # fmt: skip
+    store_kwargs = storage_options(args, source)
     from polypythia.storage import SweepStore
 
     if not SweepStore.open(source, **store_kwargs).runs():
