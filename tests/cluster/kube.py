@@ -20,7 +20,7 @@ import kubernetes
 import yaml
 
 from support.moto_s3 import shared_s3_server
-from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
+from support.operator_process import OperatorChild, operator_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("POLYPYTHIA_CLUSTER_DIR", ROOT / ".cluster"))
@@ -84,7 +84,7 @@ def audit_records(user: str) -> list[dict]:
     return records
 
 
-class Cluster:
+class Cluster(OperatorChild):
     """Admin clients on the test cluster plus the operator child process."""
 
     def __init__(self) -> None:
@@ -94,7 +94,6 @@ class Cluster:
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
         self.tmp = tempfile.TemporaryDirectory(prefix="pp-cluster-")
         self.log = Path(self.tmp.name) / "operator.log"
-        self.operator: subprocess.Popen | None = None
         self.operator_kubeconfig: Path | None = None
         self.s3_url = ""
 
@@ -223,18 +222,7 @@ class Cluster:
         # workload identity); its storage preflight reads the sweeps' data paths with them.
         s3 = shared_s3_server()
         env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
-        self.operator = spawn_operator(env, self.log, poll_interval)
-
-    def kill_operator(self) -> None:
-        kill_operator(self.operator)
-        self.operator = None
-
-    def stop_operator(self) -> None:
-        stop_operator(self.operator)
-        self.operator = None
-
-    def operator_log(self) -> str:
-        return self.log.read_text(errors="replace")[-8000:] if self.log.exists() else ""
+        self.spawn_operator(env, poll_interval)
 
     def wait_for(self, what: str, check: Callable[[], object], timeout: float = 120.0) -> object:
         return wait_for(what, check, timeout, self.operator_log)

@@ -8,7 +8,6 @@ writing checkpoints into the S3 bucket.
 from __future__ import annotations
 
 import base64
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 import kubernetes
 
 from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
-from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
+from support.operator_process import OperatorChild, operator_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -36,7 +35,7 @@ def make_emulator() -> ClusterEmulator:
     return emulator
 
 
-class Cluster:
+class Cluster(OperatorChild):
     """An emulated cluster plus a handle on the operator process."""
 
     def __init__(self, s3) -> None:  # type: ignore[no-untyped-def]
@@ -44,7 +43,6 @@ class Cluster:
         self.server = EmulatorThread(make_emulator())
         self.emulator = self.server.emulator
         self.tmp = tempfile.TemporaryDirectory(prefix="pp-k8s-")
-        self.operator: subprocess.Popen | None = None
         self.log = Path(self.tmp.name) / "operator.log"
 
     def __enter__(self) -> Cluster:
@@ -74,18 +72,7 @@ class Cluster:
             # The tests give each namespace its own storage Secret (rbac.sweepSecretNamespaces).
             POLYPYTHIA_READ_SWEEP_SECRETS="true",
         )
-        self.operator = spawn_operator(env, self.log, poll_interval)
-
-    def kill_operator(self) -> None:
-        kill_operator(self.operator)
-        self.operator = None
-
-    def stop_operator(self) -> None:
-        stop_operator(self.operator)
-        self.operator = None
-
-    def operator_log(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+        self.spawn_operator(env, poll_interval)
 
     # --- cluster state ----------------------------------------------------------------------
 
