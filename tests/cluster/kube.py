@@ -7,7 +7,6 @@ with a token from the TokenRequest API, as it would in its pod.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -115,14 +114,7 @@ class Cluster(OperatorChild):
         )
 
     def create_s3_secret(self, ns: str, name: str, s3) -> None:  # type: ignore[no-untyped-def]
-        data = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
-        self.core.create_namespaced_secret(
-            ns,
-            {
-                "metadata": {"name": name},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-        )
+        self.core.create_namespaced_secret(ns, s3.secret(name))
 
     def sweep(self, ns: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)

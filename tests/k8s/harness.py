@@ -7,7 +7,6 @@ writing checkpoints into the S3 bucket.
 
 from __future__ import annotations
 
-import base64
 import tempfile
 import time
 from collections.abc import Callable
@@ -80,17 +79,7 @@ class Cluster(OperatorChild):
         self.core.create_namespace({"metadata": {"name": name}})
 
     def create_secret(self, ns: str, name: str) -> None:
-        data = {
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-        }
-        self.core.create_namespaced_secret(
-            ns,
-            {
-                "metadata": {"name": name},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-        )
+        self.core.create_namespaced_secret(ns, self.s3.secret(name))
 
     def apply_sweep(self, ns: str, body: dict) -> dict:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)

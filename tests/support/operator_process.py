@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.processes import terminate
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,13 +57,7 @@ class OperatorChild:
     def stop_operator(self) -> None:
         """SIGTERM, then SIGKILL after 15 s."""
         proc, self.operator = self.operator, None
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc, grace_s=15)
 
     def operator_log(self) -> str:
         """The end of the operator's output (what a failing test shows)."""

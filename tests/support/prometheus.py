@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from support.processes import terminate
+
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``promtool`` (same Debian package) and return its completed process."""
@@ -108,13 +110,7 @@ class PrometheusServer:
         raise RuntimeError(f"prometheus not ready after 30 s: {self.log()[-2000:]}")
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
