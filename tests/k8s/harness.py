@@ -90,6 +90,36 @@ class Cluster(OperatorChild):
     def sweep(self, ns: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
+    def status(self, ns: str, name: str) -> dict:
+        return self.sweep(ns, name).get("status") or {}
+
+    def condition(self, ns: str, name: str, kind: str) -> dict:
+        """The sweep's condition of type ``kind`` ({} while it has none)."""
+        conditions = self.status(ns, name).get("conditions", [])
+        return next((c for c in conditions if c["type"] == kind), {})
+
+    def row(self, ns: str, sweep: str, run: str) -> dict:
+        """The status row of ``run`` ({} while it has none)."""
+        return next((r for r in self.status(ns, sweep).get("runs", []) if r["name"] == run), {})
+
+    def wait_for_phase(self, ns: str, name: str, phase: str, timeout: float = 30.0) -> dict:
+        """The sweep's status once its phase is ``phase``."""
+
+        def reached() -> dict:
+            status = self.status(ns, name)
+            return status if status.get("phase") == phase else {}
+
+        return self.wait_for(phase, reached, timeout)  # type: ignore[return-value]
+
+    def wait_for_reason(self, ns: str, name: str, reason: str, timeout: float = 30.0) -> dict:
+        """The sweep's Ready condition once its reason is ``reason``."""
+
+        def reached() -> dict:
+            ready = self.condition(ns, name, "Ready")
+            return ready if ready.get("reason") == reason else {}
+
+        return self.wait_for(reason, reached, timeout)  # type: ignore[return-value]
+
     def rayjobs(self, ns: str, sweep: str) -> list[dict]:
         return self.emulator.list_objects("ray.io/v1/rayjobs", ns, f"polypythia.io/sweep={sweep}")
 

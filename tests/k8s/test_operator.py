@@ -25,10 +25,6 @@ def _names(objs: list[dict]) -> list[str]:
     return sorted(o["metadata"]["name"] for o in objs)
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
 def _namespace(cluster, ns: str, bucket: bool = True) -> dict:  # type: ignore[no-untyped-def]
     cluster.create_namespace(ns)
     if not bucket:
@@ -64,8 +60,7 @@ def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
     status = cluster.wait_for(
         "status",
         lambda: (
-            _status(cluster, "ten", "tiny").get("runsRunning") == 10
-            and _status(cluster, "ten", "tiny")
+            cluster.status("ten", "tiny").get("runsRunning") == 10 and cluster.status("ten", "tiny")
         ),
     )
     assert status["observedGeneration"] == 1 and status["sizesText"] == "nano,micro"
@@ -87,7 +82,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     )
     # Every size gets a seed first (planner order), and the limit holds.
     assert _names(first) == ["c-micro-s0", "c-nano-s0"]
-    cluster.wait_for("status", lambda: _status(cluster, "conc", "c").get("runsRunning") == 2)
+    cluster.wait_for("status", lambda: cluster.status("conc", "c").get("runsRunning") == 2)
     assert len(cluster.rayjobs("conc", "c")) == 2
     # One finishes: exactly one more starts.
     cluster.set_rayjob_status("conc", "c-nano-s0", "Complete", "SUCCEEDED")
@@ -98,9 +93,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     cluster.set_rayjob_status("conc", "c-micro-s0-r1", "Complete", "FAILED")
     status = cluster.wait_for(
         "Degraded",
-        lambda: (
-            _status(cluster, "conc", "c").get("runsFailed") == 1 and _status(cluster, "conc", "c")
-        ),
+        lambda: cluster.status("conc", "c").get("runsFailed") == 1 and cluster.status("conc", "c"),
     )
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "c-micro-s0" in degraded["message"]
@@ -140,12 +133,12 @@ def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     rows = cluster.wait_for(
         "waiting rows",
         lambda: (
-            {r["name"]: r for r in _status(cluster, "inits", "is").get("runs", [])}
+            {r["name"]: r for r in cluster.status("inits", "is").get("runs", [])}
             if "message"
             in next(
                 (
                     r
-                    for r in _status(cluster, "inits", "is").get("runs", [])
+                    for r in cluster.status("inits", "is").get("runs", [])
                     if r["name"] == "is-nano-s0-perm"
                 ),
                 {},
@@ -175,8 +168,7 @@ def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     status = cluster.wait_for(
         "sweep ended",
         lambda: (
-            _status(cluster, "inits", "isf").get("runsFailed") == 3
-            and _status(cluster, "inits", "isf")
+            cluster.status("inits", "isf").get("runsFailed") == 3 and cluster.status("inits", "isf")
         ),
     )
     rows = {r["name"]: r for r in status["runs"]}
@@ -254,8 +246,8 @@ def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
     status = cluster.wait_for(
         "evaluated",
         lambda: (
-            _status(cluster, "evals", "ev").get("evaluations", {}).get("done") == 3
-            and _status(cluster, "evals", "ev")
+            cluster.status("evals", "ev").get("evaluations", {}).get("done") == 3
+            and cluster.status("evals", "ev")
         ),
     )
     assert status["runs"][0]["lastCheckpoint"] == 15
@@ -270,7 +262,7 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
     cluster.wait_for(
         "suspended", lambda: all(j["spec"].get("suspend") for j in cluster.rayjobs("ops", "ops"))
     )
-    cluster.wait_for("phase", lambda: _status(cluster, "ops", "ops").get("phase") == "Suspended")
+    cluster.wait_for("phase", lambda: cluster.status("ops", "ops").get("phase") == "Suspended")
     cluster.patch_sweep(
         "ops", "ops", {"spec": {"suspend": False, "seeds": {"range": {"count": 3}}}}
     )
@@ -289,7 +281,7 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
         "destructive edit refused",
         lambda: any(
             c["reason"] == "DestructiveChangeRefused"
-            for c in _status(cluster, "ops", "ops").get("conditions", [])
+            for c in cluster.status("ops", "ops").get("conditions", [])
         ),
     )
     assert len(cluster.rayjobs("ops", "ops")) == 3 and cluster.eval_jobs("ops", "ops")
@@ -309,9 +301,9 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
         lambda: (
             any(
                 c["reason"] == "SpecChangeRejected"
-                for c in _status(cluster, "ops", "ops").get("conditions", [])
+                for c in cluster.status("ops", "ops").get("conditions", [])
             )
-            and _status(cluster, "ops", "ops")
+            and cluster.status("ops", "ops")
         ),
     )
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -328,13 +320,7 @@ def test_invalid_sweep_gets_condition_and_no_children(cluster) -> None:
     body["spec"]["training"]["globalBatchSize"] = 7
     body["spec"]["resources"] = {"default": {"workers": 2}}
     cluster.apply_sweep("bad", body)
-    status = cluster.wait_for(
-        "Invalid",
-        lambda: (
-            _status(cluster, "bad", "bad").get("phase") == "Invalid"
-            and _status(cluster, "bad", "bad")
-        ),
-    )
+    status = cluster.wait_for_phase("bad", "bad", "Invalid")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "InvalidSpec" and "spec.training.globalBatchSize" in ready["message"]
     assert cluster.rayjobs("bad", "bad") == []

@@ -14,20 +14,6 @@ from polypythia.k8s import labels as L
 WAIT_S = 90.0  # generous: the machine's 2 cores are shared
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
-def _condition(cluster, ns: str, name: str, kind: str) -> dict:  # type: ignore[no-untyped-def]
-    return next(
-        (c for c in _status(cluster, ns, name).get("conditions", []) if c["type"] == kind), {}
-    )
-
-
-def _row(cluster, ns: str, name: str, run: str) -> dict:  # type: ignore[no-untyped-def]
-    return next((r for r in _status(cluster, ns, name).get("runs", []) if r["name"] == run), {})
-
-
 def _events(cluster, ns: str, reason: str) -> list[dict]:  # type: ignore[no-untyped-def]
     return [e for e in cluster.emulator.list_objects("v1/events", ns) if e.get("reason") == reason]
 
@@ -91,7 +77,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     )
     row = cluster.wait_for(
         "row",
-        lambda: _row(cluster, ns, sweep, run).get("attempt") == 1 and _row(cluster, ns, sweep, run),
+        lambda: cluster.row(ns, sweep, run).get("attempt") == 1 and cluster.row(ns, sweep, run),
         timeout=WAIT_S,
     )
     assert row["retries"] == 0 and row["preemptions"] == 1
@@ -99,7 +85,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     # A real crash of the new attempt then fails the run: no retry was left.
     cluster.set_rayjob_status(ns, f"{run}-r1", "Failed", "FAILED")
     cluster.wait_for(
-        "Failed", lambda: _row(cluster, ns, sweep, run).get("phase") == "Failed", timeout=WAIT_S
+        "Failed", lambda: cluster.row(ns, sweep, run).get("phase") == "Failed", timeout=WAIT_S
     )
 
 
@@ -107,14 +93,7 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     ns, sweep = "nosecret", "ns"
     storage = _storage(cluster, ns, secret=None)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
-    ready = cluster.wait_for(
-        "SecretMissing",
-        lambda: (
-            _condition(cluster, ns, sweep, "Ready").get("reason") == "SecretMissing"
-            and _condition(cluster, ns, sweep, "Ready")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_reason(ns, sweep, "SecretMissing", timeout=WAIT_S)
     assert "Secret nosecret/s3 not found" in ready["message"]
     assert ready["observedGeneration"] == cluster.sweep(ns, sweep)["metadata"]["generation"]
     assert cluster.rayjobs(ns, sweep) == [] and _events(cluster, ns, "SecretMissing")
@@ -124,7 +103,7 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     )
     cluster.wait_for(
         "Ready",
-        lambda: _condition(cluster, ns, sweep, "Ready").get("status") == "True",
+        lambda: cluster.condition(ns, sweep, "Ready").get("status") == "True",
         timeout=WAIT_S,
     )
 
@@ -141,14 +120,7 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
         pods={"volumes": [{"name": "bad", "hostPath": "not-an-object"}]},
     )
     cluster.apply_sweep(ns, body)
-    ready = cluster.wait_for(
-        "APIRequestRefused",
-        lambda: (
-            _condition(cluster, ns, sweep, "Ready").get("reason") == "APIRequestRefused"
-            and _condition(cluster, ns, sweep, "Ready")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_reason(ns, sweep, "APIRequestRefused", timeout=WAIT_S)
     assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
     cluster.wait_for("Event", lambda: _events(cluster, ns, "APIRequestRefused"), timeout=WAIT_S)
     time.sleep(2.0)  # four more passes, each refused the same way: still one Event
@@ -182,7 +154,7 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
     cluster.set_rayjob_status(ns, name, "Complete", "SUCCEEDED")
     cluster.wait_for(
         "run Succeeded",
-        lambda: _row(cluster, ns, sweep, name).get("phase") == "Succeeded",
+        lambda: cluster.row(ns, sweep, name).get("phase") == "Succeeded",
         timeout=WAIT_S,
     )
     assert len(cluster.rayjobs(ns, sweep)) == 1  # the cluster still holds the GPUs
@@ -204,14 +176,14 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     held = cluster.wait_for(
         "StorageReady False",
         lambda: (
-            _condition(cluster, ns, sweep, "StorageReady").get("status") == "False"
-            and _condition(cluster, ns, sweep, "StorageReady")
+            cluster.condition(ns, sweep, "StorageReady").get("status") == "False"
+            and cluster.condition(ns, sweep, "StorageReady")
         ),
         timeout=WAIT_S,
     )
     assert held["reason"] == "BucketMissing"
     assert f"s3://{storage['bucket']} does not exist" in held["message"]
-    assert _condition(cluster, ns, sweep, "Ready")["reason"] == "BucketMissing"
+    assert cluster.condition(ns, sweep, "Ready")["reason"] == "BucketMissing"
     assert cluster.wait_for("Event", lambda: _events(cluster, ns, "BucketMissing"), timeout=WAIT_S)
     time.sleep(2.0)  # several passes: still no RayJob, still one Event
     assert cluster.rayjobs(ns, sweep) == [] and len(_events(cluster, ns, "BucketMissing")) == 1
@@ -219,6 +191,6 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     cluster.wait_for(
         "RayJob once the bucket exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
-    ready = _condition(cluster, ns, sweep, "StorageReady")
+    ready = cluster.condition(ns, sweep, "StorageReady")
     assert (ready["status"], ready["reason"]) == ("True", "Reachable")
     assert _events(cluster, ns, "StorageReady")
