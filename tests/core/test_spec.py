@@ -12,6 +12,7 @@ import yaml
 
 from polypythia import crd
 from polypythia.spec import SpecError, load_sweep_file, sweep_from_object
+from support.sweeps import sweep_object
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -160,17 +161,15 @@ def test_a_micro_batch_whose_logits_exceed_gpu_memory_is_refused() -> None:
     from polypythia.spec import SpecError, sweep_from_object
 
     def make(**training):
-        return {
-            "apiVersion": "polypythia.io/v1alpha1",
-            "kind": "PolyPythiaSweep",
-            "metadata": {"name": "big"},
-            "spec": {
+        return sweep_object(
+            "big",
+            {
                 "sizes": ["14m"],
                 "seeds": {"list": [0]},
                 "training": {"precision": "fp16", **training},
                 "resources": {"default": {"workers": 2, "gpusPerWorker": 1}},
             },
-        }
+        )
 
     with pytest.raises(SpecError) as err:
         sweep_from_object(make(microBatchSize=512))

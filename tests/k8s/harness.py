@@ -16,6 +16,7 @@ import kubernetes
 
 from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
 from support.operator_process import OperatorChild, operator_env
+from support.sweeps import sweep_object
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -171,11 +172,9 @@ class Cluster(OperatorChild):
 def sweep_body(
     name: str, seeds: int = 5, sizes: tuple[str, ...] = ("nano", "micro"), **spec: object
 ) -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PolyPythiaSweep",
-        "metadata": {"name": name},
-        "spec": {
+    return sweep_object(
+        name,
+        {
             "sizes": list(sizes),
             "seeds": {"range": {"count": seeds}},
             "training": {"steps": 20, "globalBatchSize": 8, "sequenceLength": 64},
@@ -183,4 +182,4 @@ def sweep_body(
             "evaluation": {"concurrency": 2},
             **spec,
         },
-    }
+    )
