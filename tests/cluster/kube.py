@@ -20,6 +20,7 @@ import yaml
 
 from support.moto_s3 import shared_s3_server
 from support.operator_process import OperatorChild, operator_env
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("POLYPYTHIA_CLUSTER_DIR", ROOT / ".cluster"))
@@ -52,18 +53,6 @@ def run(tool: str, *args: str, check: bool = True, stdin: str | None = None, kub
 
 def kubectl(*args: str, **kw: object) -> subprocess.CompletedProcess:
     return run("kubectl", *args, **kw)  # type: ignore[arg-type]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0, log: Callable[[], str] | None = None) -> object:  # fmt: skip
-    """Poll until `check` returns something truthy; fail with `what` (and a log tail) otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = f"\n--- operator log ---\n{log()}" if log else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
 
 
 def audit_records(user: str) -> list[dict]:

@@ -17,6 +17,7 @@ import kubernetes
 from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
 from support.operator_process import OperatorChild, operator_env
 from support.sweeps import sweep_object
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -158,15 +159,7 @@ class Cluster(OperatorChild):
         )
 
     def wait_for(self, what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(
-            f"timed out waiting for {what}\n--- operator log ---\n{self.operator_log()}"
-        )
+        return wait_for(what, check, timeout, self.operator_log, interval=0.1)
 
 
 def sweep_body(

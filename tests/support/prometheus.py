@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from support.processes import terminate
+from support.waiting import wait_for
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,13 +137,11 @@ class PrometheusServer:
 
     def wait_for(self, check: Any, timeout: float = 30.0, interval: float = 0.5) -> Any:
         """Poll ``check()`` until it returns something truthy; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"condition not met after {timeout} s; log: {self.log()[-1500:]}"
-                )
-            time.sleep(interval)
+        return wait_for(
+            "the Prometheus condition",
+            check,
+            timeout,
+            lambda: self.log()[-1500:],
+            interval=interval,
+            log_name="prometheus log",
+        )
