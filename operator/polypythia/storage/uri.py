@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from polypythia.errors import UsageError
@@ -14,6 +16,7 @@ from polypythia.storage.retry import RetryingStore
 from polypythia.storage.s3 import S3Store
 
 ENDPOINT_ENV = ("POLYPYTHIA_S3_ENDPOINT", "AWS_ENDPOINT_URL")
+DEFAULT_REGION = "us-east-1"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -31,6 +34,20 @@ def parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
     if parts.path.strip("/") or parts.query:
         raise UsageError(f"S3 endpoint {endpoint!r}: no path or query allowed")
     return parts.netloc, parts.scheme == "https"
+
+
+def connection_options(
+    storage: Mapping[str, Any] | None, default_endpoint: str | None = None
+) -> dict[str, Any]:
+    """``open_store``'s connection options from a sweep's ``spec.storage`` (or a run config's
+    ``storage``) block: its endpoint (else ``default_endpoint``, else the environment's), TLS
+    and region, with the CRD's defaults where the block leaves them out."""
+    storage = storage or {}
+    return {
+        "endpoint": storage.get("endpoint") or default_endpoint,
+        "secure": storage.get("secure", True),
+        "region": storage.get("region", DEFAULT_REGION),
+    }
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -52,7 +69,7 @@ def open_store(
     *,
     endpoint: str | None = None,
     secure: bool = True,
-    region: str = "us-east-1",
+    region: str = DEFAULT_REGION,
     access_key: str | None = None,
     secret_key: str | None = None,
     create_bucket: bool = False,
