@@ -162,3 +162,10 @@ def test_bad_detector_settings_name_the_flag_and_exit_2(tmp_path, capsys, argv, 
     assert main([argv[0], str(path), *argv[1:]]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_bad_jsonl_line_is_named_and_blank_lines_are_skipped(tmp_path, capsys):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"run": "a", "step": 1, "loss": 2.5}\n\n{"run": "a", "step": 2, loss}\n')
+    assert main(["spikes", str(path)]) == 2
+    assert f"{path}:3: not valid JSON" in capsys.readouterr().err
