@@ -80,6 +80,14 @@ class Cluster(OperatorChild):
     def create_namespace(self, name: str) -> None:
         self.core.create_namespace({"metadata": {"name": name}})
 
+    def namespace_with_storage(self, ns: str, secret: bool = True) -> dict:
+        """Namespace ``ns`` with the storage Secret ``s3`` (unless ``secret`` is False) and a
+        fresh bucket; returns the sweep's ``spec.storage`` naming them."""
+        self.create_namespace(ns)
+        if secret:
+            self.create_secret(ns, "s3")
+        return {"bucket": self.s3.make_bucket(), "secretName": "s3", "secure": False}
+
     def create_secret(self, ns: str, name: str) -> None:
         self.core.create_namespaced_secret(ns, self.s3.secret(name))
 

@@ -25,17 +25,8 @@ def _names(objs: list[dict]) -> list[str]:
     return sorted(o["metadata"]["name"] for o in objs)
 
 
-def _namespace(cluster, ns: str, bucket: bool = True) -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    if not bucket:
-        return {}
-    cluster.create_secret(ns, "s3")
-    name = cluster.s3.make_bucket()
-    return {"bucket": name, "secretName": "s3", "secure": False}
-
-
 def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
-    storage = _namespace(cluster, "ten")
+    storage = cluster.namespace_with_storage("ten")
     cluster.apply_sweep("ten", sweep_body("tiny", maxConcurrentRuns=10, storage=storage))
     jobs = cluster.wait_for(
         "10 RayJobs",
@@ -73,7 +64,7 @@ def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
 
 
 def test_concurrency_limit_and_failure_retry(cluster) -> None:
-    storage = _namespace(cluster, "conc")
+    storage = cluster.namespace_with_storage("conc")
     cluster.apply_sweep(
         "conc", sweep_body("c", seeds=3, maxConcurrentRuns=2, maxRetries=1, storage=storage)
     )
@@ -110,7 +101,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
 def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     """Runs initialised from another run's weights start only once it succeeded; when it
     fails for good they fail too, saying why, and the sweep still ends."""
-    storage = _namespace(cluster, "inits")
+    storage = cluster.namespace_with_storage("inits")
     reference = {"run": {"seed": 0, "init": "base"}}
     body = sweep_body(
         "is",
@@ -208,7 +199,7 @@ def _write_eval(cluster, bucket: str, run: str, step: int) -> None:  # type: ign
 
 
 def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
-    storage = _namespace(cluster, "evals")
+    storage = cluster.namespace_with_storage("evals")
     bucket = storage["bucket"]
     cluster.apply_sweep("evals", sweep_body("ev", seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs("evals", "ev"))
@@ -255,7 +246,7 @@ def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
 
 
 def test_suspend_resume_scale_and_delete(cluster) -> None:
-    storage = _namespace(cluster, "ops")
+    storage = cluster.namespace_with_storage("ops")
     cluster.apply_sweep("ops", sweep_body("ops", seeds=2, sizes=("nano",), storage=storage))
     cluster.wait_for("2 RayJobs", lambda: len(cluster.rayjobs("ops", "ops")) == 2)
     cluster.patch_sweep("ops", "ops", {"spec": {"suspend": True}})
@@ -361,7 +352,7 @@ def test_operator_logs_what_it_does(cluster) -> None:
         "the operator's start-up line",
         lambda: "polypythia operator: watching all namespaces" in log.read_text(errors="replace"),
     )
-    storage = _namespace(cluster, "logs")
+    storage = cluster.namespace_with_storage("logs")
     cluster.apply_sweep("logs", sweep_body("logs-sweep", storage=storage))
     cluster.wait_for(
         "a kopf handler line naming the sweep",

@@ -48,9 +48,7 @@ def _write_parent(cluster, bucket: str, tmp_path: Path) -> str:  # type: ignore[
 def test_branch_parent_is_checked_before_any_rayjob(cluster, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for name, value in cluster.s3.env.items():
         monkeypatch.setenv(name, value)
-    cluster.create_namespace("br")
-    cluster.create_secret("br", "s3")
-    bucket = cluster.s3.make_bucket()
+    bucket = cluster.namespace_with_storage("br")["bucket"]
     parent = _write_parent(cluster, bucket, tmp_path)
 
     cluster.apply_sweep("br", _branch_body("early", bucket, parent, step=15))

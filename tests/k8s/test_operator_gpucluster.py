@@ -18,16 +18,9 @@ def _events(cluster, ns: str, reason: str) -> list[dict]:  # type: ignore[no-unt
     return [e for e in cluster.emulator.list_objects("v1/events", ns) if e.get("reason") == reason]
 
 
-def _storage(cluster, ns: str, secret: str | None = "s3") -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    if secret:
-        cluster.create_secret(ns, secret)
-    return {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
-
-
 def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     ns, sweep, run = "preempt", "pre", "pre-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage, maxRetries=0)
     )
@@ -91,7 +84,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
 
 def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     ns, sweep = "nosecret", "ns"
-    storage = _storage(cluster, ns, secret=None)
+    storage = cluster.namespace_with_storage(ns, secret=False)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     ready = cluster.wait_for_reason(ns, sweep, "SecretMissing", timeout=WAIT_S)
     assert "Secret nosecret/s3 not found" in ready["message"]
@@ -110,7 +103,7 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
 
 def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
     ns, sweep = "refused", "rf"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     # A volume that KubeRay's RayJob schema rejects (hostPath must be an object): 422.
     body = sweep_body(
         sweep,
@@ -130,7 +123,7 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
 
 def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> None:
     ns, sweep = "linger", "lg"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=2, sizes=("nano",), storage=storage, maxConcurrentRuns=1)
     )
@@ -170,7 +163,7 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
 
 def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     ns, sweep = "nobucket", "nb"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.s3.remove_bucket(storage["bucket"])  # a typo'd or not yet created bucket
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     held = cluster.wait_for(

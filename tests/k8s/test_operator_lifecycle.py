@@ -22,12 +22,6 @@ from polypythia.monitoring.exporter import SweepExporter
 from polypythia.spec import sweep_from_object
 
 
-def _storage(cluster, ns: str) -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    cluster.create_secret(ns, "s3")
-    return {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
-
-
 def _events(cluster, ns: str, reason: str, run: str) -> list[dict]:  # type: ignore[no-untyped-def]
     return [
         e
@@ -91,7 +85,7 @@ def test_config_of_reads_back_every_entrypoint() -> None:
 
 def test_failed_eval_job_is_retried_then_recorded_and_never_retried(cluster) -> None:
     ns, sweep, run = "evfail", "ef", "ef-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     bucket = storage["bucket"]
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
@@ -137,7 +131,7 @@ def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(clus
     """A short Job TTL deletes each failed try before the operator makes the next one:
     still 3 tries in all, then the step is given up."""
     ns, sweep, run = "evttl", "et", "et-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
     cluster.set_rayjob_status(ns, run, "Running", "RUNNING")
@@ -167,7 +161,7 @@ def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(clus
 
 def test_kueue_rayjobs_are_created_suspended_and_left_to_kueue(cluster) -> None:
     ns, sweep = "kueue", "kq"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     body = sweep_body(
         sweep,
         seeds=2,
@@ -212,7 +206,7 @@ def test_eval_scores_flag_an_outlier_and_events_come_once(cluster) -> None:
     """Five seeds of one size: seed 3 scores far below the others at two consecutive
     evaluated checkpoints (an eval outlier, its loss is normal); seed 1's loss spikes once."""
     ns, sweep = "outlier", "ol"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     bucket = storage["bucket"]
     body = sweep_body(sweep, seeds=5, sizes=("nano",), storage=storage, maxConcurrentRuns=5)
     body["spec"]["training"]["steps"] = 100

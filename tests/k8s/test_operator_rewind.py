@@ -65,10 +65,8 @@ def _telemetry(  # type: ignore[no-untyped-def]
 
 
 def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -> None:
-    cluster.create_namespace(NS)
-    cluster.create_secret(NS, "s3")
-    bucket = cluster.s3.make_bucket()
-    storage = {"bucket": bucket, "secretName": "s3", "secure": False}
+    storage = cluster.namespace_with_storage(NS)
+    bucket = storage["bucket"]
     body = sweep_body(
         SWEEP,
         seeds=1,
