@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from polypythia.errors import UsageError
 from polypythia.monitoring.tables import format_table
 from polypythia.output import FORMATS, emit
-from polypythia.storage.uri import DEFAULT_REGION
 
 CAMEL_HELP = "table, or json/yaml with camelCase keys (default: %(default)s)"
+
+DEFAULT_REGION = "us-east-1"
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from polypythia.errors import UsageError
 from polypythia.k8s import reconcile as R
 from polypythia.storage import StorageError, StorageUnavailable, open_store
-from polypythia.storage.uri import connection_options
+from polypythia.storage.uri import connection
 
 CONDITION = "StorageReady"
 FIRST_RETRY_S = 10.0
@@ -93,7 +93,7 @@ def opener_for(
     spec: dict, credentials: tuple[str | None, str | None], default_endpoint: str | None
 ) -> Callable[[str], tuple[object, str]]:
     """``open_store`` with the sweep's endpoint and the credentials the operator uses."""
-    options = connection_options(spec.get("storage"), default_endpoint)
+    options = {"endpoint": default_endpoint, **connection(spec.get("storage"))}
 
     def opener(uri: str) -> tuple[object, str]:
         return open_store(uri, **options, access_key=credentials[0], secret_key=credentials[1])

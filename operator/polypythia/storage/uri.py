@@ -16,7 +16,6 @@ from polypythia.storage.retry import RetryingStore
 from polypythia.storage.s3 import S3Store
 
 ENDPOINT_ENV = ("POLYPYTHIA_S3_ENDPOINT", "AWS_ENDPOINT_URL")
-DEFAULT_REGION = "us-east-1"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -36,20 +35,6 @@ def parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "https"
 
 
-def connection_options(
-    storage: Mapping[str, Any] | None, default_endpoint: str | None = None
-) -> dict[str, Any]:
-    """``open_store``'s connection options from a sweep's ``spec.storage`` (or a run config's
-    ``storage``) block: its endpoint (else ``default_endpoint``, else the environment's), TLS
-    and region, with the CRD's defaults where the block leaves them out."""
-    storage = storage or {}
-    return {
-        "endpoint": storage.get("endpoint") or default_endpoint,
-        "secure": storage.get("secure", True),
-        "region": storage.get("region", DEFAULT_REGION),
-    }
-
-
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` -> (``bucket``, ``a/b``); the bucket name must be valid."""
     bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -64,12 +49,22 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def connection(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``open_store`` keywords from a storage block (a run config's or the sweep's
+    ``storage``: ``endpoint``, ``secure``, ``region``); unset ones keep its defaults."""
+    return {
+        key: block[key]
+        for key in ("endpoint", "secure", "region")
+        if block and block.get(key) is not None
+    }
+
+
 def open_store(
     uri: str,
     *,
     endpoint: str | None = None,
     secure: bool = True,
-    region: str = DEFAULT_REGION,
+    region: str = "us-east-1",
     access_key: str | None = None,
     secret_key: str | None = None,
     create_bucket: bool = False,
