@@ -1,8 +1,9 @@
 """What the report concludes from a sweep: spikes, outliers, training maps, agreement.
 
-Pure: takes ``SweepData``, returns plain data. Spike and outlier detection are the
-monitoring package's detectors (the same ones the operator runs online), so the
-report and the live alerts cannot disagree.
+Pure: takes ``SweepData``, returns plain data. Spike detection is the monitoring
+package's detector and the outlier verdicts are the run core's (``stored_history`` and
+``cross_seed_outliers``, what the operator and the local driver run online, with the
+sweep's ``spec.instability.outliers``), so the report and the live alerts cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polypythia.monitoring.common_mode import label_common_mode
-from polypythia.monitoring.cross_seed import VALIDATION_SIGNAL, validation_losses
-from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
-from polypythia.monitoring.outliers import (
-    Family,
-    FamilyScores,
-    OutlierVerdict,
-    Point,
-    family_scores,
-    flag_families,
+from polypythia.monitoring.cross_seed import (
+    CrossSeedResult,
+    RunHistory,
+    cross_seed_outliers,
+    validation_losses,
 )
+from polypythia.monitoring.eval_scores import headline, task_scores
+from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
 from polypythia.planner import POLYPYTHIAS_TASKS
+from polypythia.runcore.monitor import stored_history
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
 from polypythia_eval.sources import RunData, SweepData
 from polypythia_eval.trainingmaps import TrainingMap, agreement, fit_training_map
@@ -33,7 +33,6 @@ from polypythia_eval.weightstats import map_features
 
 # Evaluation tasks shown first: the project's offline tasks, then PolyPythias' list.
 PREFERRED_TASKS = OFFLINE_TASKS + POLYPYTHIAS_TASKS
-LOSS_BUCKETS = 40
 
 
 @dataclass
@@ -42,8 +41,11 @@ class Analysis:
 
     spikes: list[SpikeEvent] = field(default_factory=list)
     outliers: list[OutlierVerdict] = field(default_factory=list)
-    # Every tested (signal, size) family with its scores and thresholds, flagged or not.
+    # Every tested (signal, group) family with its scores and thresholds, flagged or not.
     scores: list[FamilyScores] = field(default_factory=list)
+    # Run -> the run core's group (size, init, branch parent): the seeds it is compared with.
+    groups: dict[str, str] = field(default_factory=dict)
+    outlier_settings: OutlierSettings = field(default_factory=OutlierSettings)
     maps: dict[str, TrainingMap] = field(default_factory=dict)
     agreement: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -106,62 +108,50 @@ def ordered_tasks(keys, limit: int = 12) -> list[str]:
     return ordered[:limit]
 
 
-def loss_points(sweep: SweepData, buckets: int = LOSS_BUCKETS) -> list[Point]:
-    """Mean loss per bucket of steps, per run: comparable across seeds of a size."""
-    points = []
-    for run in sweep.runs:
-        steps, loss, _ = loss_history(run)
-        finite = np.isfinite(loss)
-        if finite.sum() < buckets:
-            continue
-        last = run.planned_steps or int(steps.max())
-        edges = np.linspace(0, last, buckets + 1)
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            sel = finite & (steps > lo) & (steps <= hi)
-            if sel.any():
-                points.append(Point(run.size, run.name, int(hi), float(loss[sel].mean())))
-    return points
-
-
-def outlier_families(sweep: SweepData) -> tuple[list[Family], list[str]]:
-    """The cross-seed test's families: the held-out loss (training loss when none is
-    recorded) and every evaluation score, each compared within a size. Branched runs share
-    their parent's history, so they are not seeds: they stay out of the test."""
-    notes = []
-    seeds = {r.name for r in sweep.runs if not r.branch}
-    if len(seeds) < len(sweep.runs) and any(r.branch for r in sweep.runs):
-        notes.append("branched runs are not seeds: left out of the cross-seed test and the map")
-    held = [
-        Point(r.size, r.name, step, loss)
+def run_histories(sweep: SweepData) -> list[RunHistory]:
+    """Every run as the live monitors see it: its group from ``run.json``, its training
+    loss at the planned checkpoints, its evaluation files (lm-eval result folders have no
+    ``run.json``: their runs are grouped by the size in their names)."""
+    return [
+        stored_history(r.name, r.config or {"size": r.size}, r.telemetry, r.evals)
         for r in sweep.runs
-        if r.name in seeds
-        for step, loss in validation_losses(r.evals).items()
     ]
-    if held:
-        families = [Family(VALIDATION_SIGNAL, "high", held)]
-    else:
-        notes.append("no held-out loss recorded: the loss test compares training losses")
-        families = [Family("loss", "high", [p for p in loss_points(sweep) if p.run in seeds])]
-    for size, tasks in eval_table(sweep).items():
-        if len([r for r in sweep.by_size(size) if not r.branch]) < 4:
-            notes.append(f"{size}: fewer than 4 seeds, no cross-seed outlier test")
-            continue
-        for key, runs in tasks.items():
-            points = [
-                Point(size, run, s, v)
-                for run, by in runs.items()
-                if run in seeds
-                for s, v in by.items()
-            ]
-            families.append(Family(f"eval:{key}", bad_side(key.rsplit("/", 1)[1]), points))
-    return families, notes
 
 
-def detect_outliers(sweep: SweepData) -> tuple[list[OutlierVerdict], list[str]]:
-    """Cross-seed outliers on loss and on every evaluation score, tested as one family (the
-    false-alarm rate holds over all signals and sizes together)."""
-    families, notes = outlier_families(sweep)
-    return flag_families(families), notes
+def outlier_notes(
+    histories: list[RunHistory], result: CrossSeedResult, settings: OutlierSettings
+) -> list[str]:
+    """What the cross-seed test could not look at, and which loss it compared."""
+    notes = []
+    if "loss" in settings.signals and not any(validation_losses(h.evals) for h in histories):
+        notes.append(
+            "no held-out loss recorded: the loss test compares training losses at checkpoints"
+        )
+    tested = {fs.group for fs in result.scores}
+    groups: dict[str, int] = {}
+    for h in histories:
+        if h.losses or h.evals:
+            groups[h.group] = groups.get(h.group, 0) + 1
+    for group, count in sorted(groups.items()):
+        if group not in tested:
+            notes.append(
+                f"{group}: {count} run{'s' if count != 1 else ''} with checkpoint values, no "
+                f"cross-seed outlier test (it needs {settings.min_runs} at the same checkpoints)"
+            )
+    return notes
+
+
+def detect_outliers(
+    sweep: SweepData, settings: OutlierSettings | None = None
+) -> tuple[CrossSeedResult, dict[str, str], list[str]]:
+    """The run core's cross-seed verdicts on the stored runs (loss and every evaluation
+    score, false alarms controlled over all signals and groups together), each run's group,
+    and notes on what was not tested."""
+    settings = settings or OutlierSettings()
+    histories = run_histories(sweep)
+    result = cross_seed_outliers(histories, settings)
+    groups = {h.run: h.group for h in histories}
+    return result, groups, outlier_notes(histories, result, settings)
 
 
 def _series(runs: list[RunData]) -> dict[str, dict[int, dict[str, float]]]:
@@ -210,13 +200,14 @@ def seed_agreement(sweep: SweepData) -> dict[str, dict]:
     return out
 
 
-def analyse(sweep: SweepData) -> Analysis:
-    """Run every detector the report needs."""
-    result = Analysis()
+def analyse(sweep: SweepData, outliers: OutlierSettings | None = None) -> Analysis:
+    """Run every detector the report needs; ``outliers`` is the sweep's
+    ``spec.instability.outliers`` (the CRD defaults when not given)."""
+    result = Analysis(outlier_settings=outliers or OutlierSettings())
     result.spikes = detect_spikes(sweep)
-    families, notes = outlier_families(sweep)
-    result.outliers = flag_families(families)
-    result.scores = family_scores(families)
+    cross_seed, result.groups, notes = detect_outliers(sweep, result.outlier_settings)
+    result.outliers = cross_seed.all()
+    result.scores = cross_seed.scores
     result.notes.extend(notes)
     result.maps, notes = training_maps(sweep)
     result.notes.extend(notes)

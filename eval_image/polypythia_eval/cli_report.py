@@ -24,6 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pythia-evals", default=None, help="folder of Pythia lm-eval files to show alongside"
     )
     parser.add_argument("--title", default=None, help="report title (default: the sweep name)")
+    parser.add_argument(
+        "--sweep",
+        metavar="SWEEP_YAML",
+        default=None,
+        help="the sweep's manifest: its spec.instability.outliers set the cross-seed test, as "
+        "live (default: the CRD defaults)",
+    )
     add_storage_flags(parser)
 
 
@@ -33,13 +40,24 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no such folder")
     if args.pythia_evals and not Path(args.pythia_evals).is_dir():
         raise UsageError(f"--pythia-evals {args.pythia_evals!r}: no such folder")
+    outliers = None
+    if args.sweep:
+        from polypythia.monitoring.settings import settings_from_spec
+        from polypythia.spec import load_sweep_file
+
+        outliers = settings_from_spec(load_sweep_file(args.sweep).spec.get("instability")).outliers
     store_kwargs = storage_options(args, source)
     from polypythia.storage import SweepStore
 
     if not SweepStore.open(source, **store_kwargs).runs():
         raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no runs in it (nothing to report)")
     index = render_report(
-        source, args.out, pythia_evals=args.pythia_evals, title=args.title, **store_kwargs
+        source,
+        args.out,
+        pythia_evals=args.pythia_evals,
+        title=args.title,
+        outliers=outliers,
+        **store_kwargs,
     )
     print(index)
     return 0

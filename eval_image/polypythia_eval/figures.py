@@ -475,10 +475,13 @@ def outlier_scores(size: str, scores: list[FamilyScores], palette: Mapping[str, 
     n = max((fs.steps for fs in scores), key=len, default=[])
     if len(n) < 2:
         return _too_few(key, title, n, "checkpoints tested across seeds")
+    # A section may hold several groups (a branch is tested with its parent's other branches).
+    several = len({fs.group for fs in scores}) > 1
     fig = make_subplots(
         rows=len(scores), cols=1, vertical_spacing=0.25 / len(scores),
-        subplot_titles=[f"{fs.signal}: level threshold {fs.level_threshold:.2f}, change "
-                        f"threshold {fs.change_threshold:.2f}" for fs in scores],
+        subplot_titles=[f"{fs.signal}{f' ({fs.group})' if several else ''}: level threshold "
+                        f"{fs.level_threshold:.2f}, change threshold {fs.change_threshold:.2f}"
+                        for fs in scores],
     )  # fmt: skip
     shown: set[str] = set()
     for i, fs in enumerate(scores, start=1):

@@ -16,7 +16,7 @@ import math
 import re
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -82,9 +82,8 @@ def outlier_verdict(
     branch: bool = False,
 ) -> str:
     """What the cross-seed test said about one run, in words: flagged (signal, test, score
-    and threshold), tested and not flagged, or not tested and why."""
-    if branch:
-        return "not tested (a branch, not an independent seed)"
+    and threshold), tested and not flagged, or not tested and why. ``seeds`` counts the runs
+    of its group (a branch is compared with the other branches of its parent checkpoint)."""
     mine = [v for v in verdicts if v.run == run]
     if mine:
         parts = []
@@ -101,7 +100,9 @@ def outlier_verdict(
     if tested:
         return f"not an outlier (tested on {len(tested)} signal{'s' if len(tested) > 1 else ''})"
     if seeds < min_seeds:
-        return f"not tested ({seeds} seed{'s' if seeds != 1 else ''}; the test needs {min_seeds})"
+        noun = ("branch", "branches") if branch else ("seed", "seeds")
+        what = f"{seeds} {noun[seeds != 1]}" + (" of its parent checkpoint" if branch else "")
+        return f"not tested ({what}; the test needs {min_seeds})"
     return f"not tested (no checkpoint with {min_seeds} seeds evaluated yet)"
 
 
@@ -126,9 +127,10 @@ def branch_text(run: RunData) -> str:
 
 def summary_rows(runs: list[RunData], result: Analysis) -> list[dict]:
     """One row per run of a size: the summary table's columns."""
-    seeds = len([r for r in runs if not r.branch])
+    groups = Counter(result.groups.values())
     rows = []
     for run in runs:
+        seeds = groups.get(result.groups.get(run.name, ""), 1)
         steps, _, _ = loss_history(run)
         held = final_heldout(run)
         spikes = [e for e in result.spikes if e.run == run.name]
@@ -143,7 +145,12 @@ def summary_rows(runs: list[RunData], result: Analysis) -> list[dict]:
                 "heldout_step": held[0] if held else None,
                 "spikes": [figures.spike_text(e) for e in spikes],
                 "outlier": outlier_verdict(
-                    run.name, seeds, result.outliers, result.scores, branch=bool(run.branch)
+                    run.name,
+                    seeds,
+                    result.outliers,
+                    result.scores,
+                    result.outlier_settings.min_runs,
+                    branch=bool(run.branch),
                 ),
                 "flagged": any(v.run == run.name for v in result.outliers),
                 "rewinds": rewind_text(run),
@@ -271,7 +278,8 @@ def findings(sweep: SweepData, result: Analysis, tables: dict) -> dict[str, list
         if not flagged and tested:
             lines.append("no seed is a cross-seed outlier on any tested signal.")
         elif not tested:
-            lines.append(f"outlier test: {outlier_verdict('', seeds, [], [])}.")
+            needed = result.outlier_settings.min_runs
+            lines.append(f"outlier test: {outlier_verdict('', seeds, [], [], needed)}.")
         tmap = result.maps.get(size)
         if tmap is not None:
             for run, at in tmap.departures.items():
@@ -386,6 +394,11 @@ def _summary(sweep: SweepData, result: Analysis) -> dict:
             },  # fmt: skip
             "spikes": [e.to_dict() for e in result.spikes],
             "outliers": [v.to_dict() for v in result.outliers],
+            "outlierSettings": {
+                "falseAlarmRate": result.outlier_settings.false_alarm_rate,
+                "consecutive": result.outlier_settings.consecutive,
+                "signals": list(result.outlier_settings.signals),
+            },
             "training_maps": {s: m.to_dict() for s, m in result.maps.items()},
             "notes": result.notes,
         }
@@ -453,18 +466,20 @@ def render_report(
     pythia_evals: str | Path | None = None,
     run_errors: dict[str, str] | None = None,
     title: str | None = None,
+    outliers: OutlierSettings | None = None,
     **store_kwargs,
 ) -> Path:
     """Write ``out_dir/index.html`` (self-contained) and ``summary.json``; return the page.
 
     ``source`` is a sweep folder (local or s3://) or a folder of lm-eval result
     files; ``pythia_evals`` adds a reference section from such a folder;
-    ``run_errors`` (run -> message) marks runs the caller saw fail.
+    ``run_errors`` (run -> message) marks runs the caller saw fail; ``outliers`` is the
+    sweep's ``spec.instability.outliers`` (the live verdicts' settings; CRD defaults if None).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sweep = load_source(str(source), run_errors, **store_kwargs)
-    result = analyse(sweep)
+    result = analyse(sweep, outliers)
     summary = _summary(sweep, result)
     summary["sizes"] = {}
     main = sweep_context(sweep, result)
@@ -482,7 +497,7 @@ def render_report(
     reference = None
     if pythia_evals:
         ref = load_result_files(pythia_evals)
-        ref_result = analyse(ref)
+        ref_result = analyse(ref, outliers)
         reference = {"name": Path(pythia_evals).name, **sweep_context(ref, ref_result, "ref-")}
         summary["reference"] = _summary(ref, ref_result)
     name = title or f"polypythia report: {Path(str(source).rstrip('/')).name}"

@@ -36,6 +36,8 @@ class RunData:
     # run.json's ``branch`` block (parent URI, step, checksum, optimizer) for a branched run.
     branch: dict | None = None
     rewinds: list[dict] = field(default_factory=list)
+    # run.json as stored ({} when unreadable): the run core reads the run's group there.
+    config: dict = field(default_factory=dict)
 
     @property
     def parent(self) -> str | None:
@@ -76,6 +78,7 @@ def _run_from_store(store, name: str) -> RunData:
     run = RunData(name=name, size="?")
     try:
         cfg = store.read_run_config()
+        run.config = cfg if isinstance(cfg, dict) else {}
         run.size = str(cfg.get("size", "?"))
         init = cfg.get("init") or {}
         if init.get("name"):

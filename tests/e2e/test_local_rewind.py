@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import command, env, write_sweep
 
-from polypythia.storage import RunStore
+from polypythia.storage import RunStore, pins
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,8 @@ def test_learning_rate_shock_is_rewound_once_then_refused(tmp_path: Path) -> Non
         ).read_text()
     )
     assert final["attempt"] >= rewind["attempt"]
+    # The restart checkpoint was pinned until the rewound attempt checkpointed past it.
+    assert pins.pins(run) == {} and pins.being_pruned(run) == set()
 
     # The summary says so.
     lines = out.splitlines()

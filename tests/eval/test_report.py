@@ -64,7 +64,10 @@ def test_summary_table_says_each_runs_verdict_and_why_untested(loaded):
     assert "score" in rows[OUTLIER_RUN]["outlier"] and "> threshold" in rows[OUTLIER_RUN]["outlier"]
     for run in set(SEEDS) - {OUTLIER_RUN}:
         assert rows[run]["outlier"] == "not an outlier (tested on 2 signals)", run
-    assert rows[BRANCH_RUN]["outlier"] == "not tested (a branch, not an independent seed)"
+    # A branch is compared with the other branches of its parent checkpoint, as live.
+    assert rows[BRANCH_RUN]["outlier"] == (
+        "not tested (1 branch of its parent checkpoint; the test needs 4)"
+    )
     assert (
         rows[BRANCH_RUN]["branch"]
         == f"branch of {SPIKE_RUN} at step {BRANCH_STEP} (optimizer fresh)"
@@ -230,10 +233,36 @@ def test_outlier_scores_are_drawn_with_their_threshold(loaded):
                for j in range(len(ev.runs)) if j != i)  # fmt: skip
 
 
+SWEEP_YAML = """\
+apiVersion: polypythia.io/v1alpha1
+kind: PolyPythiaSweep
+metadata: {name: sw}
+spec:
+  sizes: [micro]
+  seeds: {list: [0, 1, 2, 3, 4]}
+  instability: {outliers: {falseAlarmRate: 0.2, signals: [eval]}}
+"""
+
+
 def test_report_cli_writes_the_page(report_sweep, tmp_path, capsys):
-    assert cli.main(["report", str(report_sweep), "--out", str(tmp_path / "out")]) == 0
+    # --sweep: the cross-seed test runs with the sweep's own outlier settings, as live.
+    (tmp_path / "sweep.yaml").write_text(SWEEP_YAML)
+    argv = ["report", str(report_sweep), "--out", str(tmp_path / "out"),
+            "--sweep", str(tmp_path / "sweep.yaml")]  # fmt: skip
+    assert cli.main(argv) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "index.html")
     assert "sw-micro-s3" in (tmp_path / "out" / "index.html").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["outlierSettings"] == {
+        "falseAlarmRate": 0.2, "consecutive": 2, "signals": ["eval"]
+    }  # fmt: skip
+    assert {v["signal"] for v in summary["outliers"]} == {"eval:pp_cloze/acc"}
+
+
+def test_report_bad_sweep_file_exits_2(report_sweep, tmp_path, capsys):
+    argv = ["report", str(report_sweep), "--sweep", str(tmp_path / "nope.yaml")]
+    assert cli.main(argv) == 2
+    assert "nope.yaml: no such file" in capsys.readouterr().err
 
 
 def test_report_of_an_empty_sweep_is_refused(tmp_path, capsys):

@@ -5,6 +5,7 @@ carry OCI labels, and build under the tags the chart deploys. Fast: nothing is b
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -233,9 +234,14 @@ def test_everything_copied_exists_and_is_in_the_build_context(image: str) -> Non
 
 
 def _make_dry_run(*targets: str, **variables: str) -> str:
+    """`make -n` with only ``variables`` set: a calling make (`make test-images IMAGE_BASE=...`)
+    passes its own command-line variables down through MAKEFLAGS, which would override ours."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    for name in ("IMAGE_BASE", "PYTHON_IMAGE", "RAY_IMAGE", "IMAGE_REGISTRY", "IMAGE_TAG"):
+        env.pop(name, None)
     result = subprocess.run(
         ["make", "--no-print-directory", "-n", *targets, *[f"{k}={v}" for k, v in variables.items()]],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -184,6 +184,14 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     cluster.wait_for(
         "RayJob once the bucket exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
-    ready = cluster.condition(ns, sweep, "StorageReady")
-    assert (ready["status"], ready["reason"]) == ("True", "Reachable")
-    assert _events(cluster, ns, "StorageReady")
+    # The pass creates the RayJob, then writes status: under load a read may come between.
+    ready = cluster.wait_for(
+        "StorageReady True",
+        lambda: (
+            cluster.condition(ns, sweep, "StorageReady").get("status") == "True"
+            and cluster.condition(ns, sweep, "StorageReady")
+        ),
+        timeout=WAIT_S,
+    )
+    assert ready["reason"] == "Reachable"
+    assert cluster.wait_for("Event", lambda: _events(cluster, ns, "StorageReady"), timeout=WAIT_S)

@@ -12,10 +12,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
+from pathlib import Path
 
 from k8s.harness import sweep_body
 from polypythia.k8s import reconcile as R
-from polypythia.storage import RunStore
+from polypythia.k8s.observe import SweepObserver, _Cached
+from polypythia.monitoring.spikes import SpikeSettings
+from polypythia.runcore.monitor import RunMonitor
+from polypythia.storage import RunStore, pins
 
 NS, SWEEP, RUN = "rewind", "rw", "rw-nano-s0"
 
@@ -48,7 +53,14 @@ def _checkpoint(cluster, bucket: str, step: int, attempt: int) -> None:  # type:
 
 
 def _telemetry(  # type: ignore[no-untyped-def]
-    cluster, bucket: str, first: int, last: int, attempt: int, spike_at: int | None
+    cluster,
+    bucket: str,
+    first: int,
+    last: int,
+    attempt: int,
+    spike_at: int | None,
+    sweep: str = SWEEP,
+    run: str = RUN,
 ) -> None:
     """A slowly falling, slightly noisy loss; from ``spike_at`` on, four steps of blow-up."""
     lines = []
@@ -60,7 +72,7 @@ def _telemetry(  # type: ignore[no-untyped-def]
             json.dumps({"step": step, "loss": loss, "grad_norm": grad, "attempt": attempt})
         )
     suffix = f".a{attempt}" if attempt else ""
-    key = f"sweeps/{SWEEP}/{RUN}/telemetry/{first:09d}-{last:09d}{suffix}.jsonl"
+    key = f"sweeps/{sweep}/{run}/telemetry/{first:09d}-{last:09d}{suffix}.jsonl"
     _put(cluster, bucket, key, ("\n".join(lines) + "\n").encode())
 
 
@@ -142,6 +154,92 @@ def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -
     assert row["rewinds"] == 1 and row["attempt"] == 2
 
 
+def test_the_restart_checkpoint_stays_pinned_while_the_old_attempt_prunes(
+    cluster, tmp_path: Path
+) -> None:
+    """KubeRay holds the old RayJob (its finalizer) while its trainer still runs and
+    prunes resume checkpoints: the checkpoint the operator chose cannot go, the new
+    attempt starts only once the old RayJob is gone and resumes from it, and the pin is
+    released when the new attempt checkpoints past it."""
+    ns, sweep, name = "pinned", "pn", "pn-nano-s0"
+    cluster.create_namespace(ns)
+    cluster.create_secret(ns, "s3")
+    bucket = cluster.s3.make_bucket()
+    body = sweep_body(
+        sweep,
+        seeds=1,
+        sizes=("nano",),
+        storage={"bucket": bucket, "secretName": "s3", "secure": False},
+        instability={
+            "action": "rewind",
+            "signals": ["loss"],
+            "rewind": {"stepsBefore": 10, "skipBatches": 5, "maxRewinds": 1},
+        },
+    )
+    body["spec"]["training"]["steps"] = 200
+    body["spec"]["checkpoints"] = {"schedule": "every", "every": 100, "resumeEvery": 10}
+    cluster.apply_sweep(ns, body)
+    cluster.wait_for("RayJob", lambda: [j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)])
+    finalizer = {"metadata": {"finalizers": ["ray.io/rayjob-finalizer"]}}
+    cluster.custom.patch_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", name, finalizer)
+    cluster.set_rayjob_status(ns, name, "Running", "RUNNING")
+    run = RunStore.open(
+        f"s3://{bucket}/sweeps/{sweep}/{name}",
+        endpoint=cluster.s3.url,
+        secure=False,
+        access_key=cluster.s3.access_key,
+        secret_key=cluster.s3.secret_key,
+    )
+
+    def commit(step: int, attempt: int) -> None:
+        folder = tmp_path / f"step{step}-a{attempt}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"w" * 64)
+        run.commit_checkpoint(step, folder, attempt=attempt)
+
+    # Attempt 0 checkpointed every 10 steps and is deleting step 50 right now (keepResume).
+    for step in range(0, 70, 10):
+        commit(step, attempt=0)
+    announcement = json.dumps({"step": 50, "at": time.time()}).encode()
+    run.store.put_bytes(run.key("pins/step50.pruning"), announcement)
+    _telemetry(cluster, bucket, 1, 70, attempt=0, spike_at=61, sweep=sweep, run=name)
+
+    # The rewind goes to the last checkpoint no pruner is at work on, pinned for attempt 1.
+    rewinds = cluster.wait_for("rewind", lambda: run.read_rewinds()["rewinds"])
+    assert rewinds[0]["restartStep"] == 40 and rewinds[0]["attempt"] == 1
+    assert {s: p["attempt"] for s, p in pins.pins(run).items()} == {40: 1}
+    old = cluster.wait_for(
+        "old RayJob deleting",
+        lambda: next(
+            (
+                j
+                for j in cluster.rayjobs(ns, sweep)
+                if j["metadata"]["name"] == name and j["metadata"].get("deletionTimestamp")
+            ),
+            None,
+        ),
+    )
+    assert old is not None
+    # The old trainer prunes on: the pinned checkpoint stays; the others go as before.
+    run.store.delete(run.key("pins/step50.pruning"))
+    assert pins.prune(run, 40) is False and pins.prune(run, 30) is True
+    assert run.complete_checkpoints() == [0, 10, 20, 40]
+    time.sleep(1.5)  # passes run: no new attempt while the old RayJob exists
+    assert [j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)] == [name]
+
+    # KubeRay lets the old RayJob go: the new attempt starts and resumes from step 40.
+    cluster.custom.patch_namespaced_custom_object(
+        "ray.io", "v1", ns, "rayjobs", name, {"metadata": {"finalizers": []}}
+    )
+    cluster.wait_for(
+        "new attempt",
+        lambda: [j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)] == [f"{name}-r1"],
+    )
+    assert run.drop_abandoned() == [] and run.sound_checkpoint() == 40
+    commit(50, attempt=1)
+    assert pins.release_reached(run, 50, 1) == [40] and pins.pins(run) == {}
+
+
 def test_running_runs_are_the_rewindable_ones() -> None:
     def job(run: str, attempt: int, deployment: str) -> dict:
         return {
@@ -154,3 +252,21 @@ def test_running_runs_are_the_rewindable_ones() -> None:
 
     jobs = [job("a", 0, "Failed"), job("a", 1, "Running"), job("b", 0, "Running"), job("b", 1, "")]
     assert R.running_runs(jobs) == frozenset({"a"})
+
+
+def test_an_ended_runs_pins_are_released_once(tmp_path: Path) -> None:
+    """The operator releases the pins of a run that ended (failed for good, say, before
+    its rewound attempt checkpointed past the pin), looking once per run."""
+    run = RunStore.open(str(tmp_path / "store" / SWEEP / RUN))
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w")
+    run.commit_checkpoint(40, folder, attempt=0)
+    pins.pin(run, 40, 1, "rewind: spike at 61")
+    observer = SweepObserver((NS, SWEEP))
+    observer.runs[RUN] = _Cached(RunMonitor(RUN, SpikeSettings(), frozenset()), run)
+    observer.finish([RUN, "never-observed"])
+    assert pins.pins(run) == {} and run.is_complete(40)
+    pins.pin(run, 40, 1, "written by hand later")
+    observer.finish([RUN])  # every pass calls finish: the run is not listed again
+    assert list(pins.pins(run)) == [40]

@@ -68,7 +68,7 @@ def test_too_few_seeds_and_wrong_folders_are_usage_errors(sweep, tmp_path, capsy
         (small / fx.run_name(seed)).symlink_to(sweep / fx.run_name(seed))
     assert main(["outliers", str(small)]) == 2
     err = capsys.readouterr().err
-    assert "not tested: 3 run(s) of nano/None" in err and "at least 4 seeds" in err
+    assert "not tested: 3 run(s) of nano/pythia" in err and "at least 4 seeds" in err
     assert main(["spikes", str(tmp_path / "nothing-here")]) == 2  # neither file nor folder
     (tmp_path / "empty").mkdir()
     assert main(["outliers", str(tmp_path / "empty")]) == 2

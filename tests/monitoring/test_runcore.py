@@ -4,10 +4,17 @@ both hand their telemetry to it, so these rules hold in both modes)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from polypythia.monitoring.settings import InstabilitySettings, RewindSettings
 from polypythia.monitoring.spikes import SpikeSettings
-from polypythia.runcore.monitor import RecordRefusal, RecordRewind, RunMonitor, next_spike_action
+from polypythia.runcore.monitor import (
+    RecordRefusal,
+    RecordRewind,
+    RunMonitor,
+    next_spike_action,
+    stored_history,
+)
 from polypythia.runcore.phase import RunPhase, is_terminal
 from polypythia.runcore.schedule import (
     PENDING_GRACE_S,
@@ -15,6 +22,7 @@ from polypythia.runcore.schedule import (
     pending_too_long,
     reference_gate,
 )
+from polypythia.storage import RunStore
 
 SPIKES = SpikeSettings(signals=("loss",))
 REWIND = InstabilitySettings(
@@ -65,6 +73,37 @@ def test_rewind_then_refusal_each_spike_once() -> None:
     monitor.ingest(_records(51, 90, spike_at=81, attempt=1))
     refusal = next_spike_action(monitor, recorded, range(0, 80, 10), REWIND)
     assert isinstance(refusal, RecordRefusal) and "maxRewinds is 1" in refusal.reason
+
+
+def test_a_rewound_run_read_back_from_storage_has_the_live_monitors_checkpoint_losses(
+    tmp_path: Path,
+) -> None:
+    # What the report and `polypythia outliers` test (stored_history) is what the live
+    # monitor tested: the abandoned timeline's checkpoint losses gone, NaN never a score.
+    planned = [0, 20, 40, 60, 62, 70, 80, 90]
+    config = {"size": "nano", "init": {"strategy": "pythia", "name": None},
+              "checkpoints": {"steps": planned}}  # fmt: skip
+    store = RunStore.open(str(tmp_path / "r"))
+    store.write_run_config(config)
+    monitor = RunMonitor("r", SPIKES, frozenset(planned))
+    first = _records(1, 70, spike_at=61)
+    store.append_telemetry(first, attempt=0)
+    monitor.ingest(first)
+    assert monitor.checkpoint_losses[62] == 8.0  # the spike, caught by a checkpoint
+    store.record_rewind(50, (51, 56), {"signal": "loss", "onsetStep": 61, "attempt": 0})
+    monitor.rewound(50, store.read_telemetry())
+    second = _records(51, 90, attempt=1)
+    second[80 - 51]["loss"] = float("nan")
+    store.append_telemetry(second, attempt=1)
+    monitor.ingest(second)
+    stored = stored_history("r", store.read_run_config(), store.read_telemetry(), {})
+    assert stored.losses == monitor.checkpoint_losses
+    assert sorted(stored.losses) == [20, 40, 60, 62, 70, 90] and stored.losses[62] < 3.0
+    assert stored.group == "nano/pythia"
+    branch = {**config, "branch": {"parent": "s3://b/sw/sw-nano-s0", "step": 30}}
+    assert (
+        stored_history("b", branch, [], {}).group == "nano/pythia from s3://b/sw/sw-nano-s0@step30"
+    )
 
 
 def test_observe_and_alert_take_no_action() -> None:

@@ -85,6 +85,8 @@ class _Watcher:
     namespace: str | None
     match: Callable[[dict[str, Any]], bool]
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    # Events held back by ``ClusterEmulator.watch_lag``, oldest first.
+    held: deque[bytes | None] = field(default_factory=deque)
 
 
 def parse_label_selector(text: str) -> Callable[[dict[str, str]], bool]:
@@ -224,6 +226,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     calls: set[tuple[str, str, str, str]] = attrs.field(factory=set, init=False)
     warnings: list[str] = attrs.field(factory=list, init=False)
     rejected: list[str] = attrs.field(factory=list, init=False)
+    # Seconds the watch events of a resource (key ``group/version/plural``) reach open
+    # streams late, still in order, as from a loaded API server; reads are not delayed.
+    watch_lag: dict[str, float] = attrs.field(factory=dict, init=False)
     _rv: itertools.count = attrs.field(factory=lambda: itertools.count(100), init=False)
     _last_rv: int = attrs.field(default=99, init=False)
     _history: dict[str, deque] = attrs.field(factory=dict, init=False)
@@ -704,11 +709,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         rv = int(obj["metadata"]["resourceVersion"])
         snapshot = _copy(obj)
         self._history[rt.key].append((rv, snapshot, line))
+        lag = self.watch_lag.get(rt.key, 0.0)
         for w in self._watchers[rt.key]:
             if w.match(snapshot):
-                self._deliver(w, line)
+                self._deliver(w, line, lag)
 
-    def _deliver(self, w: _Watcher, line: bytes | None) -> None:
+    def _deliver(self, w: _Watcher, line: bytes | None, lag: float = 0.0) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -716,10 +722,21 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            w.queue.put_nowait(line)
+        if lag > 0:
+            call, args = self._hold, (w, line, lag)
         else:
-            loop.call_soon_threadsafe(w.queue.put_nowait, line)
+            call, args = w.queue.put_nowait, (line,)
+        if running is loop:
+            call(*args)
+        else:
+            loop.call_soon_threadsafe(call, *args)
+
+    @staticmethod
+    def _hold(w: _Watcher, line: bytes | None, lag: float) -> None:
+        """Queue ``line`` for ``w`` after ``lag`` seconds, behind every line held before
+        (each release hands over the oldest held line, so the order is kept)."""
+        w.held.append(line)
+        asyncio.get_running_loop().call_later(lag, lambda: w.queue.put_nowait(w.held.popleft()))
 
     async def _watch(self, rt: ResourceType, req: rendering.Request) -> aiohttp.web.StreamResponse:
         params = req.params

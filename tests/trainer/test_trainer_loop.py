@@ -10,7 +10,7 @@ import torch
 from trainer_helpers import losses, nano_config
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-from polypythia.storage import RunStore
+from polypythia.storage import RunStore, pins
 from polypythia_trainer.launch import run_local
 from polypythia_trainer.loop import run_worker
 from support.fixtures import s3_endpoint  # noqa: F401
@@ -119,20 +119,22 @@ def test_resume_through_s3_storage(reference, s3_endpoint) -> None:  # noqa: F81
     assert RunStore.open(uri, **kwargs).complete_checkpoints() == [0, 1, 2, 4]
 
 
-def test_a_rewinds_restart_checkpoint_is_never_pruned(tmp_path) -> None:
-    # The operator pins step 2 by recording a rewind to it while the attempt still runs.
+@pytest.mark.parametrize(("pinned_for", "left"), [(1, [0, 2, 4, 5, 6]), (0, [0, 4, 5, 6])])
+def test_a_pinned_restart_checkpoint_is_pruned_only_once_its_attempt_passed_it(
+    tmp_path, pinned_for: int, left: list[int]
+) -> None:
+    """The operator pinned step 2 for the attempt that restarts from it while this one
+    (attempt 0) still runs: attempt 0 prunes around it. A pin for attempt 0 itself is
+    released once it checkpoints past step 2, and the step is pruned as usual."""
     store = RunStore.open(str(tmp_path))
-    store.store.put_bytes(
-        store.key("telemetry/rewinds.json"),
-        json.dumps(
-            {"rewinds": [{"restartStep": 2, "skipBatches": [100, 101], "spike": {}, "attempt": 0}]}
-        ).encode(),
-    )
+    pin = {"step": 2, "attempt": pinned_for, "reason": "rewind", "at": 0.0}
+    store.store.put_bytes(store.key("pins/step2.json"), json.dumps(pin).encode())
     cfg = nano_config(
         tmp_path, steps=6, checkpoints={"steps": [0, 4], "resumeEvery": 1, "keepResume": 2}
     )
     run_worker(cfg)
-    assert RunStore.open(str(tmp_path)).complete_checkpoints() == [0, 2, 4, 5, 6]
+    assert RunStore.open(str(tmp_path)).complete_checkpoints() == left
+    assert sorted(pins.pins(store)) == ([2] if pinned_for else [])
 
 
 @pytest.mark.parametrize("order", ["megatron", "permutation"])

@@ -17,7 +17,8 @@ import torch
 
 from polypythia.errors import UsageError
 from polypythia.metrics_sinks import build_processor
-from polypythia.storage import CheckpointDamaged, StorageNotFound
+from polypythia.retention import optimizer_state_kept
+from polypythia.storage import CheckpointDamaged, StorageNotFound, pins
 from polypythia.storage.lease import check_lease
 from polypythia_trainer import branching
 from polypythia_trainer import checkpoint as ckpt
@@ -370,6 +371,9 @@ class Trainer:
         self.store.commit_checkpoint(step, out_dir, attempt=self.attempt)
         if self.store.store.local_dir(self.store.checkpoint_key(step)) != out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
+        released = pins.release_reached(self.store, step, self.attempt)
+        if released:
+            print(f"restart checkpoints no longer pinned: {released}", flush=True)
         self._prune(step)
         self._drop_optimizer_states()
 
@@ -380,16 +384,24 @@ class Trainer:
         if plan.optimizer_state == "all":
             return
         complete = self.store.complete_checkpoints()
-        kept = plan.optimizer_state_kept(complete)
+        kept = optimizer_state_kept(
+            complete,
+            policy=plan.optimizer_state,
+            planned=set(plan.steps),
+            resume_every=plan.resume_every,
+            keep_resume=plan.keep_resume,
+            pinned=pins.pinned_steps(self.store),
+        )
         for step in complete:
             if step in kept or step in self._without_optimizer:
                 continue
             reason = f"checkpoints.optimizerState {plan.optimizer_state}"
             try:
-                self.store.drop_checkpoint_files(step, ckpt.is_optimizer_file, reason)
+                freed = pins.prune_files(self.store, step, ckpt.is_optimizer_file, reason)
             except (StorageNotFound, CheckpointDamaged):
                 continue  # deleted meanwhile (a rewind), or for a resume to quarantine
-            self._without_optimizer.add(step)
+            if freed is not None:  # None: pinned since the listing, kept for its restart
+                self._without_optimizer.add(step)
 
     def _staging_dir(self, step: int) -> Path:
         """Write in place on a local store (commit then only adds COMPLETE), else in work_dir."""
@@ -403,17 +415,13 @@ class Trainer:
 
     def _prune(self, newest: int) -> None:
         """Keep the last ``keepResume`` resume-only checkpoints; planned ones stay forever,
-        and so does every rewind's restart step (pinned from the moment the operator
-        records it in rewinds.json, also while this attempt still runs)."""
+        and so does a pinned one: a rewind's restart step, pinned from the moment it is
+        chosen (``storage.pins``), also while this attempt still runs."""
         plan = self.cfg.checkpoints
         extra = [s for s in self.store.complete_checkpoints() if not plan.is_planned(s)]
-        doomed = [s for s in extra[: -plan.keep_resume] if s != newest]
-        if not doomed:
-            return
-        pinned = {int(r["restartStep"]) for r in self.store.read_rewinds()["rewinds"]}
-        for step in doomed:
-            if step not in pinned:
-                self.store.delete_checkpoint(step)
+        for step in extra[: -plan.keep_resume]:
+            if step != newest:
+                pins.prune(self.store, step)
 
     # the loop
 

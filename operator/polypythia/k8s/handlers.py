@@ -80,9 +80,7 @@ class _SweepState:
     wake: asyncio.Event
     lock: asyncio.Lock
     observer: SweepObserver
-    # The status this operator last wrote, and the sweep's resourceVersion it wrote it
-    # over: a pass woken before the watch delivers that write still sees the old
-    # resourceVersion, and then uses this status instead of the stale one.
+    # The sweep's uid and the status this operator last wrote to it (see previous_status).
     written: tuple[str | None, dict] | None = None
     settled: bool = False  # the last pass found nothing left to do but wait for edits
     # Children created by this operator and not yet seen through the watch: name ->
@@ -238,17 +236,19 @@ class Operator:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc.status} {exc.reason}")
             if _refused(exc):
-                await self._report_refusal(body, f"{exc.status} {exc.reason}: {_api_message(exc)}")
+                await self._report_refusal(
+                    body, state, f"{exc.status} {exc.reason}: {_api_message(exc)}"
+                )
         except OSError as exc:
             error = True
             logger.warning(f"reconcile failed, will retry: {exc}")
         finally:
             self.config.exporter.observe_reconcile(time.perf_counter() - started, error)
 
-    async def _report_refusal(self, body: kopf.Body, message: str) -> None:
+    async def _report_refusal(self, body: kopf.Body, state: _SweepState, message: str) -> None:
         """A pass the API server refused (RBAC, admission): a Warning Event and Ready False."""
         obj = _plain(body)
-        previous = obj.get("status") or {}
+        previous = previous_status(obj, state.written)
         status = R.with_refusals(
             previous, [message], previous, _now(), obj["metadata"].get("generation")
         )
@@ -295,9 +295,7 @@ class Operator:
     ) -> None:
         obj = _plain(body)
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        previous = obj.get("status") or {}
-        if state.written is not None and state.written[0] == obj["metadata"].get("resourceVersion"):
-            previous = state.written[1]
+        previous = previous_status(obj, state.written)
         now = _now()
         spec_obj = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj}
         try:
@@ -306,15 +304,15 @@ class Operator:
             images = self._images(sweep.spec)
         except SpecError as exc:
             message = "; ".join(exc.errors)
-            await self._invalid(body, obj, previous, message, now)
+            await self._invalid(body, obj, previous, message, now, state)
             return
         except ValueError as exc:
-            await self._invalid(body, obj, previous, str(exc), now)
+            await self._invalid(body, obj, previous, str(exc), now, state)
             return
         plan = planner.plan_sweep(sweep)
         problems = await self._branch_problems(sweep, plan, previous, state)
         if problems:
-            await self._invalid(body, obj, previous, "; ".join(problems), now)
+            await self._invalid(body, obj, previous, "; ".join(problems), now, state)
             return
         uid = obj["metadata"]["uid"]
         rayjobs, eval_jobs = await self._children(ns, name, uid, state, indexes)
@@ -392,7 +390,7 @@ class Operator:
             )
             if _changed(previous, status):
                 await self._run(self._patch_status, ns, name, status)
-                state.written = (obj["metadata"].get("resourceVersion"), status)
+                state.written = (obj["metadata"].get("uid"), status)
 
     async def _branch_problems(
         self, sweep: Sweep, plan: list[planner.RunPlan], previous: dict, state: _SweepState
@@ -477,7 +475,13 @@ class Operator:
         return R.Images(trainer, evaluator, self.config.storage_endpoint, self.config.cluster)
 
     async def _invalid(
-        self, body: kopf.Body, obj: dict, previous: dict, message: str, now: str
+        self,
+        body: kopf.Body,
+        obj: dict,
+        previous: dict,
+        message: str,
+        now: str,
+        state: _SweepState,
     ) -> None:
         status = R.invalid_status(message, obj["metadata"].get("generation"), previous, now)
         if previous.get("phase") != "Invalid" or _changed(previous, status):
@@ -485,6 +489,7 @@ class Operator:
             await self._run(
                 self._patch_status, obj["metadata"]["namespace"], obj["metadata"]["name"], status
             )
+            state.written = (obj["metadata"].get("uid"), status)
 
     async def _apply(
         self, body: kopf.Body, ns: str, actions: list[R.Action], state: _SweepState | None = None
@@ -677,6 +682,17 @@ def _plain(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def previous_status(obj: dict, written: tuple[str | None, dict] | None) -> dict:
+    """The status a pass starts from: the one this operator last wrote to this very sweep
+    (same uid), else the one on the object. The operator is status's only writer, and a
+    watch that lags (a loaded API server) hands a pass the sweep as it was one or more
+    writes ago: starting from that, a pass announced every transition written since a
+    second time (each "cannot start" Event posted twice)."""
+    if written is not None and written[0] == obj["metadata"].get("uid"):
+        return written[1]
+    return obj.get("status") or {}
 
 
 def _changed(previous: dict, status: dict) -> bool:

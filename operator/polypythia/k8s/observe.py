@@ -30,7 +30,7 @@ from polypythia.runcore.monitor import (
     outlier_verdicts,
 )
 from polypythia.spec import Sweep
-from polypythia.storage import RunStore, StorageError
+from polypythia.storage import RunStore, StorageError, pins
 from polypythia.storage.uri import open_store, split_s3_uri
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class _Cached:
     # The run's rewinds.json: read once, then kept up to date by ``carry_out`` (the
     # operator is its only writer; trainers only read it).
     recorded: dict[str, list[dict]] | None = None
+    # Its pins were released once it ended (``finish``).
+    pins_released: bool = False
 
 
 @dataclass
@@ -110,15 +112,30 @@ class SweepObserver:
 
     def finish(self, names: list[str]) -> None:
         """These runs ended (succeeded, or failed for good): they show no more spikes,
-        so spikes of the runs sharing their data order can settle as common-mode or not."""
+        so spikes of the runs sharing their data order can settle as common-mode or not;
+        nothing restarts from their pinned checkpoints any more (released once each)."""
         if self.spikes is not None:
             for name in names:
                 self._count(self.spikes.finish(name))
+        for name in names:
+            cached = self.runs.get(name)
+            if cached is None or cached.pins_released:
+                continue
+            try:
+                released = pins.release_all(cached.store)
+            except StorageError as exc:
+                log.warning("pins of ended run %s not released, retried: %s", name, exc)
+                continue
+            cached.pins_released = True
+            if released:
+                log.info("run %s ended: restart checkpoints %s no longer pinned", name, released)
 
     def carry_out(self, action: SpikeAction) -> dict:
-        """Record ``action`` in its run's storage (a rewind also drops the abandoned
-        checkpoints) and bring the run's monitor to the new history; returns the entry.
-        StorageError: nothing is known to be recorded; the run is read afresh next pass."""
+        """Record ``action`` in its run's storage (a rewind pins its restart checkpoint
+        first, and drops the abandoned checkpoints) and bring the run's monitor to the new
+        history; returns the entry. StorageError (also CheckpointUnavailable: the chosen
+        checkpoint went before it was pinned): nothing is known to be recorded; the run is
+        read afresh next pass and its spike decided again."""
         cached = self.runs.get(action.run)
         if cached is None:  # forgotten since it was observed (storage failed meanwhile)
             raise StorageError(f"run {action.run} is read afresh before its spike is acted on")
@@ -168,8 +185,10 @@ class SweepObserver:
         if self.spikes is not None:
             self._count(self.spikes.observe(run.name, events, monitor.step))
         proposal = None
-        if rewindable:
-            proposal = next_spike_action(monitor, cached.recorded, checkpoints, settings)
+        if rewindable and monitor.unhandled and settings.action == "rewind":
+            # Not one a trainer is pruning now: the choice is pinned when carried out.
+            candidates = pins.rewind_candidates(rs, checkpoints)
+            proposal = next_spike_action(monitor, cached.recorded, candidates, settings)
         else:
             monitor.drop_unhandled()
         fresh = rs.refresh_evals(cached.evals, evaluated)

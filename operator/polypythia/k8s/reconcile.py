@@ -379,6 +379,9 @@ def _start(
         body = _new_attempt(
             sweep, run, images, attempt, resume if attempt and resume >= 0 else None, out
         )
+        slots -= 1
+        if run.row.get("rayJob") == body["metadata"]["name"]:
+            continue  # announced by the pass that first created it (not yet seen since)
         if attempt:
             where = f"step {resume}" if resume >= 0 else "the start"
             spent = (
@@ -401,7 +404,6 @@ def _start(
                     "RunStarted", f"run {run.plan.name}: RayJob {body['metadata']['name']} created"
                 )
             )
-        slots -= 1
 
 
 def _new_attempt(

@@ -371,6 +371,10 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
     if not args.no_report:
         from polypythia_eval.report import render_report
 
-        report = render_report(f"{base_uri.rstrip('/')}/{sweep.name}", workdir / "report")
+        report = render_report(
+            f"{base_uri.rstrip('/')}/{sweep.name}",
+            workdir / "report",
+            outliers=driver.settings.outliers,
+        )
     print_summary(driver, report=report, wall_s=time.time() - started)
     return 1 if any(r.phase == RunPhase.FAILED for r in driver.runs) else 0

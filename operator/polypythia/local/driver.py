@@ -45,6 +45,7 @@ from polypythia.storage import (
     StorageNotFound,
     config_changes,
     describe_changes,
+    pins,
 )
 
 log = logging.getLogger(__name__)
@@ -458,9 +459,9 @@ class LocalDriver:
 
     def _decide(self, run: RunState) -> SpikeAction | None:
         recorded = run.store.read_rewinds()
-        return next_spike_action(
-            run.monitor, recorded, run.store.complete_checkpoints(), self.settings
-        )
+        # Not a checkpoint a trainer is pruning: record_rewind pins the one chosen.
+        candidates = pins.rewind_candidates(run.store, run.store.complete_checkpoints())
+        return next_spike_action(run.monitor, recorded, candidates, self.settings)
 
     def _carry_out(self, run: RunState, action: SpikeAction) -> None:
         """Record the run core's action in storage and follow it in memory."""

@@ -103,7 +103,8 @@ METRICS: tuple[Metric, ...] = (
     _run(
         "polypythia_outlier_score",
         "gauge",
-        "Robust z-score of the run against the other seeds of its size at the latest checkpoint.",
+        "Robust z-score of the run against the other seeds of its group (size, init, branch "
+        "parent) at the latest checkpoint: the run core's, as in status and the report.",
         "signal",
     ),
     _run(

@@ -10,11 +10,12 @@ from collections import Counter, defaultdict
 
 from polypythia.commands import common
 from polypythia.errors import UsageError
-from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers, seed_group
+from polypythia.monitoring.cross_seed import cross_seed_outliers
 from polypythia.monitoring.outliers import OutlierSettings, OutlierVerdict, Point, find_outliers
 from polypythia.monitoring.stored import is_stored, stored_runs
 from polypythia.monitoring.tables import columns, integer, number, read_rows, text
 from polypythia.output import camel_keys
+from polypythia.runcore.monitor import stored_history
 
 _HIGH_IS_BAD = ("loss", "perplexity", "ppl", "bpb")
 # More distinct steps than this per run is a per-step log, not checkpoint values.
@@ -122,8 +123,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _stored_verdicts(args: argparse.Namespace, settings: OutlierSettings) -> list[OutlierVerdict]:
-    """The driver's and operator's rule on runs in storage: a sweep's runs compared per size
-    (and init); a run folder's run compared with the other runs of its sweep."""
+    """The driver's and operator's rule on runs in storage (the run core's, as the report
+    applies it): a sweep's runs compared per size, init and branch parent; a run folder's
+    run compared with the other runs of its sweep."""
     for flag in ("value_column", "run_column", "group_column", "direction", "every"):
         if getattr(args, flag) is not None:
             raise UsageError(
@@ -136,15 +138,7 @@ def _stored_verdicts(args: argparse.Namespace, settings: OutlierSettings) -> lis
     if kind == "run":
         only = runs[0].name
         runs, _ = stored_runs(args.file.rstrip("/").rsplit("/", 1)[0], evals=True, **kwargs)
-    histories = [
-        RunHistory(
-            seed_group(r.size or "all", r.init),
-            r.name,
-            {t["step"]: t["loss"] for t in r.telemetry if t["step"] in set(r.checkpoints)},
-            r.evals,
-        )
-        for r in runs
-    ]
+    histories = [stored_history(r.name, r.config, r.telemetry, r.evals) for r in runs]
     result = cross_seed_outliers(histories, settings)
     verdicts = [v for found in result.verdicts.values() for v in found]
     if not result.latest_z or (only is not None and only not in result.latest_z):

@@ -1,8 +1,9 @@
 """Every cross-seed outlier signal of a sweep at once: the loss at checkpoints and each
-evaluation task's headline score, grouped by size (and init, when a sweep has several).
+evaluation task's headline score, grouped by size, init and branch parent (``seed_group``).
 
-The operator and the local driver both hand their per-run histories here, so a run is
-flagged by the same rule wherever it trains. Pure: histories in, verdicts out.
+The one outlier rule of the project: the operator, the local driver, the report and
+`polypythia outliers` all hand their per-run histories here, so a run is flagged (or not)
+the same way live, in status and in the report. Pure: histories in, verdicts out.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from polypythia.monitoring.eval_scores import bad_side, headline, task_scores
 from polypythia.monitoring.outliers import (
     Family,
+    FamilyScores,
     OutlierSettings,
     OutlierVerdict,
     Point,
     cross_seed_z,
-    flag_families,
+    tested_families,
 )
 
 
@@ -27,6 +30,19 @@ def seed_group(size: str, init: str | None, parent: str | None = None) -> str:
     """The runs compared with each other: same size and init, different seeds; branches
     (``parent``: `<uri>@step<N>`) only with branches of the same parent checkpoint."""
     return f"{size}/{init}" + (f" from {parent}" if parent else "")
+
+
+def run_group(config: Mapping[str, Any]) -> str:
+    """``seed_group`` of a run from its resolved run config (the plan's, or ``run.json`` as
+    stored: the same dict), so every reader puts a run in the same group."""
+    init = config.get("init") or {}
+    branch = config.get("branch") or {}
+    parent = (
+        f"{branch['parent']}@step{branch['step']}"
+        if branch.get("parent") and branch.get("step") is not None
+        else None
+    )
+    return seed_group(str(config.get("size") or "?"), init.get("name") or "pythia", parent)
 
 
 @dataclass(frozen=True)
@@ -41,10 +57,17 @@ class RunHistory:
 
 @dataclass(frozen=True)
 class CrossSeedResult:
-    """Verdicts per flagged run (earliest first) and each run's latest z per signal."""
+    """Verdicts per flagged run (earliest first), each run's latest z per signal, and the
+    scores and thresholds of every (signal, group) family tested, flagged or not."""
 
     verdicts: dict[str, list[OutlierVerdict]]
     latest_z: dict[str, dict[str, float]]
+    scores: list[FamilyScores] = field(default_factory=list)
+
+    def all(self) -> list[OutlierVerdict]:
+        """Every verdict, ordered by signal, group, first step and run."""
+        found = [v for vs in self.verdicts.values() for v in vs]
+        return sorted(found, key=lambda v: (v.signal, v.group, v.first_step, v.run))
 
     def first(self, run: str) -> OutlierVerdict | None:
         """The verdict that flagged the run first, if any."""
@@ -102,6 +125,18 @@ def signal_points(histories: Iterable[RunHistory], settings: OutlierSettings) ->
     return dict(out)
 
 
+def signal_families(histories: Iterable[RunHistory], settings: OutlierSettings) -> list[Family]:
+    """The families the cross-seed test looks at, one per signal with its bad side."""
+    return [
+        Family(
+            signal,
+            "high" if signal.startswith("loss") else bad_side(signal.rsplit("/", 1)[1]),
+            points,
+        )
+        for signal, points in sorted(signal_points(histories, settings).items())
+    ]
+
+
 def cross_seed_outliers(
     histories: Iterable[RunHistory], settings: OutlierSettings | None = None
 ) -> CrossSeedResult:
@@ -110,14 +145,13 @@ def cross_seed_outliers(
     settings = settings or OutlierSettings()
     verdicts: dict[str, list[OutlierVerdict]] = defaultdict(list)
     latest: dict[str, dict[str, float]] = defaultdict(dict)
-    families = []
-    for signal, points in sorted(signal_points(histories, settings).items()):
-        side = "high" if signal.startswith("loss") else bad_side(signal.rsplit("/", 1)[1])
-        families.append(Family(signal, side, points))
-        for (_, run), series in cross_seed_z(points, settings.min_runs).items():
-            latest[run][signal] = max(series)[1]
-    for verdict in flag_families(families, settings):
+    families = signal_families(histories, settings)
+    for family in families:
+        for (_, run), series in cross_seed_z(family.points, settings.min_runs).items():
+            latest[run][family.signal] = max(series)[1]
+    found, scores = tested_families(families, settings)
+    for verdict in found:
         verdicts[verdict.run].append(verdict)
-    for found in verdicts.values():
-        found.sort(key=lambda v: (v.first_step, v.signal))
-    return CrossSeedResult(dict(verdicts), dict(latest))
+    for by_run in verdicts.values():
+        by_run.sort(key=lambda v: (v.first_step, v.signal))
+    return CrossSeedResult(dict(verdicts), dict(latest), scores)

@@ -433,19 +433,19 @@ def _tested(
     return nonfinite, scores
 
 
-def family_scores(
-    families: Iterable[Family], settings: OutlierSettings | None = None
-) -> list[FamilyScores]:
-    """The scores and thresholds of every family ``flag_families`` tests (same split of the
-    false-alarm rate), flagged or not."""
-    return _tested(families, settings or OutlierSettings())[1]
-
-
 def flag_families(
     families: Iterable[Family], settings: OutlierSettings | None = None
 ) -> list[OutlierVerdict]:
     """Flag runs over every (signal, group) family at once, false alarms controlled over all
     of them; at most one verdict per run and signal (the earlier of level and change)."""
+    return tested_families(families, settings)[0]
+
+
+def tested_families(
+    families: Iterable[Family], settings: OutlierSettings | None = None
+) -> tuple[list[OutlierVerdict], list[FamilyScores]]:
+    """``flag_families``'s verdicts with the scores of every family tested (flagged or not),
+    from one computation: what a report draws beside the verdicts."""
     settings = settings or OutlierSettings()
     verdicts, scores = _tested(families, settings)
     for fs in scores:
@@ -482,7 +482,7 @@ def flag_families(
                 )
             if found and run not in flagged_runs:
                 verdicts.append(min(found, key=lambda v: (v.first_step, v.test)))
-    return sorted(verdicts, key=lambda v: (v.signal, v.group, v.first_step, v.run))
+    return sorted(verdicts, key=lambda v: (v.signal, v.group, v.first_step, v.run)), scores
 
 
 def find_outliers(

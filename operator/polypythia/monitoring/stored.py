@@ -26,6 +26,8 @@ class StoredRun:
     checkpoints: tuple[int, ...]
     telemetry: list[dict] = field(default_factory=list)
     evals: dict[int, dict] = field(default_factory=dict)
+    # run.json as stored (empty when the run has none): the run core reads its group there.
+    config: dict = field(default_factory=dict)
 
 
 def is_stored(path: str) -> bool:
@@ -55,6 +57,7 @@ def _read(store: RunStore, name: str, evals: bool) -> StoredRun:
         checkpoints=tuple(planned),
         telemetry=store.read_telemetry(),
         evals=store.read_evals() if evals else {},
+        config=config,
     )
 
 

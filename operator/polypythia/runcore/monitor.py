@@ -8,8 +8,9 @@ adapters read, hand the records over, and carry out the actions returned.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from polypythia.monitoring.actions import decide_rewind
 from polypythia.monitoring.common_mode import CommonModeTracker
@@ -17,7 +18,7 @@ from polypythia.monitoring.cross_seed import (
     CrossSeedResult,
     RunHistory,
     cross_seed_outliers,
-    seed_group,
+    run_group,
 )
 from polypythia.monitoring.settings import InstabilitySettings
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
@@ -30,6 +31,17 @@ def number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def checkpoint_losses(records: Iterable[Mapping], planned: Collection[int]) -> dict[int, float]:
+    """step -> training loss at the planned checkpoint steps among ``records``: finite ones
+    only (a non-finite loss is a spike, not a score); a later record of a step wins."""
+    out: dict[int, float] = {}
+    for rec in records:
+        step, loss = rec.get("step"), number(rec.get("loss"))
+        if isinstance(step, int) and step in planned and loss is not None and math.isfinite(loss):
+            out[step] = loss
+    return out
 
 
 @dataclass
@@ -62,17 +74,17 @@ class RunMonitor:
         """Feed records past the last step read (older ones are skipped, so overlapping
         reads are harmless); returns the spike events they opened or closed."""
         out: list[SpikeEvent] = []
+        fresh: list[Mapping] = []
         for rec in records:
             step = rec.get("step")
             if not isinstance(step, int) or (self.step is not None and step <= self.step):
                 continue
+            fresh.append(rec)
             loss, grad = number(rec.get("loss")), number(rec.get("grad_norm"))
             events = self.detector.feed(step, loss, grad)  # type: ignore[arg-type]
             self.step = step
             if loss is not None:
                 self.loss = loss
-                if math.isfinite(loss) and step in self.planned:
-                    self.checkpoint_losses[step] = loss
             tokens = number(rec.get("tokens_per_s"))
             if tokens is not None:
                 self.tokens_per_s = tokens
@@ -82,6 +94,7 @@ class RunMonitor:
                     self.spikes.append(event)
                     self.unhandled.append((event, attempt if isinstance(attempt, int) else 0))
             out += events
+        self.checkpoint_losses.update(checkpoint_losses(fresh, self.planned))
         return out
 
     def rewound(self, restart_step: int, records: Iterable[Mapping]) -> None:
@@ -221,6 +234,18 @@ class SweepSpikes:
         return settled
 
 
+def stored_history(
+    name: str,
+    config: Mapping[str, Any],
+    telemetry: Iterable[Mapping],
+    evals: Mapping[int, Mapping],
+) -> RunHistory:
+    """A run read back from storage (``run.json``, its resolved telemetry, its evaluation
+    files) as the live monitors see it: what the report and `polypythia outliers` test."""
+    planned = frozenset((config.get("checkpoints") or {}).get("steps") or ())
+    return RunHistory(run_group(config), name, checkpoint_losses(telemetry, planned), evals)
+
+
 def outlier_verdicts(
     plan: Iterable[RunPlan],
     monitors: Mapping[str, RunMonitor],
@@ -232,7 +257,7 @@ def outlier_verdicts(
     return cross_seed_outliers(
         [
             RunHistory(
-                seed_group(r.size, r.init, r.parent),
+                run_group(r.config),
                 r.name,
                 monitors[r.name].checkpoint_losses,
                 evals.get(r.name, {}),

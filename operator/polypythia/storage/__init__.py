@@ -22,12 +22,14 @@ from polypythia.storage.layout import (
 )
 from polypythia.storage.lease import LeaseHeld, LeaseLost, RunLease
 from polypythia.storage.local import LocalStore
+from polypythia.storage.pins import CheckpointUnavailable
 from polypythia.storage.s3 import S3Store
 from polypythia.storage.uri import open_store
 
 __all__ = [
     "COMPLETE",
     "CheckpointDamaged",
+    "CheckpointUnavailable",
     "LeaseHeld",
     "LeaseLost",
     "RunLease",

@@ -6,6 +6,7 @@
 <run>/checkpoints/step<N>/...        COMPLETE written last
 <run>/evals/step<N>.json
 <run>/telemetry/rewinds.json         spike rewinds and refusals (see ``RunStore.record_rewind``)
+<run>/pins/step<N>.json              a rewind's restart checkpoint, kept whole (``storage.pins``)
 <run>/quarantine/step<N>-<time>/...  a damaged checkpoint, moved aside (never deleted)
 <run>/history.json                   accepted config changes (``--allow-changes``)
 <run>/optimizer-restarts.json        starts from a checkpoint without optimiser state
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from polypythia.storage import pins
 from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, check_key
 from polypythia.storage.local import TEMP_MARK
 from polypythia.storage.uri import open_store
@@ -545,9 +547,13 @@ class RunStore:
     def record_rewind(
         self, restart_step: int, skip_batches: tuple[int, int], spike: dict, at: float | None = None
     ) -> dict:
-        """Record a rewind, then drop the abandoned timeline; return the new entry.
+        """Pin the restart checkpoint, record the rewind, then drop the abandoned
+        timeline; return the new entry.
 
-        The record comes first: it is what every later attempt (a retry, a restarted
+        The pin comes first (``storage.pins``): from then on no pruning by a trainer
+        still running deletes the checkpoint or drops its optimiser state, and
+        CheckpointUnavailable (nothing recorded) says it went before it was pinned.
+        The record comes next: it is what every later attempt (a retry, a restarted
         operator, a second ``polypythia run``) obeys. The trainer adds ``skipBatches`` to
         its data skips and writes telemetry with ``attempt``; readers drop older
         attempts' records past ``restartStep``. Checkpoints past ``restartStep``
@@ -562,8 +568,14 @@ class RunStore:
             "attempt": self.next_attempt(),
             "at": time.time() if at is None else at,
         }
+        why = f"rewind: spike at {spike.get('onsetStep')}"
+        pins.pin(self, restart_step, entry["attempt"], why, at=entry["at"])
         data["rewinds"].append(entry)
-        self._write_json(REWINDS, data)
+        try:
+            self._write_json(REWINDS, data)
+        except StorageError:
+            pins.release(self, restart_step)
+            raise
         self.drop_abandoned()
         return entry
 
@@ -590,6 +602,7 @@ class RunStore:
         rewinds = self.read_rewinds()["rewinds"]
         if not rewinds:
             return []
+        pins.release_abandoned(self, rewinds)
         dropped = []
         for step in self.complete_checkpoints():
             late = [r for r in rewinds if step > r["restartStep"]]
