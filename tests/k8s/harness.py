@@ -121,14 +121,25 @@ class Cluster(OperatorChild):
 
         return self.wait_for(phase, reached, timeout)  # type: ignore[return-value]
 
-    def wait_for_reason(self, ns: str, name: str, reason: str, timeout: float = 30.0) -> dict:
-        """The sweep's Ready condition once its reason is ``reason``."""
+    def wait_for_condition(
+        self,
+        ns: str,
+        name: str,
+        kind: str = "Ready",
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
+        """The sweep's condition ``kind`` once it has the ``status`` and ``reason`` asked for."""
+        wanted = {k: v for k, v in (("status", status), ("reason", reason)) if v is not None}
 
         def reached() -> dict:
-            ready = self.condition(ns, name, "Ready")
-            return ready if ready.get("reason") == reason else {}
+            found = self.condition(ns, name, kind)
+            return found if all(found.get(k) == v for k, v in wanted.items()) else {}
 
-        return self.wait_for(reason, reached, timeout)  # type: ignore[return-value]
+        what = f"{kind} {' '.join(wanted.values())}"
+        return self.wait_for(what, reached, timeout)  # type: ignore[return-value]
 
     def rayjobs(self, ns: str, sweep: str) -> list[dict]:
         return self.emulator.list_objects("ray.io/v1/rayjobs", ns, f"polypythia.io/sweep={sweep}")

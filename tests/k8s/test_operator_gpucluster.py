@@ -86,7 +86,7 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     ns, sweep = "nosecret", "ns"
     storage = cluster.namespace_with_storage(ns, secret=False)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
-    ready = cluster.wait_for_reason(ns, sweep, "SecretMissing", timeout=WAIT_S)
+    ready = cluster.wait_for_condition(ns, sweep, reason="SecretMissing", timeout=WAIT_S)
     assert "Secret nosecret/s3 not found" in ready["message"]
     assert ready["observedGeneration"] == cluster.sweep(ns, sweep)["metadata"]["generation"]
     assert cluster.rayjobs(ns, sweep) == [] and _events(cluster, ns, "SecretMissing")
@@ -94,11 +94,7 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     cluster.wait_for(
         "RayJob once the Secret exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
-    cluster.wait_for(
-        "Ready",
-        lambda: cluster.condition(ns, sweep, "Ready").get("status") == "True",
-        timeout=WAIT_S,
-    )
+    cluster.wait_for_condition(ns, sweep, status="True", timeout=WAIT_S)
 
 
 def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
@@ -113,7 +109,7 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
         pods={"volumes": [{"name": "bad", "hostPath": "not-an-object"}]},
     )
     cluster.apply_sweep(ns, body)
-    ready = cluster.wait_for_reason(ns, sweep, "APIRequestRefused", timeout=WAIT_S)
+    ready = cluster.wait_for_condition(ns, sweep, reason="APIRequestRefused", timeout=WAIT_S)
     assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
     cluster.wait_for("Event", lambda: _events(cluster, ns, "APIRequestRefused"), timeout=WAIT_S)
     time.sleep(2.0)  # four more passes, each refused the same way: still one Event
@@ -166,14 +162,7 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     storage = cluster.namespace_with_storage(ns)
     cluster.s3.remove_bucket(storage["bucket"])  # a typo'd or not yet created bucket
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
-    held = cluster.wait_for(
-        "StorageReady False",
-        lambda: (
-            cluster.condition(ns, sweep, "StorageReady").get("status") == "False"
-            and cluster.condition(ns, sweep, "StorageReady")
-        ),
-        timeout=WAIT_S,
-    )
+    held = cluster.wait_for_condition(ns, sweep, "StorageReady", status="False", timeout=WAIT_S)
     assert held["reason"] == "BucketMissing"
     assert f"s3://{storage['bucket']} does not exist" in held["message"]
     assert cluster.condition(ns, sweep, "Ready")["reason"] == "BucketMissing"
@@ -185,13 +174,6 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
         "RayJob once the bucket exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
     # The pass creates the RayJob, then writes status: under load a read may come between.
-    ready = cluster.wait_for(
-        "StorageReady True",
-        lambda: (
-            cluster.condition(ns, sweep, "StorageReady").get("status") == "True"
-            and cluster.condition(ns, sweep, "StorageReady")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_condition(ns, sweep, "StorageReady", status="True", timeout=WAIT_S)
     assert ready["reason"] == "Reachable"
     assert cluster.wait_for("Event", lambda: _events(cluster, ns, "StorageReady"), timeout=WAIT_S)
