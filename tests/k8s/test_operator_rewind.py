@@ -113,13 +113,7 @@ def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -
     cluster.wait_for("rewound RayJob", lambda: _rayjobs(cluster) == [f"{RUN}-r1"])
     job = cluster.rayjobs(NS, SWEEP)[0]
     assert job["metadata"]["annotations"]["polypythia.io/rewinds"] == "1"
-    run = RunStore.open(
-        f"s3://{bucket}/sweeps/{SWEEP}/{RUN}",
-        endpoint=cluster.s3.url,
-        secure=False,
-        access_key=cluster.s3.access_key,
-        secret_key=cluster.s3.secret_key,
-    )
+    run = RunStore.open(f"s3://{bucket}/sweeps/{SWEEP}/{RUN}", **cluster.s3.store_options())
     record = run.read_rewinds()
     assert [(r["restartStep"], r["skipBatches"]) for r in record["rewinds"]] == [(50, [51, 56])]
     assert record["rewinds"][0]["spike"]["onsetStep"] == 61
@@ -175,13 +169,7 @@ def test_the_restart_checkpoint_stays_pinned_while_the_old_attempt_prunes(
     finalizer = {"metadata": {"finalizers": ["ray.io/rayjob-finalizer"]}}
     cluster.custom.patch_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", name, finalizer)
     cluster.set_rayjob_status(ns, name, "Running", "RUNNING")
-    run = RunStore.open(
-        f"s3://{bucket}/sweeps/{sweep}/{name}",
-        endpoint=cluster.s3.url,
-        secure=False,
-        access_key=cluster.s3.access_key,
-        secret_key=cluster.s3.secret_key,
-    )
+    run = RunStore.open(f"s3://{bucket}/sweeps/{sweep}/{name}", **cluster.s3.store_options())
 
     def commit(step: int, attempt: int) -> None:
         folder = tmp_path / f"step{step}-a{attempt}"

@@ -61,6 +61,15 @@ class S3Server:
             "POLYPYTHIA_S3_ENDPOINT": self.url,
         }
 
+    def store_options(self) -> dict:
+        """``open_store``/``RunStore.open`` keywords that reach this server with its credentials."""
+        return {
+            "endpoint": self.url,
+            "secure": False,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+        }
+
     def secret(self, name: str) -> dict:
         """A Kubernetes Secret named ``name`` holding this server's credentials, as a sweep's
         ``spec.storage.secretName`` refers to it."""
