@@ -69,6 +69,12 @@ def test_explicit_values_are_kept() -> None:
         ({"sizes": ["999m"]}, "spec.sizes[0]: '999m' is not allowed; allowed: nano, micro, 14m"),
         ({"seeds": {"list": []}}, "spec.seeds.list: must have at least 1 item(s)"),
         ({"training": {"steps": -5}}, "spec.training.steps: must be >= 1, got -5"),
+        ({"training": {"learningRate": 0}}, "spec.training.learningRate: must be > 0, got 0"),
+        ({"training": {"warmupFraction": 2}}, "spec.training.warmupFraction: must be <= 1, got 2"),
+        (
+            {"data": {"skipBatches": [[1, 2, 3]]}},
+            "spec.data.skipBatches[0]: must have at most 2 item(s), got 3",
+        ),
         ({"training": {"steps": "many"}}, "spec.training.steps: must be of type integer"),
         ({"training": {"stepz": 3}}, "spec.training: unknown field(s) 'stepz'; allowed: "),
         (
