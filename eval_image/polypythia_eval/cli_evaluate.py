@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from polypythia.argtypes import int_at_least
+from polypythia.commands.common import add_storage_flags, storage_options
 from polypythia.storage import RunStore
 from polypythia_eval.evaluate import (
     EvaluateOptions,
@@ -61,9 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="weights sampled per distribution fit (default: %(default)s)",
     )
     parser.add_argument("--no-weight-stats", action="store_true", help="skip the weight statistics")
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    add_storage_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -79,9 +78,7 @@ def main(args: argparse.Namespace) -> int:
         stats=StatsConfig(fit_sample_size=args.fit_sample),
         weight_stats=not args.no_weight_stats,
     )
-    store = RunStore.open(
-        args.run_uri, endpoint=args.endpoint, secure=not args.insecure, region=args.region
-    )
+    store = RunStore.open(args.run_uri, **storage_options(args, args.run_uri))
     summary = evaluate_run(
         args.run_uri, steps, options, store=store, log=lambda m: print(m, file=sys.stderr)
     )

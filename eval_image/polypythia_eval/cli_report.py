@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polypythia.commands.common import add_storage_flags, storage_options
 from polypythia.errors import UsageError
 from polypythia_eval.report import render_report
 
@@ -30,9 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the sweep's manifest: its spec.instability.outliers set the cross-seed test, as "
         "live (default: the CRD defaults)",
     )
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    add_storage_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -47,10 +46,7 @@ def main(args: argparse.Namespace) -> int:
         from polypythia.spec import load_sweep_file
 
         outliers = settings_from_spec(load_sweep_file(args.sweep).spec.get("instability")).outliers
-    store_kwargs = {}
-    if source.startswith("s3://"):
-        store_kwargs = {"endpoint": args.endpoint, "secure": not args.insecure,
-                        "region": args.region}  # fmt: skip
+    store_kwargs = storage_options(args, source)
     from polypythia.storage import SweepStore
 
     if not SweepStore.open(source, **store_kwargs).runs():

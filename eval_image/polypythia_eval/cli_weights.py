@@ -10,22 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from polypythia.commands.common import add_output_flag, show
 from polypythia.errors import UsageError
-from polypythia.monitoring.tables import format_table
-from polypythia.output import FORMATS, camel_keys, emit
+from polypythia.output import camel_keys
 from polypythia_eval.tailfit import DEFAULT_SAMPLE, fit_tail
 from polypythia_eval.weightstats import tensor_kind
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="HF GPT-NeoX checkpoint folder")
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="output format (default: %(default)s)",
-    )
+    add_output_flag(parser, help="output format (default: %(default)s)")
     parser.add_argument(
         "--sample",
         type=int,
@@ -98,24 +92,16 @@ def main(args: argparse.Namespace) -> int:
     if args.sample < 8:
         raise UsageError(f"--sample: must be >= 8, got {args.sample}")
     rows = tensor_rows(load_state(folder), args.sample)
-    if args.output != "table":
-        emit(camel_keys(rows), args.output)
-        return 0
     header = ["NAME", "KIND", "NUMEL", "NU", "NU_95%", "TAIL"]
-    print(
-        format_table(
-            header,
-            [
-                [
-                    r["name"],
-                    r["kind"],
-                    str(r["numel"]),
-                    _nu(r["nu"]) if r["nuLow"] is not None else "-",
-                    f"[{_nu(r['nuLow'])}, {_nu(r['nuHigh'])}]" if r["nuLow"] is not None else "-",
-                    str(r["tail"]),
-                ]
-                for r in rows
-            ],
-        )
-    )
-    return 0
+    table = [
+        [
+            r["name"],
+            r["kind"],
+            str(r["numel"]),
+            _nu(r["nu"]) if r["nuLow"] is not None else "-",
+            f"[{_nu(r['nuLow'])}, {_nu(r['nuHigh'])}]" if r["nuLow"] is not None else "-",
+            str(r["tail"]),
+        ]
+        for r in rows
+    ]
+    return show(args.output, camel_keys(rows), header, table)

@@ -192,21 +192,17 @@ def training_curves(
                 ),
                 row=1, col=1,
             )  # fmt: skip
-        if grad is not None:
-            fig.add_trace(
-                go.Scatter(x=steps[idx].tolist(), y=grad[idx].tolist(), mode="lines",
-                           showlegend=False, **common,
-                           hovertemplate=f"{run.name}<br>step %{{x}}<br>grad norm %{{y:.4g}}"
-                           "<extra></extra>"),
-                row=2, col=1,
-            )  # fmt: skip
+        # The run's lower panels: gradient norm (row 2) and learning rate (row 3).
+        lower = [(2, grad, "grad norm", ".4g")] if grad is not None else []
         if np.isfinite(lr).any():
+            lower.append((3, lr, "lr", ".3g"))
+        for row, values, label, fmt in lower:
             fig.add_trace(
-                go.Scatter(x=steps[idx].tolist(), y=lr[idx].tolist(), mode="lines",
+                go.Scatter(x=steps[idx].tolist(), y=values[idx].tolist(), mode="lines",
                            showlegend=False, **common,
-                           hovertemplate=f"{run.name}<br>step %{{x}}<br>lr %{{y:.3g}}"
+                           hovertemplate=f"{run.name}<br>step %{{x}}<br>{label} %{{y:{fmt}}}"
                            "<extra></extra>"),
-                row=3, col=1,
+                row=row, col=1,
             )  # fmt: skip
         for restart in run.rewinds:
             fig.add_vline(x=restart.get("restartStep"), line={"color": colour, "dash": "dash"},

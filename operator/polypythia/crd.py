@@ -105,6 +105,11 @@ def field_path(parts: Any) -> str:
     return text or "<document>"
 
 
+# OpenAPI v3 bounds: (operator, operator when the bound is exclusive, the boolean saying so).
+_BOUNDS = {"minimum": (">=", ">", "exclusiveMinimum"), "maximum": ("<=", "<", "exclusiveMaximum")}
+_ITEM_COUNTS = {"minItems": "at least", "maxItems": "at most"}
+
+
 def _describe(error) -> str:
     validator = error.validator
     value = error.instance
@@ -116,16 +121,14 @@ def _describe(error) -> str:
         return f"{value!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
     if validator == "type":
         return f"must be of type {error.validator_value}, got {type(value).__name__} {value!r}"
-    if validator == "minimum":
-        op = ">" if error.schema.get("exclusiveMinimum") else ">="
+    if validator in _BOUNDS:
+        inclusive, exclusive, flag = _BOUNDS[validator]
+        op = exclusive if error.schema.get(flag) else inclusive
         return f"must be {op} {error.validator_value}, got {value!r}"
-    if validator == "maximum":
-        op = "<" if error.schema.get("exclusiveMaximum") else "<="
-        return f"must be {op} {error.validator_value}, got {value!r}"
-    if validator == "minItems":
-        return f"must have at least {error.validator_value} item(s), got {len(value)}"
-    if validator == "maxItems":
-        return f"must have at most {error.validator_value} item(s), got {len(value)}"
+    if validator in _ITEM_COUNTS:
+        return (
+            f"must have {_ITEM_COUNTS[validator]} {error.validator_value} item(s), got {len(value)}"
+        )
     if validator == "uniqueItems":
         return f"items must be unique, got {value!r}"
     if validator == "pattern":

@@ -12,21 +12,20 @@ import yaml
 from polypythia import planner
 from polypythia.monitoring.cross_seed import RunHistory, cross_seed_outliers, seed_group
 from polypythia.spec import sweep_from_object
+from support.sweeps import sweep_object
 
 
 def _plan(uri: str) -> list[planner.RunPlan]:
-    doc = {
-        "apiVersion": "polypythia.io/v1alpha1",
-        "kind": "PolyPythiaSweep",
-        "metadata": {"name": "fam"},
-        "spec": {
+    doc = sweep_object(
+        "fam",
+        {
             "sizes": ["nano", "micro"],
             "seeds": {"range": {"start": 1, "count": 5}, "axis": "data"},
             "training": {"steps": 100},
             "data": {"format": "generated"},
             "branch": {"from": {"uri": uri, "step": 50}},
         },
-    }
+    )
     return planner.plan_sweep(sweep_from_object(yaml.safe_load(yaml.safe_dump(doc))))
 
 

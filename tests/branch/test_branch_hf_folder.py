@@ -18,6 +18,7 @@ import yaml
 from polypythia import planner, presets
 from polypythia.spec import sweep_from_object
 from polypythia.storage import RunStore
+from support.sweeps import sweep_object
 
 STEPS, START = 40, 30
 
@@ -54,11 +55,9 @@ def test_branch_from_a_saved_hf_folder_starts_fresh_at_the_schedule_position(
     monkeypatch.setenv("POLYPYTHIA_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "pythia-nano" / f"step{START}"
     hf_model = _hf_folder(folder)
-    doc = {
-        "apiVersion": "polypythia.io/v1alpha1",
-        "kind": "PolyPythiaSweep",
-        "metadata": {"name": "hf"},
-        "spec": {
+    doc = sweep_object(
+        "hf",
+        {
             "sizes": ["nano"],
             "seeds": {"list": [2], "axis": "data"},
             "training": {"steps": STEPS, "globalBatchSize": 8, "sequenceLength": 32},
@@ -67,7 +66,7 @@ def test_branch_from_a_saved_hf_folder_starts_fresh_at_the_schedule_position(
             "evaluation": {"schedule": "none"},
             "branch": {"from": {"uri": str(folder), "step": START}},
         },
-    }
+    )
     sweep = sweep_from_object(yaml.safe_load(yaml.safe_dump(doc)))
     config = planner.plan_sweep(sweep, base_uri=str(tmp_path / "store"))[0].config
 

@@ -7,7 +7,6 @@ with a token from the TokenRequest API, as it would in its pod.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -20,7 +19,8 @@ import kubernetes
 import yaml
 
 from support.moto_s3 import shared_s3_server
-from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
+from support.operator_process import OperatorChild, operator_env
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("POLYPYTHIA_CLUSTER_DIR", ROOT / ".cluster"))
@@ -55,18 +55,6 @@ def kubectl(*args: str, **kw: object) -> subprocess.CompletedProcess:
     return run("kubectl", *args, **kw)  # type: ignore[arg-type]
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0, log: Callable[[], str] | None = None) -> object:  # fmt: skip
-    """Poll until `check` returns something truthy; fail with `what` (and a log tail) otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = f"\n--- operator log ---\n{log()}" if log else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
-
-
 def audit_records(user: str) -> list[dict]:
     """Every request `user` made, as the API server's audit log recorded it (one JSON per line)."""
     records = []
@@ -84,7 +72,7 @@ def audit_records(user: str) -> list[dict]:
     return records
 
 
-class Cluster:
+class Cluster(OperatorChild):
     """Admin clients on the test cluster plus the operator child process."""
 
     def __init__(self) -> None:
@@ -94,7 +82,6 @@ class Cluster:
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
         self.tmp = tempfile.TemporaryDirectory(prefix="pp-cluster-")
         self.log = Path(self.tmp.name) / "operator.log"
-        self.operator: subprocess.Popen | None = None
         self.operator_kubeconfig: Path | None = None
         self.s3_url = ""
 
@@ -116,14 +103,7 @@ class Cluster:
         )
 
     def create_s3_secret(self, ns: str, name: str, s3) -> None:  # type: ignore[no-untyped-def]
-        data = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
-        self.core.create_namespaced_secret(
-            ns,
-            {
-                "metadata": {"name": name},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-        )
+        self.core.create_namespaced_secret(ns, s3.secret(name))
 
     def sweep(self, ns: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
@@ -223,18 +203,7 @@ class Cluster:
         # workload identity); its storage preflight reads the sweeps' data paths with them.
         s3 = shared_s3_server()
         env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
-        self.operator = spawn_operator(env, self.log, poll_interval)
-
-    def kill_operator(self) -> None:
-        kill_operator(self.operator)
-        self.operator = None
-
-    def stop_operator(self) -> None:
-        stop_operator(self.operator)
-        self.operator = None
-
-    def operator_log(self) -> str:
-        return self.log.read_text(errors="replace")[-8000:] if self.log.exists() else ""
+        self.spawn_operator(env, poll_interval)
 
     def wait_for(self, what: str, check: Callable[[], object], timeout: float = 120.0) -> object:
         return wait_for(what, check, timeout, self.operator_log)

@@ -18,22 +18,21 @@ from polypythia.monitoring.cross_seed import CrossSeedResult
 from polypythia.monitoring.outliers import OutlierVerdict
 from polypythia.monitoring.spikes import SpikeEvent
 from polypythia.spec import sweep_from_object
+from support.sweeps import sweep_object
 
 
 def _driver(tmp_path: Path, seeds: int) -> LocalDriver:
     sweep = sweep_from_object(
-        {
-            "apiVersion": "polypythia.io/v1alpha1",
-            "kind": "PolyPythiaSweep",
-            "metadata": {"name": "show"},
-            "spec": {
+        sweep_object(
+            "show",
+            {
                 "sizes": ["nano"],
                 "seeds": {"list": list(range(seeds))},
                 "training": {"steps": 100, "precision": "fp32"},
                 "checkpoints": {"schedule": "every", "every": 20},
                 "evaluation": {"tasks": ["pp_cloze"], "schedule": "all"},
             },
-        }
+        )
     )
     return LocalDriver(sweep, str(tmp_path / "store"), DriverOptions(workdir=tmp_path / "work"))
 

@@ -12,6 +12,7 @@ import yaml
 
 from polypythia import crd
 from polypythia.spec import SpecError, load_sweep_file, sweep_from_object
+from support.sweeps import sweep_object
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -68,6 +69,12 @@ def test_explicit_values_are_kept() -> None:
         ({"sizes": ["999m"]}, "spec.sizes[0]: '999m' is not allowed; allowed: nano, micro, 14m"),
         ({"seeds": {"list": []}}, "spec.seeds.list: must have at least 1 item(s)"),
         ({"training": {"steps": -5}}, "spec.training.steps: must be >= 1, got -5"),
+        ({"training": {"learningRate": 0}}, "spec.training.learningRate: must be > 0, got 0"),
+        ({"training": {"warmupFraction": 2}}, "spec.training.warmupFraction: must be <= 1, got 2"),
+        (
+            {"data": {"skipBatches": [[1, 2, 3]]}},
+            "spec.data.skipBatches[0]: must have at most 2 item(s), got 3",
+        ),
         ({"training": {"steps": "many"}}, "spec.training.steps: must be of type integer"),
         ({"training": {"stepz": 3}}, "spec.training: unknown field(s) 'stepz'; allowed: "),
         (
@@ -160,17 +167,15 @@ def test_a_micro_batch_whose_logits_exceed_gpu_memory_is_refused() -> None:
     from polypythia.spec import SpecError, sweep_from_object
 
     def make(**training):
-        return {
-            "apiVersion": "polypythia.io/v1alpha1",
-            "kind": "PolyPythiaSweep",
-            "metadata": {"name": "big"},
-            "spec": {
+        return sweep_object(
+            "big",
+            {
                 "sizes": ["14m"],
                 "seeds": {"list": [0]},
                 "training": {"precision": "fp16", **training},
                 "resources": {"default": {"workers": 2, "gpusPerWorker": 1}},
             },
-        }
+        )
 
     with pytest.raises(SpecError) as err:
         sweep_from_object(make(microBatchSize=512))

@@ -8,21 +8,20 @@ import urllib.request
 from polypythia.local.driver import DriverOptions, LocalDriver
 from polypythia.local.metrics import LocalExporter
 from polypythia.spec import sweep_from_object
+from support.sweeps import sweep_object
 
 
 def _sweep(seeds: int) -> dict:
-    return {
-        "apiVersion": "polypythia.io/v1alpha1",
-        "kind": "PolyPythiaSweep",
-        "metadata": {"name": "evals"},
-        "spec": {
+    return sweep_object(
+        "evals",
+        {
             "sizes": ["nano"],
             "seeds": {"list": list(range(seeds))},
             "training": {"steps": 40},
             "checkpoints": {"schedule": "every", "every": 10},
             "evaluation": {"tasks": ["pp_cloze"], "schedule": "all"},
         },
-    }
+    )
 
 
 def _result(acc: float) -> dict:

@@ -9,12 +9,11 @@ import pytest
 from polypythia import cli
 from polypythia.planner import plan_sweep
 from polypythia.spec import sweep_from_object
+from support.sweeps import sweep_object
 
-SWEEP = {
-    "apiVersion": "polypythia.io/v1alpha1",
-    "kind": "PolyPythiaSweep",
-    "metadata": {"name": "ev"},
-    "spec": {
+SWEEP = sweep_object(
+    "ev",
+    {
         "sizes": ["nano"],
         "seeds": {"list": [0]},
         "training": {"steps": 30, "globalBatchSize": 8, "sequenceLength": 64},
@@ -22,7 +21,7 @@ SWEEP = {
         "checkpoints": {"schedule": "pythia", "count": 2},
         "resources": {"default": {"workers": 1, "cpusPerWorker": 1}},
     },
-}
+)
 
 
 @pytest.mark.slow

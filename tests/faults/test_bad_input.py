@@ -17,17 +17,16 @@ from polypythia.local import cli as run_cli
 from polypythia.spec import load_sweep_file
 from polypythia.storage import StorageFull
 from polypythia.storage.local import LocalStore
+from support.sweeps import sweep_object
 
-SWEEP = {
-    "apiVersion": "polypythia.io/v1alpha1",
-    "kind": "PolyPythiaSweep",
-    "metadata": {"name": "bad"},
-    "spec": {
+SWEEP = sweep_object(
+    "bad",
+    {
         "sizes": ["nano"],
         "seeds": {"list": [0]},
         "training": {"steps": 10, "globalBatchSize": 8, "sequenceLength": 32},
     },
-}
+)
 
 
 def sweep_file(tmp_path: Path, text: str | None = None, **spec) -> Path:

@@ -7,8 +7,6 @@ writing checkpoints into the S3 bucket.
 
 from __future__ import annotations
 
-import base64
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +15,9 @@ from pathlib import Path
 import kubernetes
 
 from support.k8s_emulator import ClusterEmulator, EmulatorThread, ResourceType
-from support.operator_process import kill_operator, operator_env, spawn_operator, stop_operator
+from support.operator_process import OperatorChild, operator_env
+from support.sweeps import sweep_object
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "polypythiasweeps.polypythia.io.yaml"
@@ -36,7 +36,7 @@ def make_emulator() -> ClusterEmulator:
     return emulator
 
 
-class Cluster:
+class Cluster(OperatorChild):
     """An emulated cluster plus a handle on the operator process."""
 
     def __init__(self, s3) -> None:  # type: ignore[no-untyped-def]
@@ -44,7 +44,6 @@ class Cluster:
         self.server = EmulatorThread(make_emulator())
         self.emulator = self.server.emulator
         self.tmp = tempfile.TemporaryDirectory(prefix="pp-k8s-")
-        self.operator: subprocess.Popen | None = None
         self.log = Path(self.tmp.name) / "operator.log"
 
     def __enter__(self) -> Cluster:
@@ -74,36 +73,23 @@ class Cluster:
             # The tests give each namespace its own storage Secret (rbac.sweepSecretNamespaces).
             POLYPYTHIA_READ_SWEEP_SECRETS="true",
         )
-        self.operator = spawn_operator(env, self.log, poll_interval)
-
-    def kill_operator(self) -> None:
-        kill_operator(self.operator)
-        self.operator = None
-
-    def stop_operator(self) -> None:
-        stop_operator(self.operator)
-        self.operator = None
-
-    def operator_log(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+        self.spawn_operator(env, poll_interval)
 
     # --- cluster state ----------------------------------------------------------------------
 
     def create_namespace(self, name: str) -> None:
         self.core.create_namespace({"metadata": {"name": name}})
 
+    def namespace_with_storage(self, ns: str, secret: bool = True) -> dict:
+        """Namespace ``ns`` with the storage Secret ``s3`` (unless ``secret`` is False) and a
+        fresh bucket; returns the sweep's ``spec.storage`` naming them."""
+        self.create_namespace(ns)
+        if secret:
+            self.create_secret(ns, "s3")
+        return {"bucket": self.s3.make_bucket(), "secretName": "s3", "secure": False}
+
     def create_secret(self, ns: str, name: str) -> None:
-        data = {
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-        }
-        self.core.create_namespaced_secret(
-            ns,
-            {
-                "metadata": {"name": name},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-        )
+        self.core.create_namespaced_secret(ns, self.s3.secret(name))
 
     def apply_sweep(self, ns: str, body: dict) -> dict:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
@@ -113,6 +99,47 @@ class Cluster:
 
     def sweep(self, ns: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+    def status(self, ns: str, name: str) -> dict:
+        return self.sweep(ns, name).get("status") or {}
+
+    def condition(self, ns: str, name: str, kind: str) -> dict:
+        """The sweep's condition of type ``kind`` ({} while it has none)."""
+        conditions = self.status(ns, name).get("conditions", [])
+        return next((c for c in conditions if c["type"] == kind), {})
+
+    def row(self, ns: str, sweep: str, run: str) -> dict:
+        """The status row of ``run`` ({} while it has none)."""
+        return next((r for r in self.status(ns, sweep).get("runs", []) if r["name"] == run), {})
+
+    def wait_for_phase(self, ns: str, name: str, phase: str, timeout: float = 30.0) -> dict:
+        """The sweep's status once its phase is ``phase``."""
+
+        def reached() -> dict:
+            status = self.status(ns, name)
+            return status if status.get("phase") == phase else {}
+
+        return self.wait_for(phase, reached, timeout)  # type: ignore[return-value]
+
+    def wait_for_condition(
+        self,
+        ns: str,
+        name: str,
+        kind: str = "Ready",
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
+        """The sweep's condition ``kind`` once it has the ``status`` and ``reason`` asked for."""
+        wanted = {k: v for k, v in (("status", status), ("reason", reason)) if v is not None}
+
+        def reached() -> dict:
+            found = self.condition(ns, name, kind)
+            return found if all(found.get(k) == v for k, v in wanted.items()) else {}
+
+        what = f"{kind} {' '.join(wanted.values())}"
+        return self.wait_for(what, reached, timeout)  # type: ignore[return-value]
 
     def rayjobs(self, ns: str, sweep: str) -> list[dict]:
         return self.emulator.list_objects("ray.io/v1/rayjobs", ns, f"polypythia.io/sweep={sweep}")
@@ -151,25 +178,15 @@ class Cluster:
         )
 
     def wait_for(self, what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(
-            f"timed out waiting for {what}\n--- operator log ---\n{self.operator_log()}"
-        )
+        return wait_for(what, check, timeout, self.operator_log, interval=0.1)
 
 
 def sweep_body(
     name: str, seeds: int = 5, sizes: tuple[str, ...] = ("nano", "micro"), **spec: object
 ) -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PolyPythiaSweep",
-        "metadata": {"name": name},
-        "spec": {
+    return sweep_object(
+        name,
+        {
             "sizes": list(sizes),
             "seeds": {"range": {"count": seeds}},
             "training": {"steps": 20, "globalBatchSize": 8, "sequenceLength": 64},
@@ -177,4 +194,4 @@ def sweep_body(
             "evaluation": {"concurrency": 2},
             **spec,
         },
-    }
+    )

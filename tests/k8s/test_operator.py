@@ -25,21 +25,8 @@ def _names(objs: list[dict]) -> list[str]:
     return sorted(o["metadata"]["name"] for o in objs)
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
-def _namespace(cluster, ns: str, bucket: bool = True) -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    if not bucket:
-        return {}
-    cluster.create_secret(ns, "s3")
-    name = cluster.s3.make_bucket()
-    return {"bucket": name, "secretName": "s3", "secure": False}
-
-
 def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
-    storage = _namespace(cluster, "ten")
+    storage = cluster.namespace_with_storage("ten")
     cluster.apply_sweep("ten", sweep_body("tiny", maxConcurrentRuns=10, storage=storage))
     jobs = cluster.wait_for(
         "10 RayJobs",
@@ -64,8 +51,7 @@ def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
     status = cluster.wait_for(
         "status",
         lambda: (
-            _status(cluster, "ten", "tiny").get("runsRunning") == 10
-            and _status(cluster, "ten", "tiny")
+            cluster.status("ten", "tiny").get("runsRunning") == 10 and cluster.status("ten", "tiny")
         ),
     )
     assert status["observedGeneration"] == 1 and status["sizesText"] == "nano,micro"
@@ -78,7 +64,7 @@ def test_ten_run_sweep_creates_ten_valid_rayjobs(cluster) -> None:
 
 
 def test_concurrency_limit_and_failure_retry(cluster) -> None:
-    storage = _namespace(cluster, "conc")
+    storage = cluster.namespace_with_storage("conc")
     cluster.apply_sweep(
         "conc", sweep_body("c", seeds=3, maxConcurrentRuns=2, maxRetries=1, storage=storage)
     )
@@ -87,7 +73,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     )
     # Every size gets a seed first (planner order), and the limit holds.
     assert _names(first) == ["c-micro-s0", "c-nano-s0"]
-    cluster.wait_for("status", lambda: _status(cluster, "conc", "c").get("runsRunning") == 2)
+    cluster.wait_for("status", lambda: cluster.status("conc", "c").get("runsRunning") == 2)
     assert len(cluster.rayjobs("conc", "c")) == 2
     # One finishes: exactly one more starts.
     cluster.set_rayjob_status("conc", "c-nano-s0", "Complete", "SUCCEEDED")
@@ -98,9 +84,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
     cluster.set_rayjob_status("conc", "c-micro-s0-r1", "Complete", "FAILED")
     status = cluster.wait_for(
         "Degraded",
-        lambda: (
-            _status(cluster, "conc", "c").get("runsFailed") == 1 and _status(cluster, "conc", "c")
-        ),
+        lambda: cluster.status("conc", "c").get("runsFailed") == 1 and cluster.status("conc", "c"),
     )
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "c-micro-s0" in degraded["message"]
@@ -117,7 +101,7 @@ def test_concurrency_limit_and_failure_retry(cluster) -> None:
 def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     """Runs initialised from another run's weights start only once it succeeded; when it
     fails for good they fail too, saying why, and the sweep still ends."""
-    storage = _namespace(cluster, "inits")
+    storage = cluster.namespace_with_storage("inits")
     reference = {"run": {"seed": 0, "init": "base"}}
     body = sweep_body(
         "is",
@@ -140,12 +124,12 @@ def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     rows = cluster.wait_for(
         "waiting rows",
         lambda: (
-            {r["name"]: r for r in _status(cluster, "inits", "is").get("runs", [])}
+            {r["name"]: r for r in cluster.status("inits", "is").get("runs", [])}
             if "message"
             in next(
                 (
                     r
-                    for r in _status(cluster, "inits", "is").get("runs", [])
+                    for r in cluster.status("inits", "is").get("runs", [])
                     if r["name"] == "is-nano-s0-perm"
                 ),
                 {},
@@ -175,8 +159,7 @@ def test_init_study_runs_wait_for_their_reference_run(cluster) -> None:
     status = cluster.wait_for(
         "sweep ended",
         lambda: (
-            _status(cluster, "inits", "isf").get("runsFailed") == 3
-            and _status(cluster, "inits", "isf")
+            cluster.status("inits", "isf").get("runsFailed") == 3 and cluster.status("inits", "isf")
         ),
     )
     rows = {r["name"]: r for r in status["runs"]}
@@ -216,7 +199,7 @@ def _write_eval(cluster, bucket: str, run: str, step: int) -> None:  # type: ign
 
 
 def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
-    storage = _namespace(cluster, "evals")
+    storage = cluster.namespace_with_storage("evals")
     bucket = storage["bucket"]
     cluster.apply_sweep("evals", sweep_body("ev", seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs("evals", "ev"))
@@ -254,8 +237,8 @@ def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
     status = cluster.wait_for(
         "evaluated",
         lambda: (
-            _status(cluster, "evals", "ev").get("evaluations", {}).get("done") == 3
-            and _status(cluster, "evals", "ev")
+            cluster.status("evals", "ev").get("evaluations", {}).get("done") == 3
+            and cluster.status("evals", "ev")
         ),
     )
     assert status["runs"][0]["lastCheckpoint"] == 15
@@ -263,14 +246,14 @@ def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
 
 
 def test_suspend_resume_scale_and_delete(cluster) -> None:
-    storage = _namespace(cluster, "ops")
+    storage = cluster.namespace_with_storage("ops")
     cluster.apply_sweep("ops", sweep_body("ops", seeds=2, sizes=("nano",), storage=storage))
     cluster.wait_for("2 RayJobs", lambda: len(cluster.rayjobs("ops", "ops")) == 2)
     cluster.patch_sweep("ops", "ops", {"spec": {"suspend": True}})
     cluster.wait_for(
         "suspended", lambda: all(j["spec"].get("suspend") for j in cluster.rayjobs("ops", "ops"))
     )
-    cluster.wait_for("phase", lambda: _status(cluster, "ops", "ops").get("phase") == "Suspended")
+    cluster.wait_for("phase", lambda: cluster.status("ops", "ops").get("phase") == "Suspended")
     cluster.patch_sweep(
         "ops", "ops", {"spec": {"suspend": False, "seeds": {"range": {"count": 3}}}}
     )
@@ -289,7 +272,7 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
         "destructive edit refused",
         lambda: any(
             c["reason"] == "DestructiveChangeRefused"
-            for c in _status(cluster, "ops", "ops").get("conditions", [])
+            for c in cluster.status("ops", "ops").get("conditions", [])
         ),
     )
     assert len(cluster.rayjobs("ops", "ops")) == 3 and cluster.eval_jobs("ops", "ops")
@@ -309,9 +292,9 @@ def test_suspend_resume_scale_and_delete(cluster) -> None:
         lambda: (
             any(
                 c["reason"] == "SpecChangeRejected"
-                for c in _status(cluster, "ops", "ops").get("conditions", [])
+                for c in cluster.status("ops", "ops").get("conditions", [])
             )
-            and _status(cluster, "ops", "ops")
+            and cluster.status("ops", "ops")
         ),
     )
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -328,13 +311,7 @@ def test_invalid_sweep_gets_condition_and_no_children(cluster) -> None:
     body["spec"]["training"]["globalBatchSize"] = 7
     body["spec"]["resources"] = {"default": {"workers": 2}}
     cluster.apply_sweep("bad", body)
-    status = cluster.wait_for(
-        "Invalid",
-        lambda: (
-            _status(cluster, "bad", "bad").get("phase") == "Invalid"
-            and _status(cluster, "bad", "bad")
-        ),
-    )
+    status = cluster.wait_for_phase("bad", "bad", "Invalid")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "InvalidSpec" and "spec.training.globalBatchSize" in ready["message"]
     assert cluster.rayjobs("bad", "bad") == []
@@ -375,7 +352,7 @@ def test_operator_logs_what_it_does(cluster) -> None:
         "the operator's start-up line",
         lambda: "polypythia operator: watching all namespaces" in log.read_text(errors="replace"),
     )
-    storage = _namespace(cluster, "logs")
+    storage = cluster.namespace_with_storage("logs")
     cluster.apply_sweep("logs", sweep_body("logs-sweep", storage=storage))
     cluster.wait_for(
         "a kopf handler line naming the sweep",

@@ -17,10 +17,6 @@ from polypythia.spec import sweep_from_object
 from polypythia.storage import RunStore
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
 def _branch_body(name: str, bucket: str, parent: str, step: int) -> dict:
     body = sweep_body(name, seeds=2, sizes=("nano",))
     body["spec"]["seeds"]["axis"] = "data"
@@ -52,19 +48,11 @@ def _write_parent(cluster, bucket: str, tmp_path: Path) -> str:  # type: ignore[
 def test_branch_parent_is_checked_before_any_rayjob(cluster, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for name, value in cluster.s3.env.items():
         monkeypatch.setenv(name, value)
-    cluster.create_namespace("br")
-    cluster.create_secret("br", "s3")
-    bucket = cluster.s3.make_bucket()
+    bucket = cluster.namespace_with_storage("br")["bucket"]
     parent = _write_parent(cluster, bucket, tmp_path)
 
     cluster.apply_sweep("br", _branch_body("early", bucket, parent, step=15))
-    status = cluster.wait_for(
-        "Invalid",
-        lambda: (
-            _status(cluster, "br", "early").get("phase") == "Invalid"
-            and _status(cluster, "br", "early")
-        ),
-    )
+    status = cluster.wait_for_phase("br", "early", "Invalid")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "InvalidSpec"
     assert "spec.branch.from.step: " in ready["message"]

@@ -14,34 +14,13 @@ from polypythia.k8s import labels as L
 WAIT_S = 90.0  # generous: the machine's 2 cores are shared
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
-def _condition(cluster, ns: str, name: str, kind: str) -> dict:  # type: ignore[no-untyped-def]
-    return next(
-        (c for c in _status(cluster, ns, name).get("conditions", []) if c["type"] == kind), {}
-    )
-
-
-def _row(cluster, ns: str, name: str, run: str) -> dict:  # type: ignore[no-untyped-def]
-    return next((r for r in _status(cluster, ns, name).get("runs", []) if r["name"] == run), {})
-
-
 def _events(cluster, ns: str, reason: str) -> list[dict]:  # type: ignore[no-untyped-def]
     return [e for e in cluster.emulator.list_objects("v1/events", ns) if e.get("reason") == reason]
 
 
-def _storage(cluster, ns: str, secret: str | None = "s3") -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    if secret:
-        cluster.create_secret(ns, secret)
-    return {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
-
-
 def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     ns, sweep, run = "preempt", "pre", "pre-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage, maxRetries=0)
     )
@@ -91,7 +70,7 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     )
     row = cluster.wait_for(
         "row",
-        lambda: _row(cluster, ns, sweep, run).get("attempt") == 1 and _row(cluster, ns, sweep, run),
+        lambda: cluster.row(ns, sweep, run).get("attempt") == 1 and cluster.row(ns, sweep, run),
         timeout=WAIT_S,
     )
     assert row["retries"] == 0 and row["preemptions"] == 1
@@ -99,22 +78,15 @@ def test_preempted_pods_retry_the_run_without_spending_a_retry(cluster) -> None:
     # A real crash of the new attempt then fails the run: no retry was left.
     cluster.set_rayjob_status(ns, f"{run}-r1", "Failed", "FAILED")
     cluster.wait_for(
-        "Failed", lambda: _row(cluster, ns, sweep, run).get("phase") == "Failed", timeout=WAIT_S
+        "Failed", lambda: cluster.row(ns, sweep, run).get("phase") == "Failed", timeout=WAIT_S
     )
 
 
 def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     ns, sweep = "nosecret", "ns"
-    storage = _storage(cluster, ns, secret=None)
+    storage = cluster.namespace_with_storage(ns, secret=False)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
-    ready = cluster.wait_for(
-        "SecretMissing",
-        lambda: (
-            _condition(cluster, ns, sweep, "Ready").get("reason") == "SecretMissing"
-            and _condition(cluster, ns, sweep, "Ready")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_condition(ns, sweep, reason="SecretMissing", timeout=WAIT_S)
     assert "Secret nosecret/s3 not found" in ready["message"]
     assert ready["observedGeneration"] == cluster.sweep(ns, sweep)["metadata"]["generation"]
     assert cluster.rayjobs(ns, sweep) == [] and _events(cluster, ns, "SecretMissing")
@@ -122,16 +94,12 @@ def test_missing_secret_holds_the_sweep_with_a_condition(cluster) -> None:
     cluster.wait_for(
         "RayJob once the Secret exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
-    cluster.wait_for(
-        "Ready",
-        lambda: _condition(cluster, ns, sweep, "Ready").get("status") == "True",
-        timeout=WAIT_S,
-    )
+    cluster.wait_for_condition(ns, sweep, status="True", timeout=WAIT_S)
 
 
 def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
     ns, sweep = "refused", "rf"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     # A volume that KubeRay's RayJob schema rejects (hostPath must be an object): 422.
     body = sweep_body(
         sweep,
@@ -141,14 +109,7 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
         pods={"volumes": [{"name": "bad", "hostPath": "not-an-object"}]},
     )
     cluster.apply_sweep(ns, body)
-    ready = cluster.wait_for(
-        "APIRequestRefused",
-        lambda: (
-            _condition(cluster, ns, sweep, "Ready").get("reason") == "APIRequestRefused"
-            and _condition(cluster, ns, sweep, "Ready")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_condition(ns, sweep, reason="APIRequestRefused", timeout=WAIT_S)
     assert "CreateRayJob rf-nano-s0: 422" in ready["message"]
     cluster.wait_for("Event", lambda: _events(cluster, ns, "APIRequestRefused"), timeout=WAIT_S)
     time.sleep(2.0)  # four more passes, each refused the same way: still one Event
@@ -158,7 +119,7 @@ def test_a_refused_create_shows_as_condition_and_event(cluster) -> None:
 
 def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> None:
     ns, sweep = "linger", "lg"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(
         ns, sweep_body(sweep, seeds=2, sizes=("nano",), storage=storage, maxConcurrentRuns=1)
     )
@@ -182,7 +143,7 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
     cluster.set_rayjob_status(ns, name, "Complete", "SUCCEEDED")
     cluster.wait_for(
         "run Succeeded",
-        lambda: _row(cluster, ns, sweep, name).get("phase") == "Succeeded",
+        lambda: cluster.row(ns, sweep, name).get("phase") == "Succeeded",
         timeout=WAIT_S,
     )
     assert len(cluster.rayjobs(ns, sweep)) == 1  # the cluster still holds the GPUs
@@ -198,20 +159,13 @@ def test_a_finished_runs_cluster_holds_its_slot_until_it_is_gone(cluster) -> Non
 
 def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
     ns, sweep = "nobucket", "nb"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.s3.remove_bucket(storage["bucket"])  # a typo'd or not yet created bucket
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
-    held = cluster.wait_for(
-        "StorageReady False",
-        lambda: (
-            _condition(cluster, ns, sweep, "StorageReady").get("status") == "False"
-            and _condition(cluster, ns, sweep, "StorageReady")
-        ),
-        timeout=WAIT_S,
-    )
+    held = cluster.wait_for_condition(ns, sweep, "StorageReady", status="False", timeout=WAIT_S)
     assert held["reason"] == "BucketMissing"
     assert f"s3://{storage['bucket']} does not exist" in held["message"]
-    assert _condition(cluster, ns, sweep, "Ready")["reason"] == "BucketMissing"
+    assert cluster.condition(ns, sweep, "Ready")["reason"] == "BucketMissing"
     assert cluster.wait_for("Event", lambda: _events(cluster, ns, "BucketMissing"), timeout=WAIT_S)
     time.sleep(2.0)  # several passes: still no RayJob, still one Event
     assert cluster.rayjobs(ns, sweep) == [] and len(_events(cluster, ns, "BucketMissing")) == 1
@@ -220,13 +174,6 @@ def test_a_missing_bucket_holds_the_sweep_until_it_exists(cluster) -> None:
         "RayJob once the bucket exists", lambda: cluster.rayjobs(ns, sweep), timeout=WAIT_S
     )
     # The pass creates the RayJob, then writes status: under load a read may come between.
-    ready = cluster.wait_for(
-        "StorageReady True",
-        lambda: (
-            _condition(cluster, ns, sweep, "StorageReady").get("status") == "True"
-            and _condition(cluster, ns, sweep, "StorageReady")
-        ),
-        timeout=WAIT_S,
-    )
+    ready = cluster.wait_for_condition(ns, sweep, "StorageReady", status="True", timeout=WAIT_S)
     assert ready["reason"] == "Reachable"
     assert cluster.wait_for("Event", lambda: _events(cluster, ns, "StorageReady"), timeout=WAIT_S)

@@ -22,21 +22,6 @@ from polypythia.monitoring.exporter import SweepExporter
 from polypythia.spec import sweep_from_object
 
 
-def _status(cluster, ns: str, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return cluster.sweep(ns, name).get("status") or {}
-
-
-def _row(cluster, ns: str, sweep: str, run: str) -> dict:  # type: ignore[no-untyped-def]
-    rows = _status(cluster, ns, sweep).get("runs", [])
-    return next((r for r in rows if r["name"] == run), {})
-
-
-def _storage(cluster, ns: str) -> dict:  # type: ignore[no-untyped-def]
-    cluster.create_namespace(ns)
-    cluster.create_secret(ns, "s3")
-    return {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
-
-
 def _events(cluster, ns: str, reason: str, run: str) -> list[dict]:  # type: ignore[no-untyped-def]
     return [
         e
@@ -100,7 +85,7 @@ def test_config_of_reads_back_every_entrypoint() -> None:
 
 def test_failed_eval_job_is_retried_then_recorded_and_never_retried(cluster) -> None:
     ns, sweep, run = "evfail", "ef", "ef-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     bucket = storage["bucket"]
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
@@ -118,8 +103,8 @@ def test_failed_eval_job_is_retried_then_recorded_and_never_retried(cluster) -> 
     status = cluster.wait_for(
         "evaluation recorded as failed",
         lambda: (
-            _status(cluster, ns, sweep).get("evaluations", {}).get("failed") == 1
-            and _status(cluster, ns, sweep)
+            cluster.status(ns, sweep).get("evaluations", {}).get("failed") == 1
+            and cluster.status(ns, sweep)
         ),
     )
     assert status["runs"][0]["evalFailed"] == [5]
@@ -137,7 +122,7 @@ def test_failed_eval_job_is_retried_then_recorded_and_never_retried(cluster) -> 
     time.sleep(1.5)
     jobs = cluster.eval_jobs(ns, sweep)
     assert [j["metadata"]["annotations"][L.STEPS] for j in jobs] == ["10"]
-    status = _status(cluster, ns, sweep)
+    status = cluster.status(ns, sweep)
     assert status["evaluations"]["failed"] == 1 and status["runs"][0]["evalFailed"] == [5]
     assert len(_events(cluster, ns, "EvaluationFailed", run)) == 1
 
@@ -146,7 +131,7 @@ def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(clus
     """A short Job TTL deletes each failed try before the operator makes the next one:
     still 3 tries in all, then the step is given up."""
     ns, sweep, run = "evttl", "et", "et-nano-s0"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     cluster.apply_sweep(ns, sweep_body(sweep, seeds=1, sizes=("nano",), storage=storage))
     cluster.wait_for("RayJob", lambda: cluster.rayjobs(ns, sweep))
     cluster.set_rayjob_status(ns, run, "Running", "RUNNING")
@@ -163,12 +148,12 @@ def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(clus
         cluster.wait_for(
             f"try {tries} counted",
             lambda t=tries: (
-                _row(cluster, ns, sweep, run).get("evalTries", {}).get("5") == t
-                or _row(cluster, ns, sweep, run).get("evalFailed") == [5]
+                cluster.row(ns, sweep, run).get("evalTries", {}).get("5") == t
+                or cluster.row(ns, sweep, run).get("evalFailed") == [5]
             ),
         )
         cluster.batch.delete_namespaced_job(name, ns)  # its TTL ran out
-    cluster.wait_for("given up", lambda: _row(cluster, ns, sweep, run).get("evalFailed") == [5])
+    cluster.wait_for("given up", lambda: cluster.row(ns, sweep, run).get("evalFailed") == [5])
     time.sleep(1.5)  # three passes: no fourth try
     assert cluster.eval_jobs(ns, sweep) == []
     assert len(_events(cluster, ns, "EvaluationFailed", run)) == 1
@@ -176,7 +161,7 @@ def test_eval_tries_are_counted_when_failed_jobs_vanish_before_the_next_try(clus
 
 def test_kueue_rayjobs_are_created_suspended_and_left_to_kueue(cluster) -> None:
     ns, sweep = "kueue", "kq"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     body = sweep_body(
         sweep,
         seeds=2,
@@ -197,15 +182,13 @@ def test_kueue_rayjobs_are_created_suspended_and_left_to_kueue(cluster) -> None:
         cluster.custom.patch_namespaced_custom_object_status(
             "ray.io", "v1", ns, "rayjobs", name, {"status": {"jobDeploymentStatus": "Suspended"}}
         )
-    cluster.wait_for("Queued", lambda: _row(cluster, ns, sweep, waiting).get("phase") == "Queued")
+    cluster.wait_for("Queued", lambda: cluster.row(ns, sweep, waiting).get("phase") == "Queued")
     # Kueue admits one: it unsuspends it, and KubeRay starts it.
     cluster.custom.patch_namespaced_custom_object(
         "ray.io", "v1", ns, "rayjobs", admitted, {"spec": {"suspend": False}}
     )
     cluster.set_rayjob_status(ns, admitted, "Running", "RUNNING")
-    cluster.wait_for(
-        "Running", lambda: _row(cluster, ns, sweep, admitted).get("phase") == "Running"
-    )
+    cluster.wait_for("Running", lambda: cluster.row(ns, sweep, admitted).get("phase") == "Running")
     before = {
         j["metadata"]["name"]: j["metadata"]["generation"] for j in cluster.rayjobs(ns, sweep)
     }
@@ -215,7 +198,7 @@ def test_kueue_rayjobs_are_created_suspended_and_left_to_kueue(cluster) -> None:
     assert {n: j["metadata"]["generation"] for n, j in after.items()} == before
     assert after[admitted]["spec"]["suspend"] is False
     assert after[waiting]["spec"]["suspend"] is True
-    status = _status(cluster, ns, sweep)
+    status = cluster.status(ns, sweep)
     assert status["phase"] == "Running" and status["runsRunning"] == 2
 
 
@@ -223,7 +206,7 @@ def test_eval_scores_flag_an_outlier_and_events_come_once(cluster) -> None:
     """Five seeds of one size: seed 3 scores far below the others at two consecutive
     evaluated checkpoints (an eval outlier, its loss is normal); seed 1's loss spikes once."""
     ns, sweep = "outlier", "ol"
-    storage = _storage(cluster, ns)
+    storage = cluster.namespace_with_storage(ns)
     bucket = storage["bucket"]
     body = sweep_body(sweep, seeds=5, sizes=("nano",), storage=storage, maxConcurrentRuns=5)
     body["spec"]["training"]["steps"] = 100
@@ -243,16 +226,14 @@ def test_eval_scores_flag_an_outlier_and_events_come_once(cluster) -> None:
 
     row = cluster.wait_for(
         "outlier flagged",
-        lambda: (
-            _row(cluster, ns, sweep, runs[3]).get("outlier") and _row(cluster, ns, sweep, runs[3])
-        ),
+        lambda: cluster.row(ns, sweep, runs[3]).get("outlier") and cluster.row(ns, sweep, runs[3]),
     )
     assert row["outlierSignal"] == "eval:pp_cloze/acc" and row["outlierStep"] == 20
     assert row["outlierScore"] > 5  # the test's score, above its calibrated threshold
-    status = _status(cluster, ns, sweep)
+    status = cluster.status(ns, sweep)
     assert status["outliers"] == 1
     assert [r["name"] for r in status["runs"] if r.get("outlier")] == [runs[3]]
-    cluster.wait_for("spike counted", lambda: _row(cluster, ns, sweep, runs[1]).get("spikes") == 1)
+    cluster.wait_for("spike counted", lambda: cluster.row(ns, sweep, runs[1]).get("spikes") == 1)
     outlier_events = cluster.wait_for(
         "OutlierDetected Event", lambda: _events(cluster, ns, "OutlierDetected", runs[3])
     )
@@ -267,14 +248,14 @@ def test_eval_scores_flag_an_outlier_and_events_come_once(cluster) -> None:
     _checkpoint(cluster, bucket, sweep, runs[0], 40)
     cluster.wait_for(
         "restarted operator's pass",
-        lambda: _row(cluster, ns, sweep, runs[0]).get("lastCheckpoint") == 40,
+        lambda: cluster.row(ns, sweep, runs[0]).get("lastCheckpoint") == 40,
     )
     time.sleep(1.5)
     assert len(_events(cluster, ns, "OutlierDetected", runs[3])) == 1
     assert len(_events(cluster, ns, "LossSpike", runs[1])) == 1
     assert not any(_events(cluster, ns, "OutlierDetected", r) for r in runs if r != runs[3])
-    assert _row(cluster, ns, sweep, runs[3])["outlierSignal"] == "eval:pp_cloze/acc"
-    assert _row(cluster, ns, sweep, runs[1])["spikes"] == 1
+    assert cluster.row(ns, sweep, runs[3])["outlierSignal"] == "eval:pp_cloze/acc"
+    assert cluster.row(ns, sweep, runs[1])["spikes"] == 1
 
 
 def test_observer_exports_task_scores_and_outlier_signals(cluster) -> None:

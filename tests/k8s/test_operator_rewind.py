@@ -76,26 +76,30 @@ def _telemetry(  # type: ignore[no-untyped-def]
     _put(cluster, bucket, key, ("\n".join(lines) + "\n").encode())
 
 
-def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -> None:
-    cluster.create_namespace(NS)
-    cluster.create_secret(NS, "s3")
-    bucket = cluster.s3.make_bucket()
-    storage = {"bucket": bucket, "secretName": "s3", "secure": False}
+def _rewinding_sweep(name: str, storage: dict, **spec: object) -> dict:
+    """One 200-step run that rewinds (once at most) on a loss spike, with a resume
+    checkpoint every 10 steps to restart from."""
     body = sweep_body(
-        SWEEP,
+        name,
         seeds=1,
         sizes=("nano",),
         storage=storage,
-        maxRetries=1,
         instability={
             "action": "rewind",
             "signals": ["loss"],
             "rewind": {"stepsBefore": 10, "skipBatches": 5, "maxRewinds": 1},
         },
+        **spec,
     )
     body["spec"]["training"]["steps"] = 200
     body["spec"]["checkpoints"] = {"schedule": "every", "every": 100, "resumeEvery": 10}
-    cluster.apply_sweep(NS, body)
+    return body
+
+
+def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -> None:
+    storage = cluster.namespace_with_storage(NS)
+    bucket = storage["bucket"]
+    cluster.apply_sweep(NS, _rewinding_sweep(SWEEP, storage, maxRetries=1))
     cluster.wait_for("RayJob", lambda: _rayjobs(cluster) == [RUN])
     cluster.set_rayjob_status(NS, RUN, "Running", "RUNNING")
     cluster.wait_for("Running", lambda: _row(cluster).get("phase") == "Running")
@@ -109,13 +113,7 @@ def test_spike_rewinds_the_run_once_and_a_restarted_operator_keeps_it(cluster) -
     cluster.wait_for("rewound RayJob", lambda: _rayjobs(cluster) == [f"{RUN}-r1"])
     job = cluster.rayjobs(NS, SWEEP)[0]
     assert job["metadata"]["annotations"]["polypythia.io/rewinds"] == "1"
-    run = RunStore.open(
-        f"s3://{bucket}/sweeps/{SWEEP}/{RUN}",
-        endpoint=cluster.s3.url,
-        secure=False,
-        access_key=cluster.s3.access_key,
-        secret_key=cluster.s3.secret_key,
-    )
+    run = RunStore.open(f"s3://{bucket}/sweeps/{SWEEP}/{RUN}", **cluster.s3.store_options())
     record = run.read_rewinds()
     assert [(r["restartStep"], r["skipBatches"]) for r in record["rewinds"]] == [(50, [51, 56])]
     assert record["rewinds"][0]["spike"]["onsetStep"] == 61
@@ -164,34 +162,14 @@ def test_the_restart_checkpoint_stays_pinned_while_the_old_attempt_prunes(
     attempt starts only once the old RayJob is gone and resumes from it, and the pin is
     released when the new attempt checkpoints past it."""
     ns, sweep, name = "pinned", "pn", "pn-nano-s0"
-    cluster.create_namespace(ns)
-    cluster.create_secret(ns, "s3")
-    bucket = cluster.s3.make_bucket()
-    body = sweep_body(
-        sweep,
-        seeds=1,
-        sizes=("nano",),
-        storage={"bucket": bucket, "secretName": "s3", "secure": False},
-        instability={
-            "action": "rewind",
-            "signals": ["loss"],
-            "rewind": {"stepsBefore": 10, "skipBatches": 5, "maxRewinds": 1},
-        },
-    )
-    body["spec"]["training"]["steps"] = 200
-    body["spec"]["checkpoints"] = {"schedule": "every", "every": 100, "resumeEvery": 10}
-    cluster.apply_sweep(ns, body)
+    storage = cluster.namespace_with_storage(ns)
+    bucket = storage["bucket"]
+    cluster.apply_sweep(ns, _rewinding_sweep(sweep, storage))
     cluster.wait_for("RayJob", lambda: [j["metadata"]["name"] for j in cluster.rayjobs(ns, sweep)])
     finalizer = {"metadata": {"finalizers": ["ray.io/rayjob-finalizer"]}}
     cluster.custom.patch_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", name, finalizer)
     cluster.set_rayjob_status(ns, name, "Running", "RUNNING")
-    run = RunStore.open(
-        f"s3://{bucket}/sweeps/{sweep}/{name}",
-        endpoint=cluster.s3.url,
-        secure=False,
-        access_key=cluster.s3.access_key,
-        secret_key=cluster.s3.secret_key,
-    )
+    run = RunStore.open(f"s3://{bucket}/sweeps/{sweep}/{name}", **cluster.s3.store_options())
 
     def commit(step: int, attempt: int) -> None:
         folder = tmp_path / f"step{step}-a{attempt}"

@@ -145,3 +145,27 @@ def test_outliers_jsonl_loss_direction_and_bad_column(tmp_path, capsys):
     assert [(o["group"], o["run"], o["firstStep"]) for o in out] == [("70m", "s2", 2000)]
     assert main(["outliers", str(path), "--value-column", "acc"]) == 2
     assert "--value-column 'acc': no such column" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["spikes", "--min-history", "1"], "--min-history: must be in [2, window=128]"),
+        (["spikes", "--signals", "loss,lr"], "--signals: must be a non-empty subset of"),
+        (["outliers", "--min-runs", "2"], "--min-runs: must be >= 4, got 2"),
+        (["outliers", "--false-alarm-rate", "1.5"], "--false-alarm-rate: must be in (0, 1)"),
+    ],
+)
+def test_bad_detector_settings_name_the_flag_and_exit_2(tmp_path, capsys, argv, message):
+    path = tmp_path / "log.csv"
+    _write_csv(path, {"a": make_history(300, 1, spikes=0)})
+    assert main([argv[0], str(path), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_bad_jsonl_line_is_named_and_blank_lines_are_skipped(tmp_path, capsys):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"run": "a", "step": 1, "loss": 2.5}\n\n{"run": "a", "step": 2, loss}\n')
+    assert main(["spikes", str(path)]) == 2
+    assert f"{path}:3: not valid JSON" in capsys.readouterr().err

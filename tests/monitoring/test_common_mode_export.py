@@ -21,6 +21,7 @@ from polypythia.runcore.phase import RunPhase
 from polypythia.spec import Sweep, sweep_from_object
 from polypythia.storage import RunStore
 from support.fixtures import s3_endpoint  # noqa: F401
+from support.sweeps import sweep_object
 
 STEPS = 3_000
 SHARED, ALONE = 1_500, 2_200  # onsets: a bad batch of data order 0; a spike of one seed
@@ -129,11 +130,9 @@ def test_spikes_are_counted_once_their_kind_is_settled():
 
 def _sweep(name: str, storage: dict) -> Sweep:
     return sweep_from_object(
-        {
-            "apiVersion": "polypythia.io/v1alpha1",
-            "kind": "PolyPythiaSweep",
-            "metadata": {"name": name},
-            "spec": {
+        sweep_object(
+            name,
+            {
                 "sizes": ["nano", "micro"],
                 "seeds": {"list": [0, 1]},
                 "training": {"steps": STEPS, "globalBatchSize": 8, "sequenceLength": 32},
@@ -141,7 +140,7 @@ def _sweep(name: str, storage: dict) -> Sweep:
                 "evaluation": {"tasks": [], "schedule": "none"},
                 "storage": storage,
             },
-        }
+        )
     )
 
 

@@ -7,6 +7,7 @@ apart from any ``mock_aws`` used elsewhere in the same test session.
 from __future__ import annotations
 
 import atexit
+import base64
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 from minio import Minio
 from minio.deleteobjects import DeleteObject
+
+from support.processes import terminate
 
 ACCESS_KEY = "polypythia-test-access"
 SECRET_KEY = "polypythia-test-secret-do-not-leak"
@@ -58,6 +61,24 @@ class S3Server:
             "POLYPYTHIA_S3_ENDPOINT": self.url,
         }
 
+    def store_options(self) -> dict:
+        """``open_store``/``RunStore.open`` keywords that reach this server with its credentials."""
+        return {
+            "endpoint": self.url,
+            "secure": False,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+        }
+
+    def secret(self, name: str) -> dict:
+        """A Kubernetes Secret named ``name`` holding this server's credentials, as a sweep's
+        ``spec.storage.secretName`` refers to it."""
+        data = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        return {
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
     def client(self) -> Minio:
         """A minio client on this server."""
         return Minio(
@@ -84,13 +105,7 @@ class S3Server:
 
     def stop(self) -> None:
         """Stop the server process (only the one this helper started)."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def start_s3_server(timeout_s: float = 30.0) -> S3Server:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.processes import terminate
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,27 +31,34 @@ def operator_env(kubeconfig: str | Path, s3_url: str, **extra: str) -> dict[str,
     return env
 
 
-def spawn_operator(env: dict[str, str], log: Path, poll_interval: float) -> subprocess.Popen:
-    """Watch every namespace; metrics and liveness ports off; output appended to ``log``."""
-    argv = [sys.executable, "-m", "polypythia.cli", "operator", "--all-namespaces"]
-    argv += ["--poll-interval", str(poll_interval), "--metrics-port", "0", "--liveness-port", "0"]
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+class OperatorChild:
+    """The operator child process of a test cluster: spawned, killed as when its node dies or
+    stopped as on a rollout, and its log read for failure messages. A harness mixes it in and
+    sets ``log`` (the file the child's output is appended to)."""
 
+    log: Path
+    operator: subprocess.Popen | None = None
 
-def kill_operator(proc: subprocess.Popen | None) -> None:
-    """SIGKILL: no clean shutdown, as when the operator's node dies."""
-    if proc and proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    def spawn_operator(self, env: dict[str, str], poll_interval: float) -> None:
+        """Watch every namespace; metrics and liveness ports off; output appended to ``log``."""
+        argv = [sys.executable, "-m", "polypythia.cli", "operator", "--all-namespaces"]
+        argv += ["--poll-interval", str(poll_interval), "--metrics-port", "0"]
+        argv += ["--liveness-port", "0"]
+        with self.log.open("ab") as out:
+            self.operator = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
+    def kill_operator(self) -> None:
+        """SIGKILL: no clean shutdown, as when the operator's node dies."""
+        proc, self.operator = self.operator, None
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
 
-def stop_operator(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL after 15 s."""
-    if proc and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    def stop_operator(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
+        proc, self.operator = self.operator, None
+        terminate(proc, grace_s=15)
+
+    def operator_log(self) -> str:
+        """The end of the operator's output (what a failing test shows)."""
+        return self.log.read_text(errors="replace")[-8000:] if self.log.exists() else ""

@@ -21,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from support.processes import terminate
+from support.waiting import wait_for
+
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``promtool`` (same Debian package) and return its completed process."""
@@ -108,13 +111,7 @@ class PrometheusServer:
         raise RuntimeError(f"prometheus not ready after 30 s: {self.log()[-2000:]}")
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -140,13 +137,11 @@ class PrometheusServer:
 
     def wait_for(self, check: Any, timeout: float = 30.0, interval: float = 0.5) -> Any:
         """Poll ``check()`` until it returns something truthy; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"condition not met after {timeout} s; log: {self.log()[-1500:]}"
-                )
-            time.sleep(interval)
+        return wait_for(
+            "the Prometheus condition",
+            check,
+            timeout,
+            lambda: self.log()[-1500:],
+            interval=interval,
+            log_name="prometheus log",
+        )

@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 
 from polypythia import presets
-from polypythia.output import FORMATS, emit
+from polypythia.commands.common import add_output_flag
+from polypythia.output import emit
 from polypythia.tables import render_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="table, or json/yaml with camelCase keys (default: %(default)s)",
-    )
+    add_output_flag(parser)
 
 
 def rows() -> list[dict]:

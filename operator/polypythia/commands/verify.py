@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from polypythia.commands.common import add_output_flag, add_storage_flags, storage_options
 from polypythia.errors import RuntimeFault
-from polypythia.output import FORMATS, emit
+from polypythia.output import emit
 from polypythia.storage.verify import RunCheck, verify_uri
 
 
@@ -23,16 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compare file sizes only, not sha256 (fast on large S3 checkpoints)",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="output format (default: %(default)s)",
-    )
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    add_output_flag(parser, help="output format (default: %(default)s)")
+    add_storage_flags(parser)
 
 
 def _as_dict(runs: list[RunCheck]) -> dict:
@@ -60,13 +53,7 @@ def _as_dict(runs: list[RunCheck]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    runs = verify_uri(
-        args.uri,
-        checksums=not args.sizes_only,
-        endpoint=args.endpoint,
-        secure=not args.insecure,
-        region=args.region,
-    )
+    runs = verify_uri(args.uri, checksums=not args.sizes_only, **storage_options(args, args.uri))
     checked = sum(len(r.checks) for r in runs)
     if not checked:
         raise RuntimeFault(f"{args.uri}: no complete checkpoint to verify (no run or sweep there)")

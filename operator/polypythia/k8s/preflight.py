@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from polypythia.errors import UsageError
 from polypythia.k8s import reconcile as R
 from polypythia.storage import StorageError, StorageUnavailable, open_store
+from polypythia.storage.uri import connection
 
 CONDITION = "StorageReady"
 FIRST_RETRY_S = 10.0
@@ -92,17 +93,10 @@ def opener_for(
     spec: dict, credentials: tuple[str | None, str | None], default_endpoint: str | None
 ) -> Callable[[str], tuple[object, str]]:
     """``open_store`` with the sweep's endpoint and the credentials the operator uses."""
-    storage = spec.get("storage") or {}
+    options = {"endpoint": default_endpoint, **connection(spec.get("storage"))}
 
     def opener(uri: str) -> tuple[object, str]:
-        return open_store(
-            uri,
-            endpoint=storage.get("endpoint") or default_endpoint,
-            secure=storage.get("secure", True),
-            region=storage.get("region", "us-east-1"),
-            access_key=credentials[0],
-            secret_key=credentials[1],
-        )
+        return open_store(uri, **options, access_key=credentials[0], secret_key=credentials[1])
 
     return opener
 

@@ -147,50 +147,44 @@ def render_rayjob(
     cpus = int(res["cpusPerWorker"])
     memory = res.get("memory") or f"{cpus * DEFAULT_WORKER_MEMORY_PER_CPU_GI}Gi"
     pod_labels = {L.SWEEP: sweep.name, L.RUN: run.name, L.ATTEMPT: str(attempt)}
-    head_pod = {
-        "metadata": {"labels": dict(pod_labels)},
-        "spec": {
+
+    def ray_pod(container: dict, extra: dict, head: bool) -> dict:
+        """A Ray node's pod template: the trainer user, the run's labels and volumes."""
+        spec = {
             "securityContext": pod_security(TRAINER_USER),
-            "containers": [
-                _container(
-                    "ray-head",
-                    trainer_image,
-                    env,
-                    compute(HEAD_RESOURCES["cpu"], HEAD_RESOURCES["memory"], 0),
-                    [
-                        {"containerPort": 6379, "name": "gcs-server"},
-                        {"containerPort": 8265, "name": "dashboard"},
-                        {"containerPort": 10001, "name": "client"},
-                    ],
-                )
-            ],
+            "containers": [container],
             "volumes": list(volumes),
-            **(
-                {"priorityClassName": res["priorityClassName"]}
-                if res.get("priorityClassName")
-                else {}
-            ),
-        },
-    }
-    apply_pod_settings(head_pod["spec"], settings, head=True)
-    worker_pod = {
-        "metadata": {"labels": dict(pod_labels)},
-        "spec": {
-            "securityContext": pod_security(TRAINER_USER),
-            "containers": [
-                _container(
-                    "ray-worker",
-                    trainer_image,
-                    env,
-                    compute(cpus, memory, gpus, res.get("gpuResource")),
-                    [],
-                )
+            **extra,
+        }
+        apply_pod_settings(spec, settings, head=head)
+        return {"metadata": {"labels": dict(pod_labels)}, "spec": spec}
+
+    head_pod = ray_pod(
+        _container(
+            "ray-head",
+            trainer_image,
+            env,
+            compute(HEAD_RESOURCES["cpu"], HEAD_RESOURCES["memory"], 0),
+            [
+                {"containerPort": 6379, "name": "gcs-server"},
+                {"containerPort": 8265, "name": "dashboard"},
+                {"containerPort": 10001, "name": "client"},
             ],
-            "volumes": list(volumes),
-            **placement(res),
-        },
-    }
-    apply_pod_settings(worker_pod["spec"], settings)
+        ),
+        {"priorityClassName": res["priorityClassName"]} if res.get("priorityClassName") else {},
+        head=True,
+    )
+    worker_pod = ray_pod(
+        _container(
+            "ray-worker",
+            trainer_image,
+            env,
+            compute(cpus, memory, gpus, res.get("gpuResource")),
+            [],
+        ),
+        placement(res),
+        head=False,
+    )
     submitter = _submitter_pod(cluster.submitter_image or trainer_image, settings, pod_labels)
     workers = int(res["workers"])
     spec: dict = {

@@ -173,15 +173,10 @@ def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
     evaluation task names, the dataset and tokenizer paths (local or s3://)."""
     if base_uri.startswith("s3://"):
         from polypythia.storage import StorageError, open_store
+        from polypythia.storage.uri import connection
 
-        storage = sweep.spec["storage"]
         try:
-            store, _ = open_store(
-                base_uri,
-                endpoint=storage.get("endpoint"),
-                secure=storage["secure"],
-                region=storage["region"],
-            )
+            store, _ = open_store(base_uri, **connection(sweep.spec["storage"]))
             found = store.bucket_exists()
         except StorageError as exc:
             raise UsageError(f"--storage {base_uri}: cannot be reached ({exc})") from None
@@ -215,15 +210,10 @@ def _check_inputs(sweep, evaluate: bool, base_uri: str) -> None:
     for field, where in wanted:
         if where.startswith("s3://"):
             from polypythia.storage import StorageError, open_store
+            from polypythia.storage.uri import connection
 
-            storage = sweep.spec["storage"]
             try:
-                store, key = open_store(
-                    where,
-                    endpoint=storage.get("endpoint"),
-                    secure=storage["secure"],
-                    region=storage["region"],
-                )
+                store, key = open_store(where, **connection(sweep.spec["storage"]))
                 found = store.exists(key) or bool(store.list(key.rstrip("/") + "/"))
             except StorageError as exc:
                 raise UsageError(f"{field}: {where}: cannot be read ({exc})") from None

@@ -8,17 +8,32 @@ import argparse
 import math
 from collections import Counter, defaultdict
 
+from polypythia.commands import common
 from polypythia.errors import UsageError
 from polypythia.monitoring.cross_seed import cross_seed_outliers
 from polypythia.monitoring.outliers import OutlierSettings, OutlierVerdict, Point, find_outliers
-from polypythia.monitoring.stored import is_stored, storage_kwargs, stored_runs
-from polypythia.monitoring.tables import columns, format_table, integer, number, read_rows, text
-from polypythia.output import FORMATS, camel_keys, emit
+from polypythia.monitoring.stored import is_stored, stored_runs
+from polypythia.monitoring.tables import columns, integer, number, read_rows, text
+from polypythia.output import camel_keys
 from polypythia.runcore.monitor import stored_history
 
 _HIGH_IS_BAD = ("loss", "perplexity", "ppl", "bpb")
 # More distinct steps than this per run is a per-step log, not checkpoint values.
 MAX_STEPS_PER_RUN = 300
+# Test settings, one flag per OutlierSettings field: (field, type, help).
+SETTINGS_FLAGS = (
+    (
+        "false_alarm_rate",
+        float,
+        "chance of any flag when seeds differ only by chance (default: %(default)s)",
+    ),
+    (
+        "consecutive",
+        int,
+        "off checkpoints in a row that make a run an outlier (default: %(default)s)",
+    ),
+    ("min_runs", int, "fewest runs in a group for a comparison (default: %(default)s)"),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,13 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="CSV, TSV or JSONL (step, seed or run, value), or a sweep or run folder / s3:// "
         "URI in storage (a run is tested against the other seeds of its sweep)",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="table, or json/yaml with camelCase keys (default: %(default)s)",
-    )
+    common.add_output_flag(parser)
     parser.add_argument(
         "--value-column",
         default=None,
@@ -59,33 +68,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="which side is bad (default: high for loss-like columns, else low)",
     )
     parser.add_argument(
-        "--false-alarm-rate",
-        type=float,
-        default=d.false_alarm_rate,
-        help="chance of any flag when seeds differ only by chance (default: %(default)s)",
-    )
-    parser.add_argument(
         "--every",
         type=int,
         default=None,
         metavar="N",
         help="average each run's values over blocks of N steps (for per-step logs)",
     )
-    parser.add_argument(
-        "--consecutive",
-        type=int,
-        default=d.consecutive,
-        help="off checkpoints in a row that make a run an outlier (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--min-runs",
-        type=int,
-        default=d.min_runs,
-        help="fewest runs in a group for a comparison (default: %(default)s)",
-    )
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    common.add_settings_flags(parser, d, SETTINGS_FLAGS)
+    common.add_storage_flags(parser)
 
 
 def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], what: str) -> str:
@@ -102,14 +92,7 @@ def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], wha
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = OutlierSettings(
-            false_alarm_rate=args.false_alarm_rate,
-            consecutive=args.consecutive,
-            min_runs=args.min_runs,
-        )
-    except ValueError as exc:
-        raise UsageError(f"--{exc}".replace("_", "-")) from None
+    settings = common.settings_from_args(OutlierSettings, args, SETTINGS_FLAGS)
     if args.every is not None and args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
     if is_stored(args.file):
@@ -149,7 +132,7 @@ def _stored_verdicts(args: argparse.Namespace, settings: OutlierSettings) -> lis
                 f"--{flag.replace('_', '-')}: applies to a file of values, not to runs in "
                 f"storage ({args.file})"
             )
-    kwargs = storage_kwargs(args.file, args.endpoint, args.insecure, args.region)
+    kwargs = common.storage_options(args, args.file)
     runs, kind = stored_runs(args.file, evals=True, **kwargs)
     only = None
     if kind == "run":
@@ -172,32 +155,22 @@ def _stored_verdicts(args: argparse.Namespace, settings: OutlierSettings) -> lis
 
 
 def _show(verdicts: list[OutlierVerdict], output: str) -> int:
-    if output != "table":
-        emit([camel_keys(v.to_dict()) for v in verdicts], output)
-        return 0
-    if not verdicts:
-        print("no outlier runs")
-        return 0
     header = ["GROUP", "RUN", "SIGNAL", "TEST", "FIRST_STEP", "SCORE", "THRESHOLD", "CHECKPOINTS"]
-    print(
-        format_table(
-            header,
-            [
-                [
-                    v.group,
-                    v.run,
-                    v.signal,
-                    v.test,
-                    str(v.first_step),
-                    f"{v.score:.1f}",
-                    f"{v.threshold:.1f}" if math.isfinite(v.threshold) else "-",
-                    str(v.checkpoints),
-                ]
-                for v in verdicts
-            ],
-        )
-    )
-    return 0
+    rows = [
+        [
+            v.group,
+            v.run,
+            v.signal,
+            v.test,
+            str(v.first_step),
+            f"{v.score:.1f}",
+            f"{v.threshold:.1f}" if math.isfinite(v.threshold) else "-",
+            str(v.checkpoints),
+        ]
+        for v in verdicts
+    ]
+    data = [camel_keys(v.to_dict()) for v in verdicts]
+    return common.show(output, data, header, rows, empty="no outlier runs")
 
 
 def _checkpoint_resolution(points: list[Point], path: str, every: int | None) -> list[Point]:

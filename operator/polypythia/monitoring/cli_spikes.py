@@ -7,12 +7,51 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+from polypythia.commands import common
 from polypythia.errors import UsageError
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
-from polypythia.monitoring.stored import is_stored, storage_kwargs, stored_runs
-from polypythia.monitoring.tables import format_table, integer, number, read_rows, text
-from polypythia.output import FORMATS, camel_keys, emit
+from polypythia.monitoring.stored import is_stored, stored_runs
+from polypythia.monitoring.tables import integer, number, read_rows, text
+from polypythia.output import camel_keys
+
+# Detector settings, one flag per SpikeSettings field: (field, type, help).
+SETTINGS_FLAGS = (
+    ("window", int, "steps in the rolling baseline (default: %(default)s)"),
+    (
+        "threshold",
+        float,
+        "a spike starts this many robust sd above the baseline (default: %(default)s)",
+    ),
+    (
+        "min_history",
+        int,
+        "steps of baseline needed before any spike is called (default: %(default)s)",
+    ),
+    ("score_window", int, "steps in the OLMo 2 spike score (default: %(default)s)"),
+    (
+        "score_threshold",
+        float,
+        "sd from the rolling mean that counts towards the spike score (default: %(default)s)",
+    ),
+    (
+        "recovery_steps",
+        int,
+        "a spike still above baseline this many steps after onset is unrecovered "
+        "(default: %(default)s)",
+    ),
+    (
+        "common_mode_fraction",
+        float,
+        "share of the runs of one data order spiking together that makes a spike "
+        "data-driven (default: %(default)s)",
+    ),
+    (
+        "common_mode_tolerance",
+        int,
+        "steps apart that still count as the same spike across runs (default: %(default)s)",
+    ),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="CSV, TSV or JSONL file (telemetry chunks of one run folder are one run), or a "
         "run or sweep folder / s3:// URI in storage",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="table, or json/yaml with camelCase keys (default: %(default)s)",
-    )
+    common.add_output_flag(parser)
     parser.add_argument(
         "--run-column",
         default="run",
@@ -55,82 +88,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "data (one shared order) or schedule-or-system (different orders); runs read from "
         "storage take it from run.json",
     )
-    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port or URL)")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the endpoint")
-    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    common.add_storage_flags(parser)
     parser.add_argument(
         "--signals",
         default=",".join(d.signals),
         help="signals to watch, comma-separated: loss, grad_norm (default: %(default)s)",
     )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=d.window,
-        help="steps in the rolling baseline (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=d.threshold,
-        help="a spike starts this many robust sd above the baseline (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--min-history",
-        type=int,
-        default=d.min_history,
-        help="steps of baseline needed before any spike is called (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--score-window",
-        type=int,
-        default=d.score_window,
-        help="steps in the OLMo 2 spike score (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=d.score_threshold,
-        help="sd from the rolling mean that counts towards the spike score (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--recovery-steps",
-        type=int,
-        default=d.recovery_steps,
-        help="a spike still above baseline this many steps after onset is unrecovered "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--common-mode-fraction",
-        type=float,
-        default=d.common_mode_fraction,
-        help="share of the runs of one data order spiking together that makes a spike "
-        "data-driven (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--common-mode-tolerance",
-        type=int,
-        default=d.common_mode_tolerance,
-        help="steps apart that still count as the same spike across runs (default: %(default)s)",
-    )
+    common.add_settings_flags(parser, d, SETTINGS_FLAGS)
 
 
 def _settings(args: argparse.Namespace) -> SpikeSettings:
     signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
-    try:
-        return SpikeSettings(
-            signals=signals,
-            window=args.window,
-            threshold=args.threshold,
-            min_history=args.min_history,
-            score_window=args.score_window,
-            score_threshold=args.score_threshold,
-            recovery_steps=args.recovery_steps,
-            common_mode_fraction=args.common_mode_fraction,
-            common_mode_tolerance=args.common_mode_tolerance,
-        )
-    except ValueError as exc:
-        raise UsageError(f"--{str(exc).split(':')[0].replace('_', '-')}: {exc}") from None
+    return common.settings_from_args(SpikeSettings, args, SETTINGS_FLAGS, signals=signals)
 
 
 def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], dict[str, str]]:
@@ -141,8 +110,7 @@ def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], di
     orders: dict[str, str] = {}
     for path in args.files:
         if is_stored(path):
-            kwargs = storage_kwargs(path, args.endpoint, args.insecure, args.region)
-            for stored in stored_runs(path, **kwargs)[0]:
+            for stored in stored_runs(path, **common.storage_options(args, path))[0]:
                 if not stored.telemetry:
                     continue
                 runs[stored.name] = {
@@ -199,12 +167,6 @@ def detect(args: argparse.Namespace) -> list[SpikeEvent]:
 
 def main(args: argparse.Namespace) -> int:
     events = detect(args)
-    if args.output != "table":
-        emit([camel_keys(e.to_dict()) for e in events], args.output)
-        return 0
-    if not events:
-        print("no spikes found")
-        return 0
     header = [
         "RUN", "SIGNAL", "ONSET", "PEAK_STEP", "PEAK", "MAGNITUDE", "RECOVERY", "KIND", "CAUSE"
     ]  # fmt: skip
@@ -224,5 +186,5 @@ def main(args: argparse.Namespace) -> int:
         ]
         for e in events
     ]
-    print(format_table(header, rows))
-    return 0
+    data = [camel_keys(e.to_dict()) for e in events]
+    return common.show(args.output, data, header, rows, empty="no spikes found")

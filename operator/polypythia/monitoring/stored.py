@@ -81,10 +81,3 @@ def stored_runs(uri: str, *, evals: bool = False, **store_kwargs) -> tuple[list[
             "(one sub-folder per run)"
         )
     return runs, "sweep"
-
-
-def storage_kwargs(uri: str, endpoint: str | None, insecure: bool, region: str) -> dict:
-    """S3 connection options for an s3:// URI; none for a local folder."""
-    if not uri.startswith("s3://"):
-        return {}
-    return {"endpoint": endpoint, "secure": not insecure, "region": region}

@@ -4,12 +4,12 @@ file, line and column."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from polypythia.errors import UsageError
+from polypythia.jsonlines import json_lines
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -32,13 +32,7 @@ def read_rows(path: str | Path) -> list[Row]:
         raise UsageError(f"{path}: cannot read: {exc}") from None
     rows: list[Row] = []
     if kind == "jsonl":
-        for no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{no}: not valid JSON ({exc.msg})") from None
+        for no, obj in json_lines(text.splitlines(), path):
             if not isinstance(obj, dict):
                 raise UsageError(f"{path}:{no}: must be a JSON object, got {type(obj).__name__}")
             row = Row(obj)

@@ -7,7 +7,6 @@ chunk of documents at a time, never the corpus.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from polypythia.errors import UsageError
+from polypythia.jsonlines import json_lines
 from polypythia_trainer.data.indexed import IndexedDatasetBuilder, best_dtype
 from polypythia_trainer.data.tokenizer import EOD, copy_hf, load, save_hf, train_bpe
 
@@ -64,13 +64,7 @@ def read_documents(inputs: list[Path], text_field: str = "text") -> Iterator[str
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        for number, record in json_lines(f, path):
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise UsageError(
