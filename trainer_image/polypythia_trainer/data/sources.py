@@ -6,8 +6,9 @@ remote object is read by byte range through the storage contract (``get_range``)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -82,17 +83,22 @@ def is_remote(path: str) -> bool:
     return path.startswith("s3://")
 
 
-def open_source(path: str, *, field: str, storage: dict | None = None) -> ByteSource:
+def connection(storage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``open_store`` keywords from a run config's storage block (``endpoint``, ``secure``,
+    ``region``, as ``StorageConfig.connection()`` gives them); unset ones keep the store's
+    own defaults."""
+    return {
+        key: storage[key]
+        for key in ("endpoint", "secure", "region")
+        if storage and storage.get(key) is not None
+    }
+
+
+def open_source(path: str, *, field: str, storage: Mapping[str, Any] | None = None) -> ByteSource:
     """Open a local path or ``s3://bucket/key`` as a byte source; missing -> UsageError."""
     if is_remote(path):
-        opts = storage or {}
         bucket_uri, _, key = path.rpartition("/")
-        store, prefix = open_store(
-            bucket_uri,
-            endpoint=opts.get("endpoint"),
-            secure=opts.get("secure", True),
-            region=opts.get("region") or "us-east-1",
-        )
+        store, prefix = open_store(bucket_uri, **connection(storage))
         full_key = f"{prefix}/{key}" if prefix else key
         try:
             return StoreObject(store, full_key, path)
@@ -104,12 +110,6 @@ def open_source(path: str, *, field: str, storage: dict | None = None) -> ByteSo
     return LocalFile(local)
 
 
-def open_remote_dir(uri: str, storage: dict | None = None) -> tuple[ObjectStore, str]:
+def open_remote_dir(uri: str, storage: Mapping[str, Any] | None = None) -> tuple[ObjectStore, str]:
     """The store and key prefix of a remote folder such as ``s3://bucket/tokenizers/x``."""
-    opts = storage or {}
-    return open_store(
-        uri.rstrip("/"),
-        endpoint=opts.get("endpoint"),
-        secure=opts.get("secure", True),
-        region=opts.get("region") or "us-east-1",
-    )
+    return open_store(uri.rstrip("/"), **connection(storage))
