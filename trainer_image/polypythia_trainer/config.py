@@ -474,7 +474,9 @@ class StorageConfig:
             region=_get(block, "region", path, str, cls.region),
         )
         if not out.uri.strip():
-            raise UsageError(f"{path}.uri: expected a local path or s3://bucket/prefix, got ''")
+            raise UsageError(
+                f"{path}.uri: expected a local path or s3://bucket/prefix, got {out.uri!r}"
+            )
         return out
 
     def connection(self) -> dict[str, Any]:
