@@ -195,15 +195,10 @@ def open_parent(
     """
     from polypythia.storage import RunStore, StorageNotFound
     from polypythia.storage.layout import CheckpointDamaged
+    from polypythia.storage.uri import connection
 
-    storage = storage or {}
     runs = RunStore.open(
-        uri,
-        endpoint=storage.get("endpoint"),
-        secure=storage.get("secure", True),
-        region=storage.get("region", "us-east-1"),
-        access_key=credentials[0],
-        secret_key=credentials[1],
+        uri, access_key=credentials[0], secret_key=credentials[1], **connection(storage)
     )
     complete = runs.complete_checkpoints()
     try:
@@ -292,14 +287,9 @@ def fetch_parent(parent: Parent, work_dir: Path, storage: dict | None = None) ->
     folder itself on a local store, else a download into ``work_dir``."""
     from polypythia.storage import RunStore
     from polypythia.storage.layout import sha256_file
+    from polypythia.storage.uri import connection
 
-    storage = storage or {}
-    runs = RunStore.open(
-        parent.uri,
-        endpoint=storage.get("endpoint"),
-        secure=storage.get("secure", True),
-        region=storage.get("region", "us-east-1"),
-    )
+    runs = RunStore.open(parent.uri, **connection(storage))
     target = Path(work_dir) / f"branch-step{parent.step}"
     if parent.kind == "run":
         return runs.local_path(parent.step) or runs.fetch_checkpoint(parent.step, target)

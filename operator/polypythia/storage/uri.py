@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from polypythia.errors import UsageError
@@ -45,6 +47,16 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise UsageError(f"storage URI {uri!r}: no empty, '.' or '..' path components")
     return bucket, prefix
+
+
+def connection(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``open_store`` keywords from a storage block (a run config's or the sweep's
+    ``storage``: ``endpoint``, ``secure``, ``region``); unset ones keep its defaults."""
+    return {
+        key: block[key]
+        for key in ("endpoint", "secure", "region")
+        if block and block.get(key) is not None
+    }
 
 
 def open_store(

@@ -14,6 +14,7 @@ import numpy as np
 
 from polypythia.errors import UsageError
 from polypythia.storage import ObjectStore, StorageNotFound, open_store
+from polypythia.storage.uri import connection
 
 
 class ByteSource(Protocol):
@@ -81,17 +82,6 @@ class StoreObject:
 
 def is_remote(path: str) -> bool:
     return path.startswith("s3://")
-
-
-def connection(storage: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``open_store`` keywords from a run config's storage block (``endpoint``, ``secure``,
-    ``region``, as ``StorageConfig.connection()`` gives them); unset ones keep the store's
-    own defaults."""
-    return {
-        key: storage[key]
-        for key in ("endpoint", "secure", "region")
-        if storage and storage.get(key) is not None
-    }
 
 
 def open_source(path: str, *, field: str, storage: Mapping[str, Any] | None = None) -> ByteSource:
