@@ -332,7 +332,7 @@ class CheckpointConfig:
         return bool(self.resume_every) and step > 0 and step % self.resume_every == 0
 
 
-# The data block: errors name the sweep field (spec.data.*), where a user sets it.
+DATA_PATH = "spec.data"  # data errors name the sweep field, where a user sets it
 DATA_FORMATS = ("generated", "megatron")
 DATA_ORDERS = ("megatron", "permutation")
 DATA_FIELDS = (
@@ -375,8 +375,8 @@ class DataConfig:
             raise UsageError(
                 f"spec.data.format: must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}"
             )
-        path = _data_str(data, "path")
-        tokenizer = _data_str(data, "tokenizer")
+        path = _optional_str(data, "path", DATA_PATH)
+        tokenizer = _optional_str(data, "tokenizer", DATA_PATH)
         if fmt == "megatron" and path is None:
             raise UsageError(
                 "spec.data.path: required for format megatron (the dataset prefix, "
@@ -393,13 +393,13 @@ class DataConfig:
             raise UsageError(
                 f"spec.data.order: must be one of {', '.join(DATA_ORDERS)}, got {order!r}"
             )
-        index_dir = _data_str(data, "indexDir")
+        index_dir = _optional_str(data, "indexDir", DATA_PATH)
         if index_dir is not None and order != "megatron":
             raise UsageError(
                 "spec.data.indexDir: only used with order megatron (GPT-NeoX's index maps), "
                 f"got order {order}"
             )
-        split = _data_str(data, "split")
+        split = _optional_str(data, "split", DATA_PATH)
         if split is not None:
             if fmt != "megatron":
                 raise UsageError(
@@ -416,18 +416,9 @@ class DataConfig:
             skip_batches=_skip_batches(data.get("skipBatches")),
             order=order,
             index_dir=index_dir,
-            validation_path=_data_str(data, "validationPath"),
+            validation_path=_optional_str(data, "validationPath", DATA_PATH),
             split=split,
         )
-
-
-def _data_str(data: dict, field: str) -> str | None:
-    value = data.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"spec.data.{field}: expected a non-empty string or null, got {value!r}")
-    return value
 
 
 def _skip_batches(value: object) -> tuple[tuple[int, int], ...]:
