@@ -8,6 +8,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from polypythia.errors import UsageError
 from polypythia.storage import RunStore
+from polypythia_trainer.config import InitConfig, InitReference, StorageConfig
 from polypythia_trainer.inits import apply_init, load_reference_state
 
 
@@ -48,7 +49,9 @@ def test_apply_init_from_a_local_folder(reference, tmp_path, strategy):
     folder, ref = reference
     model, twin = _model(), _model()
     before = _buffers(model)
-    init = {"strategy": strategy, "name": strategy, "reference": {"path": str(folder)}}
+    init = InitConfig.from_dict(
+        {"strategy": strategy, "name": strategy, "reference": {"path": str(folder)}}
+    )
     apply_init(model, init, 7, work_dir=tmp_path)
     apply_init(twin, init, 7, work_dir=tmp_path)
     for name, buf in model.named_buffers():
@@ -69,7 +72,7 @@ def test_apply_init_from_a_local_folder(reference, tmp_path, strategy):
 def test_pythia_strategy_changes_nothing(reference, tmp_path):
     model = _model()
     before = {n: p.clone() for n, p in model.named_parameters()}
-    apply_init(model, {"strategy": "pythia", "reference": None}, 0, work_dir=tmp_path)
+    apply_init(model, InitConfig.from_dict({"strategy": "pythia"}), 0, work_dir=tmp_path)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
@@ -80,14 +83,16 @@ def test_apply_init_from_a_run_checkpoint(reference, tmp_path):
     via_run, via_path = _model(), _model()
     apply_init(
         via_run,
-        {"strategy": "empirical", "reference": {"uri": str(tmp_path / "run"), "step": 40}},
+        InitConfig.from_dict(
+            {"strategy": "empirical", "reference": {"uri": str(tmp_path / "run"), "step": 40}}
+        ),
         3,
-        storage={"endpoint": None, "secure": True, "region": "us-east-1"},
+        storage=StorageConfig(uri=str(tmp_path)),
         work_dir=tmp_path / "work",
     )
     apply_init(
         via_path,
-        {"strategy": "empirical", "reference": {"path": str(folder)}},
+        InitConfig.from_dict({"strategy": "empirical", "reference": {"path": str(folder)}}),
         3,
         work_dir=tmp_path,
     )
@@ -100,13 +105,9 @@ def test_missing_checkpoint_names_the_field(reference, tmp_path):
     run = RunStore.open(str(tmp_path / "run"))
     run.commit_checkpoint(40, folder)
     with pytest.raises(UsageError, match=r"spec.inits\[\].reference: .* step 80 .*40"):
-        load_reference_state({"uri": str(tmp_path / "run"), "step": 80}, work_dir=tmp_path)
+        load_reference_state(InitReference(uri=str(tmp_path / "run"), step=80), work_dir=tmp_path)
     with pytest.raises(UsageError, match=r"spec.inits\[\].reference: .* no \*.safetensors"):
-        load_reference_state({"path": str(tmp_path / "empty")}, work_dir=tmp_path)
-    with pytest.raises(UsageError, match=r"spec.inits\[\].reference"):
-        load_reference_state({"step": 3}, work_dir=tmp_path)
-    with pytest.raises(UsageError, match=r"needs a reference"):
-        apply_init(_model(), {"strategy": "permute", "reference": None}, 0, work_dir=tmp_path)
+        load_reference_state(InitReference(path=str(tmp_path / "empty")), work_dir=tmp_path)
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(reference, tmp_path):
@@ -114,5 +115,8 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(reference, tmp_path):
     wider = _model(hidden=128)
     with pytest.raises(UsageError, match=r"gpt_neox.embed_in.weight .*\(256, 64\).*\(256, 128\)"):
         apply_init(
-            wider, {"strategy": "permute", "reference": {"path": str(folder)}}, 0, work_dir=tmp_path
+            wider,
+            InitConfig.from_dict({"strategy": "permute", "reference": {"path": str(folder)}}),
+            0,
+            work_dir=tmp_path,
         )

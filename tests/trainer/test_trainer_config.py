@@ -11,7 +11,6 @@ from polypythia.cli import main as cli_main
 from polypythia.errors import UsageError
 from polypythia_trainer.cli import load_config
 from polypythia_trainer.config import RunConfig
-from polypythia_trainer.launch import check_config
 
 
 @pytest.mark.parametrize(
@@ -31,7 +30,7 @@ from polypythia_trainer.launch import check_config
 )
 def test_bad_field_is_named(tmp_path, change: dict, field: str) -> None:
     with pytest.raises(UsageError, match=field.replace("[", r"\[").replace("]", r"\]")):
-        check_config(nano_config(tmp_path, **change))
+        RunConfig.from_dict(nano_config(tmp_path, **change))
 
 
 def test_missing_block_is_named(tmp_path) -> None:

@@ -17,23 +17,22 @@ from torch import nn
 from polypythia.branch import URI_FIELD, fetch_parent, open_parent
 from polypythia.errors import UsageError
 from polypythia_trainer.checkpoint import STATE_DIR, STATE_FILE
+from polypythia_trainer.config import BranchConfig, StorageConfig
 from polypythia_trainer.inits import _LEGACY_BUFFERS as LEGACY_BUFFERS
 from polypythia_trainer.model import _SAVED_NAMES
 
 
-def fetch(branch: dict, storage: dict | None, work_dir: Path) -> Path:
+def fetch(branch: BranchConfig, storage: StorageConfig, work_dir: Path) -> Path:
     """The parent checkpoint of run.json's `branch` block as a local folder, verified."""
-    for name in ("parent", "step"):
-        if name not in branch:
-            raise UsageError(f"branch.{name}: required field is missing")
-    parent = open_parent(str(branch["parent"]), int(branch["step"]), storage)
-    checksum = branch.get("checksum")
+    connection = storage.connection()
+    parent = open_parent(branch.parent, branch.step, connection)
+    checksum = branch.checksum
     if checksum and checksum != parent.checksum:
         raise UsageError(
             f"{URI_FIELD}: {parent.uri} step {parent.step} is {parent.checksum}, but run.json "
             f"records {checksum}; allowed: the checkpoint the branch was claimed from"
         )
-    return fetch_parent(parent, work_dir, storage)
+    return fetch_parent(parent, work_dir, connection)
 
 
 def has_trainer_state(folder: Path) -> bool:

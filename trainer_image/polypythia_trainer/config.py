@@ -12,6 +12,9 @@ from typing import Any
 from polypythia.errors import UsageError
 from polypythia.retention import LEGACY_POLICY, POLICIES, optimizer_state_kept
 
+INIT_STRATEGIES = ("pythia", "permute", "empirical", "studentt", "matched-gaussian")
+INIT_REFERENCE_FIELD = "spec.inits[].reference"
+BRANCH_OPTIMIZERS = ("restored", "fresh")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu_new", "gelu")
 INIT_METHODS = ("small_init", "normal")
@@ -48,9 +51,34 @@ def _block(cfg: dict, key: str, path: str = "") -> dict:
     return value
 
 
+def _optional_block(cfg: dict, key: str) -> dict:
+    """A block whose fields all have defaults: absent or null reads as ``{}``."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{key}: expected an object, got {value!r}")
+    return value
+
+
 def _at_least(value: float, minimum: float, name: str) -> None:
     if value < minimum:
         raise UsageError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def _item(value: Any, path: str) -> dict:
+    """One object of a list (a perturbation): anything else names its index."""
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: expected an object, got {value!r}")
+    return value
+
+
+def _optional_str(block: dict, key: str, path: str) -> str | None:
+    """An optional string that, when given, says something (not blank)."""
+    value = _get(block, key, path, str, None)
+    if value is not None and not value.strip():
+        raise UsageError(f"{path}.{key}: expected a non-empty string or null, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -79,14 +107,16 @@ class ModelConfig:
             intermediate_size=_get(block, "intermediateSize", path, int),
             vocab_size=_get(block, "vocabSize", path, int),
             max_position_embeddings=_get(block, "maxPositionEmbeddings", path, int),
-            rotary_pct=_get(block, "rotaryPct", path, float, 0.25),
-            rotary_emb_base=_get(block, "rotaryEmbBase", path, int, 10_000),
-            parallel_residual=_get(block, "parallelResidual", path, bool, True),
-            tie_word_embeddings=_get(block, "tieWordEmbeddings", path, bool, False),
-            z_loss=_get(block, "zLoss", path, float, 0.0),
-            qk_layernorm=_get(block, "qkLayerNorm", path, bool, False),
-            hidden_act=_get(block, "hiddenAct", path, str, "gelu_pytorch_tanh"),
-            init_method=_get(block, "initMethod", path, str, "small_init"),
+            rotary_pct=_get(block, "rotaryPct", path, float, cls.rotary_pct),
+            rotary_emb_base=_get(block, "rotaryEmbBase", path, int, cls.rotary_emb_base),
+            parallel_residual=_get(block, "parallelResidual", path, bool, cls.parallel_residual),
+            tie_word_embeddings=_get(
+                block, "tieWordEmbeddings", path, bool, cls.tie_word_embeddings
+            ),
+            z_loss=_get(block, "zLoss", path, float, cls.z_loss),
+            qk_layernorm=_get(block, "qkLayerNorm", path, bool, cls.qk_layernorm),
+            hidden_act=_get(block, "hiddenAct", path, str, cls.hidden_act),
+            init_method=_get(block, "initMethod", path, str, cls.init_method),
         )
         for name, value, allowed in (
             ("hiddenAct", out.hidden_act, HIDDEN_ACTS),
@@ -108,6 +138,39 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class Perturbation:
+    """A learning-rate shock: the updates producing steps ``step`` .. ``step + steps - 1``
+    run at ``learning_rate_factor`` x the scheduled rate."""
+
+    step: int
+    learning_rate_factor: float
+    steps: int = 1
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str) -> Perturbation:
+        out = cls(
+            step=_get(block, "step", path, int),
+            learning_rate_factor=_get(block, "learningRateFactor", path, float),
+            steps=_get(block, "steps", path, int, cls.steps),
+        )
+        _at_least(out.step, 0, f"{path}.step")
+        _at_least(out.steps, 1, f"{path}.steps")
+        if out.learning_rate_factor <= 0:
+            raise UsageError(
+                f"{path}.learningRateFactor: must be > 0, got {out.learning_rate_factor}"
+            )
+        return out
+
+    def as_dict(self) -> dict:
+        """The run config's spelling (the scheduler keeps it in its state_dict)."""
+        return {
+            "step": self.step,
+            "steps": self.steps,
+            "learningRateFactor": self.learning_rate_factor,
+        }
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     steps: int
     global_batch_size: int
@@ -115,7 +178,7 @@ class TrainingConfig:
     sequence_length: int
     learning_rate: float
     min_learning_rate: float
-    warmup_steps: float  # GPT-NeoX's warmup_iter: warm-up fraction x steps, not rounded
+    warmup_steps: float = 0.0  # GPT-NeoX's warmup_iter: warm-up fraction x steps, not rounded
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -123,13 +186,16 @@ class TrainingConfig:
     gradient_clipping: float = 1.0
     precision: str = "auto"
     strategy: str = "ddp"
-    zero_stage: int = 0
+    zero_stage: int = 1  # applies to strategy deepspeed only; ddp runs record 0
     workers: int = 1
     gpus_per_worker: float = 0
     cpus_per_worker: float = 1
+    perturbations: tuple[Perturbation, ...] = ()
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "training") -> TrainingConfig:
+        strategy = _get(block, "strategy", path, str, cls.strategy)
+        shocks = _get(block, "perturbations", path, list, [])
         out = cls(
             steps=_get(block, "steps", path, int),
             global_batch_size=_get(block, "globalBatchSize", path, int),
@@ -137,18 +203,26 @@ class TrainingConfig:
             sequence_length=_get(block, "sequenceLength", path, int),
             learning_rate=_get(block, "learningRate", path, float),
             min_learning_rate=_get(block, "minLearningRate", path, float),
-            warmup_steps=float(_get(block, "warmupSteps", path, float, 0.0)),
-            adam_beta1=_get(block, "adamBeta1", path, float, 0.9),
-            adam_beta2=_get(block, "adamBeta2", path, float, 0.95),
-            adam_eps=_get(block, "adamEps", path, float, 1e-8),
-            weight_decay=_get(block, "weightDecay", path, float, 0.1),
-            gradient_clipping=_get(block, "gradientClipping", path, float, 1.0),
-            precision=_get(block, "precision", path, str, "auto"),
-            strategy=_get(block, "strategy", path, str, "ddp"),
-            zero_stage=_get(block, "zeroStage", path, int, 0),
-            workers=_get(block, "workers", path, int, 1),
-            gpus_per_worker=_get(block, "gpusPerWorker", path, (int, float), 0),
-            cpus_per_worker=_get(block, "cpusPerWorker", path, (int, float), 1),
+            warmup_steps=_get(block, "warmupSteps", path, float, cls.warmup_steps),
+            adam_beta1=_get(block, "adamBeta1", path, float, cls.adam_beta1),
+            adam_beta2=_get(block, "adamBeta2", path, float, cls.adam_beta2),
+            adam_eps=_get(block, "adamEps", path, float, cls.adam_eps),
+            weight_decay=_get(block, "weightDecay", path, float, cls.weight_decay),
+            gradient_clipping=_get(block, "gradientClipping", path, float, cls.gradient_clipping),
+            precision=_get(block, "precision", path, str, cls.precision),
+            strategy=strategy,
+            zero_stage=_get(
+                block, "zeroStage", path, int, cls.zero_stage if strategy == "deepspeed" else 0
+            ),
+            workers=_get(block, "workers", path, int, cls.workers),
+            gpus_per_worker=_get(block, "gpusPerWorker", path, (int, float), cls.gpus_per_worker),
+            cpus_per_worker=_get(block, "cpusPerWorker", path, (int, float), cls.cpus_per_worker),
+            perturbations=tuple(
+                Perturbation.from_dict(
+                    _item(p, f"{path}.perturbations[{i}]"), f"{path}.perturbations[{i}]"
+                )
+                for i, p in enumerate(shocks)
+            ),
         )
         for name, minimum in (
             ("steps", 1),
@@ -223,10 +297,10 @@ class CheckpointConfig:
         every = _get(block, "resumeEvery", path, int, None)
         if every is not None:
             _at_least(every, 1, f"{path}.resumeEvery")
-        keep = _get(block, "keepResume", path, int, 2)
+        keep = _get(block, "keepResume", path, int, cls.keep_resume)
         _at_least(keep, 1, f"{path}.keepResume")
         # Absent in a run.json written before the field existed: that run kept everything.
-        optimizer = _get(block, "optimizerState", path, str, LEGACY_POLICY)
+        optimizer = _get(block, "optimizerState", path, str, cls.optimizer_state)
         if optimizer not in POLICIES:
             raise UsageError(
                 f"{path}.optimizerState: {optimizer!r}; allowed: {', '.join(POLICIES)}"
@@ -258,12 +332,262 @@ class CheckpointConfig:
         return bool(self.resume_every) and step > 0 and step % self.resume_every == 0
 
 
+DATA_PATH = "spec.data"  # data errors name the sweep field, where a user sets it
+DATA_FORMATS = ("generated", "megatron")
+DATA_ORDERS = ("megatron", "permutation")
+DATA_FIELDS = (
+    "format",
+    "path",
+    "tokenizer",
+    "skipBatches",
+    "order",
+    "indexDir",
+    "validationPath",
+    "split",
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The corpus a run trains on and the order it reads it in (docs/contracts.md)."""
+
+    format: str = "generated"
+    path: str | None = None
+    tokenizer: str | None = None
+    skip_batches: tuple[tuple[int, int], ...] = ()
+    order: str = "permutation"  # the planner writes default_order(format) when unset
+    index_dir: str | None = None
+    validation_path: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DataConfig:
+        """Check a ``data`` block and return it typed (errors name ``spec.data.<field>``)."""
+        if not isinstance(data, dict):
+            raise UsageError(f"spec.data: expected a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(DATA_FIELDS))
+        if unknown:
+            raise UsageError(
+                f"spec.data.{unknown[0]}: unknown field (allowed: {', '.join(DATA_FIELDS)})"
+            )
+        fmt = data.get("format", cls.format)
+        if fmt not in DATA_FORMATS:
+            raise UsageError(
+                f"spec.data.format: must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}"
+            )
+        path = _optional_str(data, "path", DATA_PATH)
+        tokenizer = _optional_str(data, "tokenizer", DATA_PATH)
+        if fmt == "megatron" and path is None:
+            raise UsageError(
+                "spec.data.path: required for format megatron (the dataset prefix, "
+                "without .bin/.idx: a local path or s3://bucket/key)"
+            )
+        if fmt == "generated" and (path is not None or tokenizer is not None):
+            name = "path" if path is not None else "tokenizer"
+            raise UsageError(
+                f"spec.data.{name}: not used with format generated (the project builds the corpus "
+                "and its tokenizer); set format: megatron to read your own dataset"
+            )
+        order = data.get("order") or default_order(fmt)
+        if order not in DATA_ORDERS:
+            raise UsageError(
+                f"spec.data.order: must be one of {', '.join(DATA_ORDERS)}, got {order!r}"
+            )
+        index_dir = _optional_str(data, "indexDir", DATA_PATH)
+        if index_dir is not None and order != "megatron":
+            raise UsageError(
+                "spec.data.indexDir: only used with order megatron (GPT-NeoX's index maps), "
+                f"got order {order}"
+            )
+        split = _optional_str(data, "split", DATA_PATH)
+        if split is not None:
+            if fmt != "megatron":
+                raise UsageError(
+                    "spec.data.split: only used with format megatron (the generated corpus has "
+                    "its own held-out documents)"
+                )
+            from polypythia_trainer.data.split import split_weights  # the data package is heavy
+
+            split_weights(split)
+        return cls(
+            format=fmt,
+            path=path,
+            tokenizer=tokenizer,
+            skip_batches=_skip_batches(data.get("skipBatches")),
+            order=order,
+            index_dir=index_dir,
+            validation_path=_optional_str(data, "validationPath", DATA_PATH),
+            split=split,
+        )
+
+
+def _skip_batches(value: object) -> tuple[tuple[int, int], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise UsageError(f"spec.data.skipBatches: expected a list of [start, end], got {value!r}")
+    ranges = []
+    for i, item in enumerate(value):
+        ok = (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+        )
+        if not ok or not 0 <= item[0] < item[1]:
+            raise UsageError(
+                f"spec.data.skipBatches[{i}]: expected [start, end] with 0 <= start < end "
+                f"(batch indices, end excluded), got {item!r}"
+            )
+        ranges.append((item[0], item[1]))
+    return tuple(ranges)
+
+
+def default_order(fmt: str) -> str:
+    """GPT-NeoX's order for megatron datasets (what Pythia trained on); ours for the demo."""
+    return "megatron" if fmt == "megatron" else "permutation"
+
+
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the sweep's tree lives; credentials come from the environment, never from here."""
+
     uri: str
     endpoint: str | None = None
     secure: bool = True
     region: str = "us-east-1"
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str = "storage") -> StorageConfig:
+        out = cls(
+            uri=_get(block, "uri", path, str),
+            endpoint=_optional_str(block, "endpoint", path),
+            secure=_get(block, "secure", path, bool, cls.secure),
+            region=_get(block, "region", path, str, cls.region),
+        )
+        if not out.uri.strip():
+            raise UsageError(
+                f"{path}.uri: expected a local path or s3://bucket/prefix, got {out.uri!r}"
+            )
+        return out
+
+    def connection(self) -> dict[str, Any]:
+        """Keyword arguments of ``open_store``/``RunStore.open`` for this store (and for
+        the readers that take the run config's storage block: the same three keys)."""
+        return {"endpoint": self.endpoint, "secure": self.secure, "region": self.region}
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """How often step records are written (the planner scales it with the run's length)."""
+
+    flush_every: int = 25
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str = "telemetry") -> TelemetryConfig:
+        out = cls(flush_every=_get(block, "flushEvery", path, int, cls.flush_every))
+        _at_least(out.flush_every, 1, f"{path}.flushEvery")
+        return out
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Optional Weights & Biases project and entity (``$WANDB_PROJECT`` wins)."""
+
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str = "metrics") -> MetricsConfig:
+        return cls(
+            wandb_project=_optional_str(block, "wandbProject", path),
+            wandb_entity=_optional_str(block, "wandbEntity", path),
+        )
+
+
+@dataclass(frozen=True)
+class InitReference:
+    """The trained checkpoint an init study draws from: a model folder, or a run's step."""
+
+    path: str | None = None
+    uri: str | None = None
+    step: int | None = None
+    run: str | None = None  # the reference run's name when it belongs to this sweep
+
+    @classmethod
+    def from_dict(cls, block: Any) -> InitReference:
+        if not isinstance(block, dict):
+            raise UsageError(
+                f"{INIT_REFERENCE_FIELD}: expected {{path}} or {{uri, step}}, got {block!r}"
+            )
+        if "path" in block:
+            return cls(path=_get(block, "path", INIT_REFERENCE_FIELD, str))
+        if "uri" in block and "step" in block:
+            out = cls(
+                uri=_get(block, "uri", INIT_REFERENCE_FIELD, str),
+                step=_get(block, "step", INIT_REFERENCE_FIELD, int),
+                run=_get(block, "run", INIT_REFERENCE_FIELD, str, None),
+            )
+            _at_least(out.step, 0, f"{INIT_REFERENCE_FIELD}.step")
+            return out
+        raise UsageError(
+            f"{INIT_REFERENCE_FIELD}: expected {{path: dir}} or {{uri: run URI, step: N}}, "
+            f"got keys {sorted(block)}"
+        )
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """The run's initialisation: Pythia's recipe, or one derived from a reference."""
+
+    strategy: str = "pythia"
+    name: str | None = None
+    reference: InitReference | None = None
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str = "init") -> InitConfig:
+        strategy = _get(block, "strategy", path, str, cls.strategy)
+        if strategy not in INIT_STRATEGIES:
+            raise UsageError(f"{path}.strategy: {strategy!r} is not one of {INIT_STRATEGIES}")
+        reference = block.get("reference")
+        out = cls(
+            strategy=strategy,
+            name=_get(block, "name", path, str, None),
+            reference=InitReference.from_dict(reference) if reference else None,
+        )
+        if strategy != "pythia" and out.reference is None:
+            raise UsageError(
+                f"{INIT_REFERENCE_FIELD}: strategy {strategy!r} needs a reference checkpoint"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """A branched run's start (docs/branching.md): the parent checkpoint and its optimiser.
+
+    The plan names parent, step and optimiser; the trainer adds ``checksum`` when it
+    claims the run, and run.json records the resolved block.
+    """
+
+    parent: str
+    step: int
+    optimizer: str
+    checksum: str | None = None
+
+    @classmethod
+    def from_dict(cls, block: dict, path: str = "branch") -> BranchConfig:
+        out = cls(
+            parent=_get(block, "parent", path, str),
+            step=_get(block, "step", path, int),
+            optimizer=_get(block, "optimizer", path, str),
+            checksum=_optional_str(block, "checksum", path),
+        )
+        _at_least(out.step, 0, f"{path}.step")
+        if out.optimizer not in BRANCH_OPTIMIZERS:
+            raise UsageError(
+                f"{path}.optimizer: must be one of {BRANCH_OPTIMIZERS}, got {out.optimizer!r}"
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -276,11 +600,14 @@ class RunConfig:
     data_seed: int
     model: ModelConfig
     training: TrainingConfig
-    data: dict
+    data: DataConfig
     checkpoints: CheckpointConfig
-    flush_every: int
     storage: StorageConfig
     run_uri: str
+    init: InitConfig = field(default_factory=InitConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    branch: BranchConfig | None = None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
@@ -294,16 +621,6 @@ class RunConfig:
                 f"training.sequenceLength: must be <= model.maxPositionEmbeddings "
                 f"({model.max_position_embeddings}), got {training.sequence_length}"
             )
-        data = _block(cfg, "data")
-        skips = data.get("skipBatches") or []
-        if not isinstance(skips, list):
-            raise UsageError(
-                f"data.skipBatches: expected a list of [first, last] pairs, got {skips!r}"
-            )
-        telemetry = cfg.get("telemetry") or {}
-        flush_every = _get(telemetry, "flushEvery", "telemetry", int, 25)
-        _at_least(flush_every, 1, "telemetry.flushEvery")
-        storage = _block(cfg, "storage")
         seed = _get(cfg, "seed", "", int, 0)
         out = cls(
             sweep=_get(cfg, "sweep", "", str, "sweep").strip(".") or "sweep",
@@ -312,18 +629,18 @@ class RunConfig:
             data_seed=_get(cfg, "dataSeed", "", int, seed),
             model=model,
             training=training,
-            data=data,
-            checkpoints=CheckpointConfig.from_dict(cfg.get("checkpoints") or {}, training.steps),
-            flush_every=flush_every,
-            storage=StorageConfig(
-                uri=_get(storage, "uri", "storage", str),
-                endpoint=_get(storage, "endpoint", "storage", str, None),
-                secure=_get(storage, "secure", "storage", bool, True),
-                region=_get(storage, "region", "storage", str, "us-east-1"),
+            data=DataConfig.from_dict(_block(cfg, "data")),
+            checkpoints=CheckpointConfig.from_dict(
+                _optional_block(cfg, "checkpoints"), training.steps
             ),
+            storage=StorageConfig.from_dict(_block(cfg, "storage")),
             run_uri=_get(cfg, "runUri", "", str),
+            init=InitConfig.from_dict(_optional_block(cfg, "init")),
+            telemetry=TelemetryConfig.from_dict(_optional_block(cfg, "telemetry")),
+            metrics=MetricsConfig.from_dict(_optional_block(cfg, "metrics")),
+            branch=BranchConfig.from_dict(cfg["branch"]) if cfg.get("branch") else None,
             raw=cfg,
         )
-        for name in ("weightSeed", "dataSeed"):
-            _at_least(cfg.get(name, seed), 0, name)
+        _at_least(out.weight_seed, 0, "weightSeed")
+        _at_least(out.data_seed, 0, "dataSeed")
         return out

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from polypythia.errors import UsageError
+from polypythia_trainer.config import INIT_REFERENCE_FIELD as REFERENCE_FIELD
+from polypythia_trainer.config import INIT_STRATEGIES as STRATEGIES
+from polypythia_trainer.config import InitConfig, InitReference, StorageConfig
 
-STRATEGIES = ("pythia", "permute", "empirical", "studentt", "matched-gaussian")
 DERIVED = STRATEGIES[1:]
-REFERENCE_FIELD = "spec.inits[].reference"
 FIT_SAMPLE = 100_000  # entries the Student-t fit sees at most
 
 # transformers renamed the GPT-NeoX output layer; seeds and lookups use the checkpoint name.
@@ -138,46 +139,26 @@ def derive_state(
 
 
 def load_reference_state(
-    reference: dict, *, storage: dict | None = None, work_dir: Path
+    reference: InitReference, *, storage: StorageConfig | None = None, work_dir: Path
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a reference checkpoint: ``{"path": dir}`` or ``{"uri": run, "step": N}``."""
+    """The tensors of a reference checkpoint: a model folder, or a run's complete step."""
     from polypythia.storage import RunStore
     from polypythia.storage.base import StorageNotFound
 
-    if not isinstance(reference, dict):
+    if reference.path is not None:
+        return _read_safetensors(Path(reference.path))
+    assert reference.uri is not None and reference.step is not None  # InitReference.from_dict
+    step = reference.step
+    runs = RunStore.open(reference.uri, **(storage.connection() if storage else {}))
+    try:
+        folder = runs.local_path(step) or runs.fetch_checkpoint(
+            step, Path(work_dir) / "init-reference" / f"step{step}"
+        )
+    except StorageNotFound:
         raise UsageError(
-            f"{REFERENCE_FIELD}: expected {{path}} or {{uri, step}}, got {reference!r}"
-        )
-    if "path" in reference:
-        folder = Path(str(reference["path"]))
-    elif "uri" in reference and "step" in reference:
-        try:
-            step = int(reference["step"])
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"{REFERENCE_FIELD}.step: expected an integer, got {reference['step']!r}"
-            ) from None
-        storage = storage or {}
-        runs = RunStore.open(
-            str(reference["uri"]),
-            endpoint=storage.get("endpoint"),
-            secure=storage.get("secure", True),
-            region=storage.get("region", "us-east-1"),
-        )
-        try:
-            folder = runs.local_path(step) or runs.fetch_checkpoint(
-                step, Path(work_dir) / "init-reference" / f"step{step}"
-            )
-        except StorageNotFound:
-            raise UsageError(
-                f"{REFERENCE_FIELD}: {runs.uri} has no complete checkpoint at step {step} "
-                f"(complete: {runs.complete_checkpoints() or 'none'})"
-            ) from None
-    else:
-        raise UsageError(
-            f"{REFERENCE_FIELD}: expected {{path: dir}} or {{uri: run URI, step: N}}, "
-            f"got keys {sorted(reference)}"
-        )
+            f"{REFERENCE_FIELD}: {runs.uri} has no complete checkpoint at step {step} "
+            f"(complete: {runs.complete_checkpoints() or 'none'})"
+        ) from None
     return _read_safetensors(folder)
 
 
@@ -230,21 +211,17 @@ def match_reference(model: nn.Module, reference_state: dict[str, torch.Tensor]) 
 @torch.no_grad()
 def apply_init(
     model: nn.Module,
-    init: dict,
+    init: InitConfig,
     weight_seed: int,
     *,
-    storage: dict | None = None,
+    storage: StorageConfig | None = None,
     work_dir: Path,
 ) -> None:
     """Overwrite the model's parameters in place with the run's init strategy (buffers untouched)."""
-    strategy = (init or {}).get("strategy", "pythia")
-    if strategy not in STRATEGIES:
-        raise UsageError(f"init.strategy: {strategy!r} is not one of {STRATEGIES}")
-    if strategy == "pythia":
+    if init.strategy == "pythia":
         return
-    if not init.get("reference"):
-        raise UsageError(f"{REFERENCE_FIELD}: strategy {strategy!r} needs a reference checkpoint")
-    state = load_reference_state(init["reference"], storage=storage, work_dir=work_dir)
-    derived = derive_state(strategy, match_reference(model, state), weight_seed)
+    assert init.reference is not None  # InitConfig.from_dict refuses a derived init without one
+    state = load_reference_state(init.reference, storage=storage, work_dir=work_dir)
+    derived = derive_state(init.strategy, match_reference(model, state), weight_seed)
     for name, param in model.named_parameters():
         param.copy_(derived[name].to(device=param.device, dtype=param.dtype))

@@ -43,8 +43,10 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
             stored = run.read_run_config()
         except StorageNotFound:
             stored = None
-        if config.get("branch"):
-            config["branch"] = resolve_branch(config, stored if isinstance(stored, dict) else None)
+        if cfg.branch is not None:
+            config["branch"] = resolve_branch(
+                cfg, config, stored if isinstance(stored, dict) else None
+            )
         changes = config_changes(stored, config) if isinstance(stored, dict) else []
         trained = run.complete_checkpoints() or run.telemetry_files()
         if changes and trained:
@@ -62,23 +64,15 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
     return lease
 
 
-def resolve_branch(config: dict, stored: dict | None) -> dict:
+def resolve_branch(cfg: RunConfig, config: dict, stored: dict | None) -> dict:
     """The branch block run.json records: the parent read (read only) and judged
-    against this run, its checksum, restored or fresh optimiser."""
+    against this run (``config``, the run.json being written), its checksum, restored
+    or fresh optimiser."""
     from polypythia import branch
 
-    block = config["branch"]
-    parent = branch.open_parent(block["parent"], int(block["step"]), config.get("storage"))
+    assert cfg.branch is not None
+    parent = branch.open_parent(cfg.branch.parent, cfg.branch.step, cfg.storage.connection())
     return branch.resolve(config, parent, stored)
-
-
-def check_config(config: dict) -> RunConfig:
-    """Validate the whole run config before any process starts (UsageError names the field)."""
-    from polypythia_trainer.data import parse_data_spec
-
-    cfg = RunConfig.from_dict(config)
-    parse_data_spec(cfg.data)
-    return cfg
 
 
 @contextlib.contextmanager
@@ -109,7 +103,7 @@ def run_local(
     allow_changes: bool = False,
 ) -> dict:
     """Train a one-worker run in this process (no Ray start-up); same storage and resume."""
-    cfg = check_config(config)
+    cfg = RunConfig.from_dict(config)  # every field checked before any process starts
     if cfg.training.workers != 1:
         raise UsageError(
             f"training.workers: running without Ray takes exactly 1 worker, got "
@@ -246,11 +240,12 @@ def run_training(
     (failed only), startup_s (seconds from call to the first step record, when seen).
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t0 = time.time()
-    cfg = check_config(config)
+    cfg = RunConfig.from_dict(config)  # every field checked before any process starts
     lease = claim_run(cfg, config, allow_changes=allow_changes)
     training = cfg.training
     started_ray = False
@@ -282,7 +277,7 @@ def run_training(
                         use_gpu=use_gpu,
                         resources_per_worker=resources,
                     ),
-                    run_config=RunConfig(
+                    run_config=RayRunConfig(
                         name=cfg.run,
                         storage_path=scratch,
                         failure_config=FailureConfig(max_failures=0),

@@ -28,13 +28,7 @@ def open_run_store(cfg: RunConfig):
     from polypythia.storage import RunStore
     from polypythia.storage.retry import retry_seconds
 
-    return RunStore.open(
-        cfg.run_uri,
-        endpoint=cfg.storage.endpoint,
-        secure=cfg.storage.secure,
-        region=cfg.storage.region,
-        retry_s=retry_seconds(),
-    )
+    return RunStore.open(cfg.run_uri, retry_s=retry_seconds(), **cfg.storage.connection())
 
 
 def open_data(cfg: RunConfig, root: Path):
@@ -48,11 +42,7 @@ def open_data(cfg: RunConfig, root: Path):
         cache_dir=root / "data",
         train_iters=cfg.training.steps,
         global_batch_size=cfg.training.global_batch_size,
-        storage={
-            "endpoint": cfg.storage.endpoint,
-            "secure": cfg.storage.secure,
-            "region": cfg.storage.region,
-        },
+        storage=cfg.storage.connection(),
     )
 
 

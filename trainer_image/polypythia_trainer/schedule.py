@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from polypythia_trainer.config import Perturbation
+
 
 def pythia_lr(
     step: int, *, peak: float, minimum: float, warmup_steps: float, total_steps: int
@@ -32,7 +34,10 @@ def pythia_lr(
 
 
 def shock(step: int, perturbations: Sequence[Mapping]) -> float:
-    """The learning-rate factor the perturbations apply to the update producing ``step``."""
+    """The learning-rate factor the perturbations apply to the update producing ``step``.
+
+    ``perturbations`` as the scheduler's state_dict keeps them (the run config's spelling,
+    ``Perturbation.as_dict``), so a checkpoint restores exactly what it ran with."""
     factor = 1.0
     for p in perturbations:
         if p["step"] <= step < p["step"] + p.get("steps", 1):
@@ -81,7 +86,7 @@ def pythia_scheduler(
     minimum: float,
     warmup_steps: float,
     total_steps: int,
-    perturbations: Sequence[Mapping] = (),
+    perturbations: Sequence[Perturbation] = (),
 ) -> AnnealingLR:
     """The run's scheduler: stepped once per applied update (not on skipped fp16 steps).
 
@@ -98,5 +103,5 @@ def pythia_scheduler(
         minimum=minimum,
         warmup_steps=warmup_steps,
         total_steps=total_steps,
-        perturbations=perturbations,
+        perturbations=[p.as_dict() for p in perturbations],
     )

@@ -22,7 +22,7 @@ from polypythia.storage import CheckpointDamaged, StorageNotFound, pins
 from polypythia.storage.lease import check_lease
 from polypythia_trainer import branching
 from polypythia_trainer import checkpoint as ckpt
-from polypythia_trainer.config import RunConfig
+from polypythia_trainer.config import BranchConfig, RunConfig
 from polypythia_trainer.inits import apply_init
 from polypythia_trainer.model import build_model, lm_loss, load_weights
 from polypythia_trainer.parallel import build_engine
@@ -69,7 +69,7 @@ class Trainer:
         self.on_record = on_record
         self.lease_token = lease_token
         self._batch_index = batch_index
-        self.skips = [list(r) for r in cfg.data.get("skipBatches") or []]
+        self.skips = [list(r) for r in cfg.data.skip_batches]
         training = cfg.training
         self.precision = training.resolved_precision(device.type == "cuda")
         self.stop_requested = False
@@ -82,20 +82,15 @@ class Trainer:
         resume_step = self._broadcast(found[0])
         model = build_model(cfg.model, cfg.weight_seed)
         ckpt_dir = parent_dir = None
-        branch = cfg.raw.get("branch")
         if resume_step is not None:
             ckpt_dir = found[1] if rank == 0 else self._fetch(resume_step)
             load_weights(model, ckpt_dir)
-        elif branch:
-            parent_dir = branching.fetch(branch, cfg.raw.get("storage"), self.work_dir)
+        elif cfg.branch is not None:
+            parent_dir = branching.fetch(cfg.branch, cfg.storage, self.work_dir)
             branching.load_parent_weights(model, parent_dir)
         else:
             apply_init(
-                model,
-                cfg.raw.get("init") or {},
-                cfg.weight_seed,
-                storage=cfg.raw.get("storage"),
-                work_dir=self.work_dir,
+                model, cfg.init, cfg.weight_seed, storage=cfg.storage, work_dir=self.work_dir
             )
         self.engine = build_engine(model, training, self.precision, device)
         self.module = self.engine.module
@@ -105,7 +100,7 @@ class Trainer:
             minimum=training.min_learning_rate,
             warmup_steps=training.warmup_steps,
             total_steps=training.steps,
-            perturbations=cfg.raw["training"].get("perturbations") or (),
+            perturbations=training.perturbations,
         )
         self.step = 0
         self.resumed_from = resume_step
@@ -113,8 +108,8 @@ class Trainer:
         self._without_optimizer: set[int] = set()
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
-        elif parent_dir is not None:
-            self._start_branch(parent_dir, branch)
+        elif parent_dir is not None and cfg.branch is not None:
+            self._start_branch(parent_dir, cfg.branch)
 
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self._prev = [torch.empty_like(p) for p in self.params] if instrument else []
@@ -124,7 +119,7 @@ class Trainer:
         self.tokens_per_step = training.global_batch_size * training.sequence_length
         self.flops_per_token = flops_per_token(self.module.config, training.sequence_length)
         self.peak_flops = device_peak_flops(device)
-        self.buffer = TelemetryBuffer(self._write_telemetry, cfg.flush_every)
+        self.buffer = TelemetryBuffer(self._write_telemetry, cfg.telemetry.flush_every)
         # TensorBoard files beside the telemetry (and W&B if asked): rank 0 writes storage.
         self.metrics = (
             build_processor(
@@ -216,12 +211,12 @@ class Trainer:
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.step = int(state["step"])
 
-    def _start_branch(self, parent_dir: Path, branch: dict) -> None:
+    def _start_branch(self, parent_dir: Path, branch: BranchConfig) -> None:
         """Continue the parent at its step: its optimiser, schedule and RNG when run.json
         says `restored`; else a fresh optimiser at the schedule position of that step
         (with the parent's RNG and exact scheduler state when it has them)."""
-        start = int(branch["step"])
-        if branch.get("optimizer") == "restored":
+        start = branch.step
+        if branch.optimizer == "restored":
             self._restore(parent_dir)
         elif branching.has_trainer_state(parent_dir):
             state = ckpt.read_state(parent_dir)

@@ -1,7 +1,8 @@
 """The sweep's ``spec.instability`` block -> typed monitoring settings.
 
-Field names and defaults match the CRD (camelCase there, snake_case here); a bad
-value raises UsageError naming ``spec.instability.<field>``.
+Field names and defaults match the CRD (camelCase there, snake_case here; each default
+is written once, in the dataclasses, and tests/core/test_crd_defaults.py holds it to the
+CRD's); a bad value raises UsageError naming ``spec.instability.<field>``.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
     """Typed settings from ``spec.instability`` (missing fields take the CRD defaults)."""
     block = dict(instability or {})
     d = SpikeSettings()
+    crd_names = {ours: theirs for theirs, ours in _SIGNAL_NAMES.items()}
     signals = _signals(
-        block.get("signals", ["loss", "gradNorm"]), f"{_PATH}.signals", _SIGNAL_NAMES
+        block.get("signals", [crd_names[s] for s in d.signals]), f"{_PATH}.signals", _SIGNAL_NAMES
     )
     try:
         spikes = SpikeSettings(
@@ -107,7 +109,7 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
         )
     except ValueError as exc:
         raise UsageError(f"{opath}: {_camel(str(exc))}") from None
-    action = block.get("action", "observe")
+    action = block.get("action", InstabilitySettings.action)
     if action not in ACTIONS:
         raise UsageError(f"{_PATH}.action: must be one of {list(ACTIONS)}, got {action!r}")
     rw_block = block.get("rewind", {}) or {}

@@ -1,36 +1,37 @@
 """Training data: indexed token datasets (GPT-NeoX/Megatron), per-seed order, batches.
 
-The trainer calls :func:`open_training_data` with the run config's ``data`` block and
-reads batches by index with :meth:`TrainingData.batch`; :func:`batch_index` maps an
-optimiser step to the batch it consumes when batches are skipped.
+The trainer calls :func:`open_training_data` with the run config's typed ``data`` block
+(:class:`DataConfig`) and reads batches by index with :meth:`TrainingData.batch`;
+:func:`batch_index` maps an optimiser step to the batch it consumes when batches are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from polypythia.errors import UsageError
+from polypythia_trainer.config import DataConfig
 from polypythia_trainer.data import generated, megatron
 from polypythia_trainer.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexFormatError
 from polypythia_trainer.data.megatron import MegatronOrder
 from polypythia_trainer.data.order import batch_index
 from polypythia_trainer.data.sources import is_remote, open_remote_dir, open_source
-from polypythia_trainer.data.spec import DataSpec, parse_data_spec
 from polypythia_trainer.data.split import DATASET_NAME as SPLIT_DATASET_NAME
 from polypythia_trainer.data.split import split_indices
 from polypythia_trainer.data.tokenizer import HF_FILES, load
 from polypythia_trainer.data.training import TrainingData, load_stored_order, local_dataset
 
 __all__ = [
-    "DataSpec",
+    "DataConfig",
     "IndexedDataset",
     "IndexedDatasetBuilder",
     "TrainingData",
     "batch_index",
     "open_training_data",
-    "parse_data_spec",
 ]
 
 
@@ -42,7 +43,9 @@ def _check_vocab(tokenizer_vocab: int, vocab_size: int, what: str) -> None:
         )
 
 
-def _fetch_remote_tokenizer(uri: str, cache_dir: Path, storage: dict | None) -> Path | None:
+def _fetch_remote_tokenizer(
+    uri: str, cache_dir: Path, storage: Mapping[str, Any] | None
+) -> Path | None:
     """Download a remote tokenizer (folder or tokenizer.json) into the cache; None if absent."""
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
     local = cache_dir / "tokenizers" / digest
@@ -64,7 +67,7 @@ def _fetch_remote_tokenizer(uri: str, cache_dir: Path, storage: dict | None) -> 
     return local if found else None
 
 
-def _resolve_tokenizer(spec: DataSpec, cache_dir: Path, storage: dict | None) -> Path:
+def _resolve_tokenizer(spec: DataConfig, cache_dir: Path, storage: Mapping[str, Any] | None) -> Path:
     """The tokenizer named in the spec, else one next to the dataset (``PREFIX.tokenizer/``)."""
     assert spec.path is not None
     if spec.tokenizer is not None:
@@ -88,13 +91,13 @@ def _resolve_tokenizer(spec: DataSpec, cache_dir: Path, storage: dict | None) ->
 
 
 def open_training_data(
-    data: dict,
+    data: DataConfig | dict,
     *,
     sequence_length: int,
     vocab_size: int,
     data_seed: int,
     cache_dir: str | Path,
-    storage: dict | None = None,
+    storage: Mapping[str, Any] | None = None,
     train_iters: int | None = None,
     global_batch_size: int | None = None,
     require_tokenizer: bool = True,
@@ -108,7 +111,7 @@ def open_training_data(
     for ``s3://`` paths; without it the endpoint comes from the environment. The megatron
     order needs ``train_iters`` and ``global_batch_size``: they fix GPT-NeoX's sample count.
     """
-    spec = parse_data_spec(data)
+    spec = data if isinstance(data, DataConfig) else DataConfig.from_dict(data)
     if sequence_length < 1:
         raise UsageError(f"spec.training.sequenceLength: must be >= 1, got {sequence_length}")
     cache_dir = Path(cache_dir).expanduser()
@@ -177,7 +180,7 @@ def open_training_data(
     )
 
 
-def _train_items(spec: DataSpec, dataset: IndexedDataset) -> int | None:
+def _train_items(spec: DataConfig, dataset: IndexedDataset) -> int | None:
     """With ``data.split``, the number of leading items training may read (GPT-NeoX's
     ``[0, s1)``); None without a split (every item, as Pythia's ``train-data-paths``)."""
     if spec.split is None:
@@ -192,13 +195,13 @@ def _train_items(spec: DataSpec, dataset: IndexedDataset) -> int | None:
 
 
 def _megatron_order(
-    spec: DataSpec,
+    spec: DataConfig,
     path: str,
     dataset: IndexedDataset,
     sequence_length: int,
     data_seed: int,
     cache_dir: Path,
-    storage: dict | None,
+    storage: Mapping[str, Any] | None,
     train_iters: int | None,
     global_batch_size: int | None,
     train_items: int | None = None,
@@ -261,7 +264,7 @@ def _local_index_dir(
     expected: megatron.Expected,
     seed: int,
     cache_dir: Path,
-    storage: dict | None,
+    storage: Mapping[str, Any] | None,
     dataset_name: str = megatron.DATASET_NAME,
 ) -> Path:
     """A local ``indexDir`` as it is; a remote one's three files fetched into the cache."""

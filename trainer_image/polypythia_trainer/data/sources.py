@@ -6,13 +6,15 @@ remote object is read by byte range through the storage contract (``get_range``)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from polypythia.errors import UsageError
 from polypythia.storage import ObjectStore, StorageNotFound, open_store
+from polypythia.storage.uri import connection
 
 
 class ByteSource(Protocol):
@@ -82,17 +84,11 @@ def is_remote(path: str) -> bool:
     return path.startswith("s3://")
 
 
-def open_source(path: str, *, field: str, storage: dict | None = None) -> ByteSource:
+def open_source(path: str, *, field: str, storage: Mapping[str, Any] | None = None) -> ByteSource:
     """Open a local path or ``s3://bucket/key`` as a byte source; missing -> UsageError."""
     if is_remote(path):
-        opts = storage or {}
         bucket_uri, _, key = path.rpartition("/")
-        store, prefix = open_store(
-            bucket_uri,
-            endpoint=opts.get("endpoint"),
-            secure=opts.get("secure", True),
-            region=opts.get("region") or "us-east-1",
-        )
+        store, prefix = open_store(bucket_uri, **connection(storage))
         full_key = f"{prefix}/{key}" if prefix else key
         try:
             return StoreObject(store, full_key, path)
@@ -104,12 +100,6 @@ def open_source(path: str, *, field: str, storage: dict | None = None) -> ByteSo
     return LocalFile(local)
 
 
-def open_remote_dir(uri: str, storage: dict | None = None) -> tuple[ObjectStore, str]:
+def open_remote_dir(uri: str, storage: Mapping[str, Any] | None = None) -> tuple[ObjectStore, str]:
     """The store and key prefix of a remote folder such as ``s3://bucket/tokenizers/x``."""
-    opts = storage or {}
-    return open_store(
-        uri.rstrip("/"),
-        endpoint=opts.get("endpoint"),
-        secure=opts.get("secure", True),
-        region=opts.get("region") or "us-east-1",
-    )
+    return open_store(uri.rstrip("/"), **connection(storage))

@@ -18,8 +18,10 @@ each micro-batch round of ``micro x world`` positions gives rank ``r`` its ``r``
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -201,7 +203,7 @@ class TrainingData:
 
 
 def load_stored_order(
-    path: str, seed: int, cache_dir: Path, storage: dict | None
+    path: str, seed: int, cache_dir: Path, storage: Mapping[str, Any] | None
 ) -> np.ndarray | None:
     """PolyPythias-style stored order ``<path>.order-seed<k>.npy``, if there is one."""
     name = f"{path}.order-seed{seed}.npy"
