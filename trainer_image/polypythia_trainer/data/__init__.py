@@ -67,7 +67,9 @@ def _fetch_remote_tokenizer(
     return local if found else None
 
 
-def _resolve_tokenizer(spec: DataConfig, cache_dir: Path, storage: Mapping[str, Any] | None) -> Path:
+def _resolve_tokenizer(
+    spec: DataConfig, cache_dir: Path, storage: Mapping[str, Any] | None
+) -> Path:
     """The tokenizer named in the spec, else one next to the dataset (``PREFIX.tokenizer/``)."""
     assert spec.path is not None
     if spec.tokenizer is not None:
