@@ -97,7 +97,7 @@ class Cluster(OperatorChild):
         labels = {"pod-security.kubernetes.io/enforce": "restricted"} if restricted else {}
         self.core.create_namespace({"metadata": {"name": name, "labels": labels}})
         # The controller-manager's ServiceAccount controller makes `default`; Jobs need it.
-        wait_for(
+        self.wait_for(
             f"ServiceAccount default in {name}",
             lambda: self.core.list_namespaced_service_account(name).items,
         )

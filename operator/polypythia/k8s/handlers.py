@@ -254,7 +254,7 @@ class Operator:
         )
         if _ready(status) != _ready(previous):
             kopf.event(body, type="Warning", reason="APIRequestRefused", message=message[:1000])
-        if _changed(previous, status):
+        if _to_write(obj, previous, status):
             with contextlib.suppress(ApiException, OSError):
                 await self._run(
                     self._patch_status,
@@ -388,7 +388,7 @@ class Operator:
                 and not (status.get("evaluations") or {}).get("running")
                 and all(r.get("evaluationDone", True) for r in status.get("runs") or [])
             )
-            if _changed(previous, status):
+            if _to_write(obj, previous, status):
                 await self._run(self._patch_status, ns, name, status)
                 state.written = (obj["metadata"].get("uid"), status)
 
@@ -693,6 +693,13 @@ def previous_status(obj: dict, written: tuple[str | None, dict] | None) -> dict:
     if written is not None and written[0] == obj["metadata"].get("uid"):
         return written[1]
     return obj.get("status") or {}
+
+
+def _to_write(obj: dict, previous: dict, status: dict) -> bool:
+    """Whether to patch ``status``: it differs from what this operator last wrote, or from
+    what the object holds (another writer replaced it: the true counts are put back).
+    Transitions are told from ``previous`` alone, so Events are not repeated either way."""
+    return _changed(previous, status) or _changed(obj.get("status") or {}, status)
 
 
 def _changed(previous: dict, status: dict) -> bool:
