@@ -12,8 +12,8 @@ import pytest
 from polypythia.errors import UsageError
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data
 from polypythia_trainer.data import megatron as mg
-from polypythia_trainer.data.training import RankShare
 from polypythia_trainer.data.tokenizer import save_hf, train_bpe
+from polypythia_trainer.data.training import RankShare
 
 RELEASED = "pile_20B_tokenizer_text_document_train_0_indexmap_147164160ns_2048sl_1234s_{}_idx.npy"
 
