@@ -30,7 +30,7 @@ from polypythia.errors import UsageError
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
 from polypythia_trainer.data.megatron import MegatronOrder
-from polypythia_trainer.data.sources import LocalFile
+from polypythia_trainer.data.sources import LocalFile, fetch_remote_file, is_remote
 from polypythia_trainer.data.tokenizer import copy_hf
 
 _REMOTE_READERS = 8
@@ -191,17 +191,11 @@ def load_stored_order(
 ) -> np.ndarray | None:
     """PolyPythias-style stored order ``<path>.order-seed<k>.npy``, if there is one."""
     name = f"{path}.order-seed{seed}.npy"
-    if name.startswith("s3://"):
-        from polypythia_trainer.data.sources import open_remote_dir
-
-        folder, _, file = name.rpartition("/")
-        store, prefix = open_remote_dir(folder, storage)
-        key = f"{prefix}/{file}" if prefix else file
-        if not store.exists(key):
-            return None
+    if is_remote(name):
+        file = name.rpartition("/")[2]
         local = cache_dir / "orders" / hashlib.sha256(name.encode()).hexdigest()[:16] / file
-        if not local.is_file():
-            store.get_file(key, local)
+        if not local.is_file() and not fetch_remote_file(name, local, storage):
+            return None
         name = str(local)
     elif not Path(name).is_file():
         return None
