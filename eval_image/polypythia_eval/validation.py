@@ -26,6 +26,8 @@ from functools import cache
 
 import numpy as np
 
+from polypythia_trainer.config import DataConfig
+
 VALIDATION_SEED = 1_000_003  # corpus seed of the held-out documents (training uses 0)
 VALIDATION_DOCUMENTS = 400
 MAX_TOKENS = 32_768  # tokens read from a validationPath dataset
@@ -66,15 +68,20 @@ def generated_set(encode, eod: int) -> ValidationSet:
     return ValidationSet(tokens, _identify(tokens), f"generated corpus, seed {VALIDATION_SEED}")
 
 
-def indexed_set(path: str, storage: dict | None = None) -> ValidationSet:
-    """The first documents (up to MAX_TOKENS tokens) of the indexed dataset at ``path``."""
+def _indexed(path: str, field: str, storage: dict | None):
+    """The indexed dataset ``path`` (``.idx`` + ``.bin``, local or s3://) the field names."""
     from polypythia_trainer.data.indexed import IndexedDataset
     from polypythia_trainer.data.sources import open_source
 
-    dataset = IndexedDataset(
-        open_source(f"{path}.idx", field="spec.data.validationPath", storage=storage),
-        open_source(f"{path}.bin", field="spec.data.validationPath", storage=storage),
+    return IndexedDataset(
+        open_source(f"{path}.idx", field=field, storage=storage),
+        open_source(f"{path}.bin", field=field, storage=storage),
     )
+
+
+def indexed_set(path: str, storage: dict | None = None) -> ValidationSet:
+    """The first documents (up to MAX_TOKENS tokens) of the indexed dataset at ``path``."""
+    dataset = _indexed(path, "spec.data.validationPath", storage)
     tokens = np.asarray(dataset.tokens(0, min(MAX_TOKENS, dataset.total_tokens)), dtype=np.int64)
     return ValidationSet(tokens, _identify(tokens), path)
 
@@ -82,14 +89,9 @@ def indexed_set(path: str, storage: dict | None = None) -> ValidationSet:
 def split_set(path: str, split: str, storage: dict | None = None) -> ValidationSet | None:
     """The first documents (up to MAX_TOKENS tokens) of the validation part of ``path``
     under GPT-NeoX's ``split``; None when that part is empty."""
-    from polypythia_trainer.data.indexed import IndexedDataset
-    from polypythia_trainer.data.sources import open_source
     from polypythia_trainer.data.split import split_indices
 
-    dataset = IndexedDataset(
-        open_source(f"{path}.idx", field="spec.data.path", storage=storage),
-        open_source(f"{path}.bin", field="spec.data.path", storage=storage),
-    )
+    dataset = _indexed(path, "spec.data.path", storage)
     _, first, end, _ = split_indices(split, dataset.num_items)
     if end <= first:
         return None
@@ -124,10 +126,13 @@ def heldout_loss(model, tokens: np.ndarray, sequence_length: int, batch_size: in
     return {"loss": mean if math.isfinite(mean) else None, "tokens": n}
 
 
-def validation_set(data: dict, tokenizer, storage: dict | None = None) -> ValidationSet | None:
+def validation_set(
+    data: DataConfig | dict, tokenizer, storage: dict | None = None
+) -> ValidationSet | None:
     """The sweep's held-out set for a run config's ``data`` block; None when it has none
     (megatron data with neither ``validationPath`` nor a ``split`` with a validation part)."""
-    if data.get("format", "generated") == "generated":
+    spec = data if isinstance(data, DataConfig) else DataConfig.from_dict(data)
+    if spec.format == "generated":
         eod = tokenizer.eos_token_id
         if eod is None:
             raise ValueError("validation set: the checkpoint's tokenizer has no EOD token")
@@ -136,8 +141,8 @@ def validation_set(data: dict, tokenizer, storage: dict | None = None) -> Valida
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         return generated_set(encode, eod)
-    if data.get("validationPath"):
-        return indexed_set(data["validationPath"], storage)
-    if data.get("split") and data.get("path"):
-        return split_set(data["path"], data["split"], storage)
+    if spec.validation_path:
+        return indexed_set(spec.validation_path, storage)
+    if spec.split and spec.path:
+        return split_set(spec.path, spec.split, storage)
     return None

@@ -13,6 +13,7 @@ from polypythia.errors import UsageError
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data
 from polypythia_trainer.data import megatron as mg
 from polypythia_trainer.data.tokenizer import save_hf, train_bpe
+from polypythia_trainer.data.training import RankShare
 
 RELEASED = "pile_20B_tokenizer_text_document_train_0_indexmap_147164160ns_2048sl_1234s_{}_idx.npy"
 
@@ -175,10 +176,9 @@ def test_index_maps_are_built_once_next_to_the_data(hand_dataset: Path) -> None:
     assert np.array_equal(again.batch(0, 2), data.batch(0, 2))
 
 
-def test_ranks_take_gpt_neox_slices_of_each_micro_batch_round(hand_dataset: Path) -> None:
+def test_ranks_take_gpt_neox_slices_of_each_micro_batch_round() -> None:
     """DistributedBatchSampler(interleave=False): round a of micro x world, rank r's slice."""
-    data = _open(hand_dataset, seed=1, steps=1, batch=1)
-    pos = [data.positions(3, 8, rank=r, world_size=2, micro_batch_size=2) for r in (0, 1)]
+    pos = [RankShare(r, 2, micro_batch_size=2).positions(3, 8) for r in (0, 1)]
     assert pos[0].tolist() == [24, 25, 28, 29]
     assert pos[1].tolist() == [26, 27, 30, 31]
 

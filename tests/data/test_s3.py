@@ -11,6 +11,7 @@ from polypythia.errors import UsageError
 from polypythia.storage import S3Store, open_store
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data
 from polypythia_trainer.data.tokenizer import save_hf, train_bpe
+from polypythia_trainer.data.training import RankShare
 from support.fixtures import s3_endpoint  # noqa: F401
 
 SEQ = 16
@@ -69,7 +70,7 @@ def test_s3_dataset_reads_like_the_local_one(s3_endpoint, tmp_path: Path, monkey
         assert there.num_samples == here.num_samples
         for b in range(4):
             assert np.array_equal(
-                there.batch(b, 8, rank=1, world_size=2), here.batch(b, 8, rank=1, world_size=2)
+                there.batch(b, 8, RankShare(1, 2)), here.batch(b, 8, RankShare(1, 2))
             )
     bin_size = Path(f"{local}.bin").stat().st_size
     assert reads and max(reads) <= (SEQ + 1) * 2 < bin_size

@@ -10,6 +10,7 @@ import pytest
 from polypythia.errors import UsageError
 from polypythia_trainer.data import IndexedDatasetBuilder, open_training_data
 from polypythia_trainer.data.tokenizer import save_hf, train_bpe
+from polypythia_trainer.data.training import RankShare
 
 SEQ = 8
 
@@ -78,7 +79,7 @@ def test_ranks_split_the_global_batch(dataset, tmp_path: Path, world_size: int) 
     prefix, _ = dataset
     data = _open(prefix, tmp_path, seed=1)
     whole = data.batch(2, 16)
-    parts = [data.batch(2, 16, rank=r, world_size=world_size) for r in range(world_size)]
+    parts = [data.batch(2, 16, RankShare(r, world_size)) for r in range(world_size)]
     assert all(p.shape == (16 // world_size, SEQ + 1) for p in parts)
     assert np.array_equal(np.concatenate(parts), whole)
 
@@ -86,9 +87,9 @@ def test_ranks_split_the_global_batch(dataset, tmp_path: Path, world_size: int) 
 def test_batch_arguments_are_checked(dataset, tmp_path: Path) -> None:
     data = _open(dataset[0], tmp_path)
     with pytest.raises(ValueError, match="multiple of world_size"):
-        data.batch(0, 6, rank=0, world_size=4)
+        data.batch(0, 6, RankShare(0, 4))
     with pytest.raises(ValueError, match="need 0 <= rank"):
-        data.batch(0, 8, rank=2, world_size=2)
+        data.batch(0, 8, RankShare(2, 2))
     with pytest.raises(ValueError, match="batch_index must be >= 0"):
         data.batch(-1, 8)
 

@@ -8,6 +8,7 @@ import pytest
 
 from polypythia.errors import UsageError
 from polypythia.storage import LocalStore, S3Store, StorageError, open_store
+from polypythia.storage.uri import connection
 
 
 @pytest.fixture(autouse=True)
@@ -121,3 +122,20 @@ def test_credentials_come_from_aws_then_minio_env_names(monkeypatch: pytest.Monk
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "aws-user")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-pass")
     assert access_key() == "aws-user"
+
+
+def test_a_sweeps_own_endpoint_wins_over_the_operators_and_empty_fields_keep_defaults() -> None:
+    storage = {"uri": "s3://b12/p", "endpoint": "", "secure": False, "region": ""}
+    assert connection(storage) == {"secure": False}
+    assert connection(storage, "operator-minio:9000") == {
+        "endpoint": "operator-minio:9000",
+        "secure": False,
+    }
+    own = {**storage, "endpoint": "sweep-minio:9000", "region": "eu-west-1"}
+    assert connection(own, "operator-minio:9000") == {
+        "endpoint": "sweep-minio:9000",
+        "secure": False,
+        "region": "eu-west-1",
+    }
+    store, _ = open_store("s3://b12", **connection(storage, "operator-minio:9000"))
+    assert (store.endpoint, store.secure) == ("operator-minio:9000", False)

@@ -479,10 +479,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _get(self, rt: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
         with self._mutex:
-            obj = self.store[rt.key].get((ns or "", name))
-            if obj is None:
-                raise self._not_found(rt, name)
-            return _copy(obj)
+            return _copy(self._stored(rt, ns, name)[1])
+
+    def _stored(
+        self, rt: ResourceType, ns: str | None, name: str
+    ) -> tuple[tuple[str, str], dict[str, Any]]:
+        """The store key and the object itself (under the mutex); 404 when absent."""
+        key = (ns or "", name)
+        obj = self.store[rt.key].get(key)
+        if obj is None:
+            raise self._not_found(rt, name)
+        return key, obj
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -574,10 +581,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         strict: bool,
     ) -> dict[str, Any]:
         with self._mutex:
-            key = (ns or "", name)
-            old = self.store[rt.key].get(key)
-            if old is None:
-                raise self._not_found(rt, name)
+            key, old = self._stored(rt, ns, name)
             if verb == "update":
                 new = _copy(body)
                 wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
@@ -652,10 +656,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self, rt: ResourceType, ns: str | None, name: str, policy: str | None
     ) -> dict[str, Any]:
         with self._mutex:
-            key = (ns or "", name)
-            obj = self.store[rt.key].get(key)
-            if obj is None:
-                raise self._not_found(rt, name)
+            key, obj = self._stored(rt, ns, name)
             if obj["metadata"].get("deletionTimestamp"):
                 return _copy(obj)
             if obj["metadata"].get("finalizers"):

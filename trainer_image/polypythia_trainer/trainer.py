@@ -23,6 +23,7 @@ from polypythia.storage.lease import check_lease
 from polypythia_trainer import branching
 from polypythia_trainer import checkpoint as ckpt
 from polypythia_trainer.config import BranchConfig, RunConfig
+from polypythia_trainer.data.training import RankShare
 from polypythia_trainer.inits import apply_init
 from polypythia_trainer.model import build_model, lm_loss, load_weights
 from polypythia_trainer.parallel import build_engine
@@ -256,13 +257,8 @@ class Trainer:
         training = self.cfg.training
         t0 = time.perf_counter()
         batch_id = self._batch_index(self.step, self.skips)
-        rows = self.data.batch(
-            batch_id,
-            training.global_batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
-            micro_batch_size=training.micro_batch_size,
-        )
+        share = RankShare(self.rank, self.world_size, training.micro_batch_size)
+        rows = self.data.batch(batch_id, training.global_batch_size, share)
         batch = torch.from_numpy(rows).to(self.device, non_blocking=True)
         micro = batch.split(training.micro_batch_size)
         accumulation = len(micro)

@@ -5,16 +5,13 @@ from __future__ import annotations
 from polypythia.k8s import labels as L
 from polypythia.k8s.pods import (
     EVAL_USER,
-    apply_pod_settings,
-    cache_env,
     cache_volumes,
     compute,
-    container_security,
+    image_container,
+    image_pod,
     placement,
-    pod_security,
     pod_settings,
-    storage_env,
-    wandb_env,
+    run_env,
 )
 from polypythia.planner import RunPlan, evaluate_args
 from polypythia.spec import Sweep, resources_for
@@ -45,33 +42,27 @@ def render_eval_job(
     args = evaluate_args(sweep.spec, run.config["runUri"], steps, run.size)
     volumes, mounts = cache_volumes(EVAL_USER)
     run_res = resources_for(sweep.spec, run.size)
-    pod_spec: dict = {
-        "restartPolicy": "Never",
-        "securityContext": pod_security(EVAL_USER),
-        "volumes": volumes,
-        "containers": [
-            {
-                "name": "evaluate",
-                "image": eval_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["polypythia"],
-                "args": args,
-                "env": storage_env(sweep, storage_endpoint)
-                + cache_env(EVAL_USER)
-                + wandb_env(sweep),
-                "resources": compute(
-                    res.get("cpu", "2"), res.get("memory", "8Gi"), gpus, run_res.get("gpuResource")
-                ),
-                "securityContext": container_security(),
-                "volumeMounts": mounts,
-            }
-        ],
-    }
-    settings = pod_settings(sweep, pod_defaults)
+    container = image_container(
+        "evaluate",
+        eval_image,
+        {
+            "command": ["polypythia"],
+            "args": args,
+            "env": run_env(sweep, EVAL_USER, storage_endpoint),
+        },
+        compute(res.get("cpu", "2"), res.get("memory", "8Gi"), gpus, run_res.get("gpuResource")),
+        mounts,
+    )
     # A CPU evaluation runs where the Ray head runs (CPU nodes); a GPU one where the workers do.
-    apply_pod_settings(pod_spec, settings, head=not gpus)
-    if gpus:
-        pod_spec.update(placement(run_res))
+    pod_spec = image_pod(
+        EVAL_USER,
+        container,
+        volumes,
+        pod_settings(sweep, pod_defaults),
+        head=not gpus,
+        restartPolicy="Never",
+        **(placement(run_res) if gpus else {}),
+    )
     labels = {**L.run_labels(sweep, run, L.EVALUATOR)}
     return {
         "apiVersion": "batch/v1",

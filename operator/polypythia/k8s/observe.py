@@ -31,7 +31,7 @@ from polypythia.runcore.monitor import (
 )
 from polypythia.spec import Sweep
 from polypythia.storage import RunStore, StorageError, pins
-from polypythia.storage.uri import open_store, split_s3_uri
+from polypythia.storage.uri import connection, open_store, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ class SweepObserver:
         running) carries the run core's proposal for its first unhandled spike."""
         if not names:
             return {}
-        storage = sweep.spec["storage"]
         settings = settings_from_spec(sweep.spec.get("instability"))
         by_name = {r.name: r for r in plan}
         self._labels = {r.name: RunLabels.of(sweep.namespace, r.key) for r in plan}
@@ -86,9 +85,7 @@ class SweepObserver:
         self.spikes.tracker.data_order = data_orders(plan)
         store, _ = open_store(
             by_name[names[0]].config["runUri"],
-            endpoint=storage.get("endpoint") or default_endpoint,
-            secure=storage.get("secure", True),
-            region=storage.get("region", "us-east-1"),
+            **connection(sweep.spec["storage"], default_endpoint),
             access_key=credentials[0],
             secret_key=credentials[1],
         )

@@ -93,6 +93,44 @@ def cache_volumes(user: ImageUser) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
+def run_env(
+    sweep: Sweep, user: ImageUser, storage_endpoint: str | None, own: list[dict] | None = None
+) -> list[dict]:
+    """A run's pod environment: storage, the image user's caches, the pod's ``own``
+    variables, then W&B (trainer and evaluator alike)."""
+    return storage_env(sweep, storage_endpoint) + cache_env(user) + (own or []) + wandb_env(sweep)
+
+
+def image_container(
+    name: str, image: str, fields: dict, resources: dict, mounts: list[dict]
+) -> dict:
+    """A container of one of the project's images, unprivileged, pulled when absent;
+    ``fields`` (command, args, env) stand between the pull policy and the resources."""
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        **fields,
+        "resources": resources,
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    }
+
+
+def image_pod(
+    user: ImageUser, container: dict, volumes: list[dict], settings: dict, *, head: bool, **fields
+) -> dict:
+    """The pod spec of one container run as the image's ``user``, with ``fields`` (restart
+    policy, placement) and the cluster's pod ``settings`` (see :func:`apply_pod_settings`)."""
+    spec = {
+        "securityContext": pod_security(user),
+        "containers": [container],
+        "volumes": list(volumes),
+        **fields,
+    }
+    return apply_pod_settings(spec, settings, head=head)
+
+
 def pod_security(user: ImageUser) -> dict:
     """Non-root as the image's own user; fsGroup makes the emptyDir volumes writable."""
     return {

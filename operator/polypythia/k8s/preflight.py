@@ -93,7 +93,7 @@ def opener_for(
     spec: dict, credentials: tuple[str | None, str | None], default_endpoint: str | None
 ) -> Callable[[str], tuple[object, str]]:
     """``open_store`` with the sweep's endpoint and the credentials the operator uses."""
-    options = {"endpoint": default_endpoint, **connection(spec.get("storage"))}
+    options = connection(spec.get("storage"), default_endpoint)
 
     def opener(uri: str) -> tuple[object, str]:
         return open_store(uri, **options, access_key=credentials[0], secret_key=credentials[1])

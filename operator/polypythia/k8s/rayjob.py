@@ -15,15 +15,15 @@ from polypythia.k8s import labels as L
 from polypythia.k8s.pods import (
     TRAINER_USER,
     apply_pod_settings,
-    cache_env,
     cache_volumes,
     compute,
     container_security,
+    image_container,
+    image_pod,
     placement,
     pod_security,
     pod_settings,
-    storage_env,
-    wandb_env,
+    run_env,
 )
 from polypythia.planner import RunPlan
 from polypythia.spec import Sweep, resources_for
@@ -87,15 +87,7 @@ class ClusterSettings:
 
 def _container(name: str, image: str, env: list[dict], resources: dict, ports: list) -> dict:
     _, cache_mounts = cache_volumes(TRAINER_USER)
-    out = {
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": env,
-        "resources": resources,
-        "securityContext": container_security(),
-        "volumeMounts": [SHM_MOUNT, *cache_mounts],
-    }
+    out = image_container(name, image, {"env": env}, resources, [SHM_MOUNT, *cache_mounts])
     if ports:
         out["ports"] = ports
     return out
@@ -132,17 +124,13 @@ def render_rayjob(
     queue = res.get("queueName")
     if queue:
         meta_labels[L.QUEUE] = queue
-    env = (
-        storage_env(sweep, storage_endpoint)
-        + cache_env(TRAINER_USER)
-        + [
-            {"name": "POLYPYTHIA_RUN", "value": run.name},
-            {"name": "POLYPYTHIA_ATTEMPT", "value": str(attempt)},
-        ]
-    )
+    own_env = [
+        {"name": "POLYPYTHIA_RUN", "value": run.name},
+        {"name": "POLYPYTHIA_ATTEMPT", "value": str(attempt)},
+    ]
+    env = run_env(sweep, TRAINER_USER, storage_endpoint, own_env)
     settings = pod_settings(sweep, cluster.pod_defaults)
     volumes = [SHM, *cache_volumes(TRAINER_USER)[0]]
-    env += wandb_env(sweep)
     gpus = int(res["gpusPerWorker"])
     cpus = int(res["cpusPerWorker"])
     memory = res.get("memory") or f"{cpus * DEFAULT_WORKER_MEMORY_PER_CPU_GI}Gi"
@@ -150,13 +138,7 @@ def render_rayjob(
 
     def ray_pod(container: dict, extra: dict, head: bool) -> dict:
         """A Ray node's pod template: the trainer user, the run's labels and volumes."""
-        spec = {
-            "securityContext": pod_security(TRAINER_USER),
-            "containers": [container],
-            "volumes": list(volumes),
-            **extra,
-        }
-        apply_pod_settings(spec, settings, head=head)
+        spec = image_pod(TRAINER_USER, container, volumes, settings, head=head, **extra)
         return {"metadata": {"labels": dict(pod_labels)}, "spec": spec}
 
     head_pod = ray_pod(

@@ -47,6 +47,7 @@ from polypythia.storage import (
     describe_changes,
     pins,
 )
+from polypythia.storage.uri import connection
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class LocalDriver:
         self.runs = [
             RunState(
                 plan=run,
-                store=RunStore.open(run.config["runUri"], **_store_kwargs(run)),
+                store=RunStore.open(run.config["runUri"], **connection(run.config["storage"])),
                 monitor=RunMonitor.for_plan(run, self.settings.spikes),
             )
             for run in plan
@@ -550,14 +551,6 @@ class LocalDriver:
             workdir / "logs" / f"{run.plan.name}.eval.log",
             {"POLYPYTHIA_CACHE": str(workdir / "cache")},
         )
-
-
-def _store_kwargs(run: RunPlan) -> dict:
-    storage = run.config["storage"]
-    kwargs = {"secure": storage["secure"], "region": storage["region"]}
-    if storage.get("endpoint"):
-        kwargs["endpoint"] = storage["endpoint"]
-    return kwargs
 
 
 def check_resources(runs: list[RunState], cpus: float, gpus: float) -> None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from polypythia.storage import pins
 from polypythia.storage.base import ObjectStore, StorageError, StorageNotFound, check_key
@@ -112,8 +113,11 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-class RunStore:
-    """Everything one run keeps in storage: config, telemetry, checkpoints, evaluations."""
+_Folder = TypeVar("_Folder", bound="StoreFolder")
+
+
+class StoreFolder:
+    """A folder of a store (a run's, a sweep's) with the URI it was opened at."""
 
     def __init__(self, store: ObjectStore, prefix: str, uri: str) -> None:
         self.store = store
@@ -121,15 +125,20 @@ class RunStore:
         self._uri = uri.rstrip("/")
 
     @classmethod
-    def open(cls, run_uri: str, **store_kwargs) -> RunStore:
-        """Open the run at ``run_uri`` (a local path or ``s3://bucket/.../<sweep>/<run>``)."""
-        store, prefix = open_store(run_uri, **store_kwargs)
+    def open(cls: type[_Folder], uri: str, **store_kwargs) -> _Folder:
+        """Open the folder at ``uri``: a local path or ``s3://bucket/prefix`` (a run's
+        ``<storage.uri>/<sweep>/<run>``, a sweep's ``<storage.uri>/<sweep>``)."""
+        store, prefix = open_store(uri, **store_kwargs)
         return cls(store, prefix, store.url(prefix))
 
     @property
     def uri(self) -> str:
-        """The run's URI (local paths absolute)."""
+        """The folder's URI (local paths absolute)."""
         return self._uri
+
+
+class RunStore(StoreFolder):
+    """Everything one run keeps in storage: config, telemetry, checkpoints, evaluations."""
 
     def __repr__(self) -> str:
         return f"RunStore({self._uri!r})"
@@ -659,24 +668,8 @@ class RunStore:
         return fresh
 
 
-class SweepStore:
+class SweepStore(StoreFolder):
     """A sweep's folder: one sub-folder per run."""
-
-    def __init__(self, store: ObjectStore, prefix: str, uri: str) -> None:
-        self.store = store
-        self.prefix = prefix.strip("/")
-        self._uri = uri.rstrip("/")
-
-    @classmethod
-    def open(cls, sweep_uri: str, **store_kwargs) -> SweepStore:
-        """Open the sweep at ``sweep_uri`` (``<storage.uri>/<sweep>``)."""
-        store, prefix = open_store(sweep_uri, **store_kwargs)
-        return cls(store, prefix, store.url(prefix))
-
-    @property
-    def uri(self) -> str:
-        """The sweep's URI (local paths absolute)."""
-        return self._uri
 
     def runs(self) -> list[str]:
         """Names of the runs that have anything in storage."""

@@ -49,14 +49,20 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def connection(block: Mapping[str, Any] | None) -> dict[str, Any]:
+def connection(
+    block: Mapping[str, Any] | None, default_endpoint: str | None = None
+) -> dict[str, Any]:
     """``open_store`` keywords from a storage block (a run config's or the sweep's
-    ``storage``: ``endpoint``, ``secure``, ``region``); unset ones keep its defaults."""
-    return {
+    ``storage``: ``endpoint``, ``secure``, ``region``); unset or empty ones keep its
+    defaults, an unset endpoint is ``default_endpoint`` (the operator's flag) when given."""
+    out = {
         key: block[key]
         for key in ("endpoint", "secure", "region")
-        if block and block.get(key) is not None
+        if block and block.get(key) not in (None, "")
     }
+    if default_endpoint and "endpoint" not in out:
+        out["endpoint"] = default_endpoint
+    return out
 
 
 def open_store(

@@ -19,7 +19,7 @@ from polypythia_trainer.data import generated, megatron
 from polypythia_trainer.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexFormatError
 from polypythia_trainer.data.megatron import MegatronOrder
 from polypythia_trainer.data.order import batch_index
-from polypythia_trainer.data.sources import is_remote, open_remote_dir, open_source
+from polypythia_trainer.data.sources import fetch_remote_file, is_remote, open_source
 from polypythia_trainer.data.split import DATASET_NAME as SPLIT_DATASET_NAME
 from polypythia_trainer.data.split import split_indices
 from polypythia_trainer.data.tokenizer import HF_FILES, load
@@ -47,24 +47,15 @@ def _fetch_remote_tokenizer(
     uri: str, cache_dir: Path, storage: Mapping[str, Any] | None
 ) -> Path | None:
     """Download a remote tokenizer (folder or tokenizer.json) into the cache; None if absent."""
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local = cache_dir / "tokenizers" / digest
+    local = cache_dir / "tokenizers" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if uri.endswith(".json"):
-        folder, _, file = uri.rpartition("/")
-        store, prefix = open_remote_dir(folder, storage)
-        key = f"{prefix}/{file}" if prefix else file
-        if not store.exists(key):
-            return None
-        store.get_file(key, local / "tokenizer.json")
-        return local / "tokenizer.json"
-    store, prefix = open_remote_dir(uri, storage)
-    found = False
-    for name in HF_FILES:
-        key = f"{prefix}/{name}" if prefix else name
-        if store.exists(key):
-            store.get_file(key, local / name)
-            found = True
-    return local if found else None
+        found = fetch_remote_file(uri, local / "tokenizer.json", storage)
+        return local / "tokenizer.json" if found else None
+    folder = uri.rstrip("/")
+    fetched = [
+        name for name in HF_FILES if fetch_remote_file(f"{folder}/{name}", local / name, storage)
+    ]
+    return local if fetched else None
 
 
 def _resolve_tokenizer(
@@ -120,22 +111,46 @@ def open_training_data(
     if spec.format == "generated":
         _check_vocab(generated.VOCAB_SIZE, vocab_size, "the generated corpus's tokenizer")
         folder = generated.ensure(cache_dir)
-        dataset = local_dataset(folder / generated.PREFIX)
-        order = None
-        if spec.order == "megatron":
-            order = _megatron_order(
-                spec, str(folder / generated.PREFIX), dataset, sequence_length, data_seed,
-                cache_dir, storage, train_iters, global_batch_size,
-            )  # fmt: skip
-        return TrainingData(
-            dataset,
-            sequence_length=sequence_length,
-            vocab_size=vocab_size,
-            data_seed=data_seed,
-            tokenizer=folder / generated.TOKENIZER_DIR,
-            megatron=order,
-            name="the generated corpus",
+        path, name = str(folder / generated.PREFIX), "the generated corpus"
+        dataset, tokenizer = (
+            local_dataset(folder / generated.PREFIX),
+            folder / generated.TOKENIZER_DIR,
         )
+        train_items = None
+    else:
+        assert spec.path is not None
+        path = name = spec.path
+        dataset, tokenizer = _open_dataset(spec, vocab_size, cache_dir, storage, require_tokenizer)
+        train_items = _train_items(spec, dataset)
+    order = stored = None
+    if spec.order == "megatron":
+        order = _megatron_order(
+            spec, path, dataset, sequence_length, data_seed, cache_dir, storage,
+            train_iters, global_batch_size, train_items,
+        )  # fmt: skip
+    elif spec.format != "generated":
+        stored = load_stored_order(path, data_seed, cache_dir, storage)
+    return TrainingData(
+        dataset,
+        sequence_length=sequence_length,
+        vocab_size=vocab_size,
+        data_seed=data_seed,
+        tokenizer=tokenizer,
+        stored_order=stored,
+        megatron=order,
+        name=name,
+        train_items=train_items,
+    )
+
+
+def _open_dataset(
+    spec: DataConfig,
+    vocab_size: int,
+    cache_dir: Path,
+    storage: Mapping[str, Any] | None,
+    require_tokenizer: bool,
+) -> tuple[IndexedDataset, Path | None]:
+    """The dataset at ``spec.path`` and its tokenizer (checked against the model's vocabulary)."""
     assert spec.path is not None
     tokenizer: Path | None = None
     try:
@@ -152,34 +167,9 @@ def open_training_data(
     index = open_source(f"{spec.path}.idx", field="spec.data.path", storage=storage)
     tokens = open_source(f"{spec.path}.bin", field="spec.data.path", storage=storage)
     try:
-        dataset = IndexedDataset(index, tokens)
+        return IndexedDataset(index, tokens), tokenizer
     except IndexFormatError as exc:
         raise UsageError(f"spec.data.path: {exc}") from None
-    train_items = _train_items(spec, dataset)
-    if spec.order == "megatron":
-        order = _megatron_order(
-            spec, spec.path, dataset, sequence_length, data_seed, cache_dir, storage,
-            train_iters, global_batch_size, train_items,
-        )  # fmt: skip
-        return TrainingData(
-            dataset,
-            sequence_length=sequence_length,
-            vocab_size=vocab_size,
-            data_seed=data_seed,
-            tokenizer=tokenizer,
-            megatron=order,
-            name=spec.path,
-        )
-    return TrainingData(
-        dataset,
-        sequence_length=sequence_length,
-        vocab_size=vocab_size,
-        data_seed=data_seed,
-        tokenizer=tokenizer,
-        stored_order=load_stored_order(spec.path, data_seed, cache_dir, storage),
-        name=spec.path,
-        train_items=train_items,
-    )
 
 
 def _train_items(spec: DataConfig, dataset: IndexedDataset) -> int | None:
@@ -276,12 +266,8 @@ def _local_index_dir(
     files = megatron.index_files(
         local, data_name, expected.samples, expected.seq_length, seed, dataset_name
     )
-    store, prefix = open_remote_dir(index_dir, storage)
+    folder = index_dir.rstrip("/")
     for path in files.paths().values():
-        if path.is_file():
-            continue
-        key = f"{prefix}/{path.name}" if prefix else path.name
-        if not store.exists(key):
-            raise UsageError(f"spec.data.indexDir: {index_dir.rstrip('/')}/{path.name} is missing")
-        store.get_file(key, path)
+        if not path.is_file() and not fetch_remote_file(f"{folder}/{path.name}", path, storage):
+            raise UsageError(f"spec.data.indexDir: {folder}/{path.name} is missing")
     return local

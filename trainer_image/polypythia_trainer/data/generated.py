@@ -9,7 +9,6 @@ workers on different machines building their own copies train on the same tokens
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -17,10 +16,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from tokenizers import Tokenizer
 
 from polypythia import corpus
@@ -39,16 +38,6 @@ def dataset_dir(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
     """Where the generated dataset lives; the name changes whenever its content would."""
     name = f"generated-c{corpus.CORPUS_VERSION}-d{documents}-v{VOCAB_SIZE}"
     return Path(cache_dir).expanduser().absolute() / name
-
-
-@contextmanager
-def _locked(path: Path):
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # The grammar writes letters, single spaces and full stops only; on such text the byte-level
@@ -112,7 +101,7 @@ def ensure(cache_dir: str | Path, documents: int = DOCUMENTS) -> Path:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock"):
+    with FileLock(final.parent / f".{final.name}.lock"):
         if final.is_dir():  # another process built it while we waited
             return final
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder

@@ -15,17 +15,15 @@ The files are read memory-mapped; a worker never holds them whole.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import mmap
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from polypythia.errors import UsageError
 
@@ -184,17 +182,6 @@ def build_index_files(
     count = sample_idx.shape[0] - 1
     del sample_idx
     _save(files.shuffle, build_shuffle_idx(count, rng))
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -378,7 +365,7 @@ def open_order(
         build_dir, data_name, expected.samples, expected.seq_length, seed, dataset_name
     )
     if not all(p.is_file() for p in files.paths().values()):
-        with _locked(build_dir / f".{files.doc.name}.lock"):
+        with FileLock(build_dir / f".{files.doc.name}.lock"):
             if not all(p.is_file() for p in files.paths().values()):
                 sizes = np.asarray(sizes_fn(), dtype=np.int32)
                 build_index_files(files, sizes, expected.seq_length, seed, expected.samples)

@@ -87,11 +87,9 @@ def is_remote(path: str) -> bool:
 def open_source(path: str, *, field: str, storage: Mapping[str, Any] | None = None) -> ByteSource:
     """Open a local path or ``s3://bucket/key`` as a byte source; missing -> UsageError."""
     if is_remote(path):
-        bucket_uri, _, key = path.rpartition("/")
-        store, prefix = open_store(bucket_uri, **connection(storage))
-        full_key = f"{prefix}/{key}" if prefix else key
+        store, key = _remote_object(path, storage)
         try:
-            return StoreObject(store, full_key, path)
+            return StoreObject(store, key, path)
         except StorageNotFound:
             raise UsageError(f"{field}: {path} does not exist") from None
     local = Path(path).expanduser()
@@ -100,6 +98,17 @@ def open_source(path: str, *, field: str, storage: Mapping[str, Any] | None = No
     return LocalFile(local)
 
 
-def open_remote_dir(uri: str, storage: Mapping[str, Any] | None = None) -> tuple[ObjectStore, str]:
-    """The store and key prefix of a remote folder such as ``s3://bucket/tokenizers/x``."""
-    return open_store(uri.rstrip("/"), **connection(storage))
+def _remote_object(uri: str, storage: Mapping[str, Any] | None) -> tuple[ObjectStore, str]:
+    """The store holding ``s3://bucket/.../name`` and the object's key in it."""
+    folder, _, name = uri.rpartition("/")
+    store, prefix = open_store(folder, **connection(storage))
+    return store, f"{prefix}/{name}" if prefix else name
+
+
+def fetch_remote_file(uri: str, local: Path, storage: Mapping[str, Any] | None = None) -> bool:
+    """Download the object ``uri`` (``s3://bucket/.../name``) to ``local``; False if absent."""
+    store, key = _remote_object(uri, storage)
+    if not store.exists(key):
+        return False
+    store.get_file(key, local)
+    return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,48 @@ from polypythia.errors import UsageError
 from polypythia_trainer.data import order
 from polypythia_trainer.data.indexed import IndexedDataset
 from polypythia_trainer.data.megatron import MegatronOrder
-from polypythia_trainer.data.sources import LocalFile
+from polypythia_trainer.data.sources import LocalFile, fetch_remote_file, is_remote
 from polypythia_trainer.data.tokenizer import copy_hf
 
 _REMOTE_READERS = 8
+
+
+@dataclass(frozen=True)
+class RankShare:
+    """The slice of every global batch one data-parallel rank reads, as GPT-NeoX's
+    DistributedBatchSampler cuts it; a trainer holds one for its whole life."""
+
+    rank: int = 0
+    world_size: int = 1
+    micro_batch_size: int | None = None  # None: the rank's whole share in one micro-batch
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"rank {self.rank} of world_size {self.world_size}: need 0 <= rank < size"
+            )
+
+    def positions(self, batch_index: int, batch_size: int) -> np.ndarray:
+        """Stream positions of this rank's share of global batch ``batch_index``, in the
+        order its micro-batches take them (GPT-NeoX: micro-batch round ``a`` of
+        ``micro x world`` positions, rank ``r`` takes slice ``r``)."""
+        if batch_index < 0:
+            raise ValueError(f"batch_index must be >= 0, got {batch_index}")
+        world = self.world_size
+        if batch_size < 1 or batch_size % world:
+            raise ValueError(
+                f"batch size {batch_size} must be a positive multiple of world_size {world}"
+            )
+        share = batch_size // world
+        micro = self.micro_batch_size or share
+        if micro < 1 or share % micro:
+            raise ValueError(f"micro-batch {micro} must divide the per-rank share {share}")
+        rounds = np.arange(share // micro, dtype=np.int64)[:, None] * (micro * world)
+        within = self.rank * micro + np.arange(micro, dtype=np.int64)[None, :]
+        return (batch_index * batch_size + rounds + within).reshape(-1)
+
+
+WHOLE_BATCH = RankShare()
 
 
 class TrainingData:
@@ -80,51 +119,8 @@ class TrainingData:
             )
         self.stored_order = stored_order
 
-    def positions(
-        self,
-        batch_index: int,
-        batch_size: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        micro_batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Dataset positions of ``rank``'s share of global batch ``batch_index``, in the
-        order its micro-batches take them (GPT-NeoX: micro-batch round ``a`` of
-        ``micro x world`` positions, rank ``r`` takes slice ``r``)."""
-        if batch_index < 0:
-            raise ValueError(f"batch_index must be >= 0, got {batch_index}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < size")
-        if batch_size < 1 or batch_size % world_size:
-            raise ValueError(
-                f"batch size {batch_size} must be a positive multiple of world_size {world_size}"
-            )
-        share = batch_size // world_size
-        micro = micro_batch_size or share
-        if micro < 1 or share % micro:
-            raise ValueError(f"micro-batch {micro} must divide the per-rank share {share}")
-        rounds = np.arange(share // micro, dtype=np.int64)[:, None] * (micro * world_size)
-        within = rank * micro + np.arange(micro, dtype=np.int64)[None, :]
-        return (batch_index * batch_size + rounds + within).reshape(-1)
-
-    def sample_ids(
-        self,
-        batch_index: int,
-        batch_size: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        micro_batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Indices of the samples in ``rank``'s share of global batch ``batch_index``."""
-        positions = self.positions(
-            batch_index,
-            batch_size,
-            rank=rank,
-            world_size=world_size,
-            micro_batch_size=micro_batch_size,
-        )
+    def sample_ids(self, positions: np.ndarray) -> np.ndarray:
+        """Indices of the samples at stream ``positions`` (from :meth:`RankShare.positions`)."""
         if self.megatron is not None:
             return self.megatron.sample_ids(positions)
         return order.sample_ids(positions, self.num_samples, self.data_seed, self.stored_order)
@@ -165,22 +161,10 @@ class TrainingData:
         return list(range(first, last + 1))
 
     def batch(
-        self,
-        batch_index: int,
-        batch_size: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        micro_batch_size: int | None = None,
+        self, batch_index: int, batch_size: int, share: RankShare = WHOLE_BATCH
     ) -> np.ndarray:
-        """int64 ``(batch_size // world_size, sequence_length + 1)``: rank's share of a batch."""
-        ids = self.sample_ids(
-            batch_index,
-            batch_size,
-            rank=rank,
-            world_size=world_size,
-            micro_batch_size=micro_batch_size,
-        )
+        """int64 ``(batch_size // world_size, sequence_length + 1)``: a rank's share of a batch."""
+        ids = self.sample_ids(share.positions(batch_index, batch_size))
         if self.dataset.remote:
             with ThreadPoolExecutor(min(_REMOTE_READERS, len(ids))) as pool:
                 rows = list(pool.map(self.sample, ids))
@@ -207,17 +191,11 @@ def load_stored_order(
 ) -> np.ndarray | None:
     """PolyPythias-style stored order ``<path>.order-seed<k>.npy``, if there is one."""
     name = f"{path}.order-seed{seed}.npy"
-    if name.startswith("s3://"):
-        from polypythia_trainer.data.sources import open_remote_dir
-
-        folder, _, file = name.rpartition("/")
-        store, prefix = open_remote_dir(folder, storage)
-        key = f"{prefix}/{file}" if prefix else file
-        if not store.exists(key):
-            return None
+    if is_remote(name):
+        file = name.rpartition("/")[2]
         local = cache_dir / "orders" / hashlib.sha256(name.encode()).hexdigest()[:16] / file
-        if not local.is_file():
-            store.get_file(key, local)
+        if not local.is_file() and not fetch_remote_file(name, local, storage):
+            return None
         name = str(local)
     elif not Path(name).is_file():
         return None

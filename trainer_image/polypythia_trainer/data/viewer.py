@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from polypythia_trainer.data.training import TrainingData
+from polypythia_trainer.data.training import WHOLE_BATCH, TrainingData
 
 HEAD_CHARS = 60
 
@@ -25,8 +25,8 @@ class ViewedSample:
 
 def view_batch(data: TrainingData, step: int, global_batch_size: int) -> list[ViewedSample]:
     """The samples of global batch ``step``, in order."""
-    positions = data.positions(step, global_batch_size)
-    ids = data.sample_ids(step, global_batch_size)
+    positions = WHOLE_BATCH.positions(step, global_batch_size)
+    ids = data.sample_ids(positions)
     return [
         ViewedSample(int(p), docs, tokens.tolist())
         for p, (tokens, docs) in zip(positions, data.read_samples(ids), strict=True)
