@@ -11,6 +11,7 @@ does a new default nobody placed in the table.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -227,3 +228,16 @@ def test_a_crd_default_the_code_forgot_fails(monkeypatch) -> None:
     monkeypatch.setitem(region, "default", "eu-west-1")
     with pytest.raises(AssertionError, match="StorageConfig.region"):
         test_default_equals_its_source(StorageConfig, "region", TABLE[StorageConfig, "region"])
+
+
+def test_the_storage_region_default_is_the_crds_in_every_reader() -> None:
+    """The CLI flags, open_store and S3Store fall back to a region of their own when none is
+    given: each must be the one a sweep gets from the CRD."""
+    from polypythia.commands.common import DEFAULT_REGION
+    from polypythia.storage.s3 import S3Store
+    from polypythia.storage.uri import open_store
+
+    declared = crd_default("spec.storage.region")
+    assert declared and declared == DEFAULT_REGION
+    for fn in (open_store, S3Store.__init__):
+        assert inspect.signature(fn).parameters["region"].default == declared, fn.__qualname__
