@@ -17,6 +17,7 @@ from trainer.trainer_helpers import nano_config
 from polypythia.storage import RunStore
 from polypythia_trainer.launch import run_local
 from polypythia_trainer.loop import run_worker
+from polypythia_trainer.schedule import pythia_lr
 
 STEPS, START = 6, 4
 
@@ -67,3 +68,21 @@ def test_reset_optimizer_keeps_the_schedule_and_starts_adam_afresh(tmp_path: Pat
     )
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {STEPS - START}
     assert RunStore.open(config["runUri"]).read_run_config()["branch"]["optimizer"] == "fresh"
+
+
+def test_a_restored_branch_runs_its_own_learning_rate_and_betas(tmp_path: Path) -> None:
+    """The parent's optimiser state comes back, its saved settings do not: the learning
+    rate and Adam's betas are the branch sweep's (docs/branching.md)."""
+    parent = _parent(tmp_path)
+    config = _branch(tmp_path, parent, "br-nano-s0", "restored")
+    config["training"].update(learningRate=0.006, adamBeta2=0.99)
+    assert run_local(config)["status"] == "completed"
+    got = _records(config["runUri"])
+    schedule = {"peak": 0.006, "minimum": 0.0003, "warmup_steps": 2, "total_steps": STEPS}
+    assert [got[s]["lr"] for s in (5, 6)] == [pythia_lr(s - 1, **schedule) for s in (5, 6)]
+    state = torch.load(
+        Path(config["runUri"]) / "checkpoints" / f"step{STEPS}" / "trainer_state" / "optimizer.pt",
+        weights_only=False,
+    )["optimizer"]
+    assert {tuple(g["betas"]) for g in state["param_groups"]} == {(0.9, 0.99)}
+    assert {int(s["step"]) for s in state["state"].values()} == {STEPS}  # the parent's Adam

@@ -9,7 +9,7 @@ import pytest
 from trainer_helpers import nano_config
 
 from polypythia.errors import UsageError
-from polypythia.storage import RunStore, config_changes
+from polypythia.storage import RunStore, config_changes, shape_changes
 from polypythia_trainer.config import RunConfig
 from polypythia_trainer.launch import claim_run
 
@@ -71,3 +71,32 @@ def test_a_run_that_never_trained_takes_the_new_config(tmp_path: Path) -> None:
     claim(nano_config(store, steps=6))
     claim(nano_config(store, steps=6, learningRate=0.01))
     assert RunStore.open(str(store)).read_run_config()["training"]["learningRate"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [({"numLayers": 3}, "model.numLayers"), ({"vocabSize": 2048}, "model.vocabSize")],
+)
+def test_a_change_of_tensor_shapes_is_refused_even_with_allow_changes(
+    trained, model: dict, field: str
+) -> None:
+    store, run = trained
+    with pytest.raises(UsageError) as refused:
+        claim(nano_config(store, steps=6, model=model), allow_changes=True)
+    assert f"{field}: " in str(refused.value)
+    assert "tensor shapes" in str(refused.value)
+    assert run.read_run_config()["model"] == nano_config(store)["model"]  # what ran
+    assert run.read_history() == []
+    assert not run.store.exists(run.key("LEASE"))
+
+
+def test_heads_change_shapes_only_under_qk_layernorm() -> None:
+    old = nano_config("/s")
+    plain = nano_config("/s", model={"numHeads": 8})
+    changes = config_changes(old, plain)
+    assert shape_changes(old, plain, changes) == []
+    normed = nano_config("/s", model={"qkLayerNorm": True})
+    both = nano_config("/s", model={"qkLayerNorm": True, "numHeads": 8})
+    assert [c["field"] for c in shape_changes(normed, both, config_changes(normed, both))] == [
+        "model.numHeads"
+    ]

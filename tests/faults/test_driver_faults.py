@@ -97,6 +97,22 @@ def test_drift_is_refused_before_anything_trains(tmp_path: Path) -> None:
     assert "training.learningRate" in str(refused.value) and "-> 0.01" in str(refused.value)
 
 
+def test_a_change_of_tensor_shapes_is_refused_even_with_allow_changes(tmp_path: Path) -> None:
+    first = driver(tmp_path)
+    for run in first.runs:
+        stored = json.loads(json.dumps(run.plan.config))
+        stored["model"]["numLayers"] += 1
+        finish(run.store, 5, tmp_path, stored)
+    allowed = LocalDriver(
+        sweep(),
+        str(tmp_path / "store"),
+        DriverOptions(workdir=tmp_path / "work", evaluate=False, allow_changes=True),
+    )
+    with pytest.raises(UsageError) as refused:
+        allowed.prepare()
+    assert "tensor shapes (model.numLayers: " in str(refused.value)
+
+
 def test_resume_only_checkpoints_are_not_evaluated(tmp_path: Path) -> None:
     """They are pruned (keepResume) while training goes on, often before an evaluation
     reaches them; selecting one failed the evaluation and turned it off for the sweep."""

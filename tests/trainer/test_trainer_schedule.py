@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from polypythia_trainer.config import Perturbation
 from polypythia_trainer.schedule import pythia_lr, pythia_scheduler
 
 PYTHIA_410M = {"peak": 3e-4, "minimum": 3e-5, "warmup_steps": 1430.0, "total_steps": 143_000}
@@ -67,3 +68,30 @@ def test_telemetry_lr_of_step_s_is_the_rate_after_s_minus_1_scheduler_steps() ->
     assert seen[1] == 0.0
     assert seen[2] == 1e-3 * 1 / 2.5
     assert all(seen[s] == pythia_lr(s - 1, **kw) for s in seen)  # bit for bit
+
+
+def test_a_scheduler_saves_its_position_and_takes_its_settings_from_the_run_config() -> None:
+    """A checkpoint written before (torch's whole scheduler state, settings included)
+    still loads: only the position is read, the rates follow the new settings."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    old_kw = {"peak": 1e-3, "minimum": 1e-4, "warmup_steps": 2.0, "total_steps": 20}
+    old = pythia_scheduler(opt, **old_kw)
+    for _ in range(7):
+        opt.step()
+        old.step()
+    legacy = torch.optim.lr_scheduler.LRScheduler.state_dict(old)
+    assert legacy["peak"] == 1e-3 and legacy["last_epoch"] == 7
+    assert old.state_dict() == {"last_epoch": 7}
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    new_kw = {"peak": 4e-3, "minimum": 2e-4, "warmup_steps": 3.0, "total_steps": 40}
+    shocked = [Perturbation(step=8, learning_rate_factor=3.0, steps=2)]
+    new = pythia_scheduler(opt, **new_kw, perturbations=shocked)
+    for state in (legacy, old.state_dict()):
+        new.load_state_dict(state)
+        assert new.last_epoch == 7
+        assert new.get_last_lr() == [pythia_lr(7, **new_kw) * 3.0]  # the update producing step 8
+        assert opt.param_groups[0]["lr"] == new.get_last_lr()[0]
+    opt.step()
+    new.step()
+    assert new.get_last_lr() == [pythia_lr(8, **new_kw) * 3.0] == [opt.param_groups[0]["lr"]]

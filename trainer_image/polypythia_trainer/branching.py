@@ -1,7 +1,8 @@
-"""A branched run's start: fetch its parent checkpoint, load the weights, place the schedule.
+"""A branched run's start: fetch its parent checkpoint and load the weights.
 
-The rest of a branch is an ordinary resume (`Trainer._restore`): the parent's optimiser,
-scheduler and RNG states are the ones a resumed run would load, and batch ``k`` depends
+The rest of a branch is an ordinary resume (`Trainer._restore`): the parent's optimiser
+state, schedule position and RNG states are the ones a resumed run would load (the
+settings, learning rate and schedule included, are the branch's own), and batch ``k`` depends
 only on (data seed, k), so the branch reads batches ``step, step + 1, ...`` of its own
 data seed. What to load is decided once, at claim time (`polypythia.branch.resolve`),
 and recorded in run.json's `branch` block.
@@ -71,12 +72,3 @@ def load_parent_weights(model: nn.Module, folder: Path) -> None:
                 f"{tuple(own[name].shape)} in this run's model"
             )
     model.load_state_dict(state, strict=True)
-
-
-def seek_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> None:
-    """Put a fresh scheduler where the parent's stood after ``step`` applied updates."""
-    scheduler.last_epoch = int(step)
-    rates = scheduler.get_lr()
-    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
-        group["lr"] = rate
-    scheduler._last_lr = list(rates)

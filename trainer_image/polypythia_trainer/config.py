@@ -162,7 +162,7 @@ class Perturbation:
         return out
 
     def as_dict(self) -> dict:
-        """The run config's spelling (the scheduler keeps it in its state_dict)."""
+        """The run config's spelling (what the scheduler reads)."""
         return {
             "step": self.step,
             "steps": self.steps,

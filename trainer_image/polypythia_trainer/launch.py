@@ -31,9 +31,17 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
     Drift: a run that already trained (checkpoints or telemetry in storage) resumes only
     with the same result-determining config, or with ``allow_changes``, which records
     each change (old, new, the step it applies from) in ``history.json`` first, so
-    run.json never claims a config that did not run.
+    run.json never claims a config that did not run. A change of the model's tensor
+    shapes is refused either way: no checkpoint of the old model loads into the new one.
     """
-    from polypythia.storage import RunLease, StorageNotFound, config_changes, describe_changes
+    from polypythia.storage import (
+        RunLease,
+        StorageNotFound,
+        config_changes,
+        describe_changes,
+        describe_shape_changes,
+        shape_changes,
+    )
 
     run = open_run_store(cfg)
     lease = RunLease(run, owner=f"polypythia train {cfg.run}")
@@ -50,6 +58,9 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
         changes = config_changes(stored, config) if isinstance(stored, dict) else []
         trained = run.complete_checkpoints() or run.telemetry_files()
         if changes and trained:
+            reshaped = shape_changes(stored, config, changes)
+            if reshaped:
+                raise UsageError(describe_shape_changes(run.uri, reshaped))
             if not allow_changes:
                 raise UsageError(describe_changes(run.uri, changes))
             step = max(run.complete_checkpoints(), default=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,28 @@ def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Ad
         eps=training.adam_eps,
         foreach=True,
     )
+
+
+@contextlib.contextmanager
+def settings_kept(base: torch.optim.Optimizer, wrapper: object = None) -> Iterator[None]:
+    """Load optimiser state inside this block and keep this run's settings.
+
+    torch's ``load_state_dict`` brings back each param group as saved: learning rate,
+    betas, eps and weight decay of the run that wrote the checkpoint, and DeepSpeed's
+    wrappers also bring back their gradient clipping. Those come from the run config (a
+    resume after ``--allow-changes`` runs the new values); only the state (Adam's
+    moments and step counts, fp32 master weights, the loss scale) comes from the file.
+    """
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in base.param_groups]
+    clip = getattr(wrapper, "clip_grad", None)
+    yield
+    for group, settings in zip(base.param_groups, groups, strict=True):
+        stale = set(group) - set(settings) - {"params"}
+        for key in stale:
+            del group[key]
+        group.update(settings)
+    if clip is not None:
+        wrapper.clip_grad = clip
 
 
 class DynamicLossScaler:
@@ -175,7 +198,8 @@ class DDPEngine:
         return state
 
     def load_optimizer_state(self, states: list[dict]) -> None:
-        self.optimizer.load_state_dict(states[0]["optimizer"])
+        with settings_kept(self.optimizer):
+            self.optimizer.load_state_dict(states[0]["optimizer"])
         if self.scaler is not None and "scaler" in states[0]:
             self.scaler.load_state_dict(states[0]["scaler"])
 
@@ -260,14 +284,15 @@ class DeepSpeedEngine:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_optimizer_state(self, states: list[dict]) -> None:
-        if self.sharded_optimizer:
-            self.optimizer.load_state_dict(
-                [s["optimizer"] for s in states],
-                load_optimizer_states=True,
-                load_from_fp32_weights=True,
-            )
-        else:
-            self.optimizer.load_state_dict(states[0]["optimizer"])
+        with settings_kept(self.base_optimizer, self.optimizer):
+            if self.sharded_optimizer:
+                self.optimizer.load_state_dict(
+                    [s["optimizer"] for s in states],
+                    load_optimizer_states=True,
+                    load_from_fp32_weights=True,
+                )
+            else:
+                self.optimizer.load_state_dict(states[0]["optimizer"])
 
 
 CPU_SHM_ENV = "POLYPYTHIA_DS_CPU_SHM"

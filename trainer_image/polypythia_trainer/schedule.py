@@ -36,8 +36,7 @@ def pythia_lr(
 def shock(step: int, perturbations: Sequence[Mapping]) -> float:
     """The learning-rate factor the perturbations apply to the update producing ``step``.
 
-    ``perturbations`` as the scheduler's state_dict keeps them (the run config's spelling,
-    ``Perturbation.as_dict``), so a checkpoint restores exactly what it ran with."""
+    ``perturbations`` in the run config's spelling (``Perturbation.as_dict``)."""
     factor = 1.0
     for p in perturbations:
         if p["step"] <= step < p["step"] + p.get("steps", 1):
@@ -77,6 +76,24 @@ class AnnealingLR(torch.optim.lr_scheduler.LRScheduler):
         )
         rate *= shock(n + 1, self.perturbations)
         return [rate for _ in self.optimizer.param_groups]
+
+    def seek(self, steps: int) -> None:
+        """Stand where this schedule stands after ``steps`` applied updates, rates set."""
+        self.last_epoch = int(steps)
+        rates = self.get_lr()
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self._last_lr = list(rates)
+
+    def state_dict(self) -> dict:
+        """Only the position: peak, floor, warm-up, length and perturbations come from the
+        run config at every start, so a resume after accepted changes runs the new ones."""
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Take the position of a saved schedule; checkpoints written before this held
+        torch's whole scheduler state (the old settings too), which is not read."""
+        self.seek(state_dict["last_epoch"])
 
 
 def pythia_scheduler(

@@ -226,7 +226,7 @@ class Trainer:
             ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
             self.step = int(state["step"])
         else:
-            branching.seek_schedule(self.scheduler, start)
+            self.scheduler.seek(start)
             self.step = start
         if self.step != start:
             raise UsageError(

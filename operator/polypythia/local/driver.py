@@ -45,7 +45,9 @@ from polypythia.storage import (
     StorageNotFound,
     config_changes,
     describe_changes,
+    describe_shape_changes,
     pins,
+    shape_changes,
 )
 from polypythia.storage.uri import connection
 
@@ -194,8 +196,9 @@ class LocalDriver:
 
     def _check_drift(self) -> None:
         """Exit 2 before anything trains when a stored run ran another recipe
-        (unless --allow-changes: each trainer then records the changes)."""
-        problems = []
+        (unless --allow-changes: each trainer then records the changes); a change of the
+        model's tensor shapes always, since no checkpoint of the old model loads."""
+        problems, reshaped = [], []
         for run in self.runs:
             try:
                 stored = run.store.read_run_config()
@@ -204,8 +207,11 @@ class LocalDriver:
             changes = config_changes(stored, run.plan.config) if isinstance(stored, dict) else []
             if changes and (run.store.complete_checkpoints() or run.store.telemetry_files()):
                 problems.append(describe_changes(run.store.uri, changes))
-        if problems and not self.options.allow_changes:
-            raise UsageError("\n".join(problems))
+                shapes = shape_changes(stored, run.plan.config, changes)
+                if shapes:
+                    reshaped.append(describe_shape_changes(run.store.uri, shapes))
+        if reshaped or (problems and not self.options.allow_changes):
+            raise UsageError("\n".join(reshaped or problems))
 
     def run(self) -> None:
         """Until every run has ended; KeyboardInterrupt stops children cleanly."""

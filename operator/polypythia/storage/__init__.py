@@ -11,7 +11,12 @@ from polypythia.storage.base import (
     StorageNotFound,
     StorageUnavailable,
 )
-from polypythia.storage.drift import config_changes, describe_changes
+from polypythia.storage.drift import (
+    config_changes,
+    describe_changes,
+    describe_shape_changes,
+    shape_changes,
+)
 from polypythia.storage.layout import (
     COMPLETE,
     CheckpointDamaged,
@@ -37,6 +42,7 @@ __all__ = [
     "StorageFull",
     "config_changes",
     "describe_changes",
+    "describe_shape_changes",
     "LocalStore",
     "ObjectStore",
     "RunStore",
@@ -48,4 +54,5 @@ __all__ = [
     "TelemetryFile",
     "open_store",
     "resolve_history",
+    "shape_changes",
 ]

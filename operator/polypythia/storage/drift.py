@@ -30,6 +30,19 @@ FREE_FIELDS = frozenset(
         "branch.optimizer",
     }
 )
+# Fields that change the weights' tensor shapes: the old checkpoints cannot be loaded
+# into the new model, so no resume crosses them, --allow-changes or not. numHeads joins
+# them under qkLayerNorm (the per-head norms are head-size wide).
+SHAPE_FIELDS = frozenset(
+    {
+        "model.numLayers",
+        "model.hiddenSize",
+        "model.intermediateSize",
+        "model.vocabSize",
+        "model.tieWordEmbeddings",
+        "model.qkLayerNorm",
+    }
+)
 _ABSENT = object()
 
 
@@ -73,4 +86,24 @@ def describe_changes(run_uri: str, changes: list[dict]) -> str:
         f"{run_uri}: the config differs from the stored run.json in what determines the "
         f"result ({listed}); resuming would mix two runs. Use a new sweep name or storage, "
         "or pass --allow-changes to continue with the new values (recorded in history.json)"
+    )
+
+
+def shape_changes(stored: dict, new: dict, changes: list[dict]) -> list[dict]:
+    """The ``changes`` that alter the model's tensor shapes (no resume can cross them)."""
+    qk_norm = any((c.get("model") or {}).get("qkLayerNorm") for c in (stored, new))
+    return [
+        c
+        for c in changes
+        if c["field"] in SHAPE_FIELDS or (qk_norm and c["field"] == "model.numHeads")
+    ]
+
+
+def describe_shape_changes(run_uri: str, changes: list[dict]) -> str:
+    """The refusal of a resume into a model of other shapes."""
+    listed = "; ".join(f"{c['field']}: {c['old']!r} -> {c['new']!r}" for c in changes)
+    return (
+        f"{run_uri}: the config changes the model's tensor shapes ({listed}); its "
+        "checkpoints cannot be loaded into that model, --allow-changes or not. Use a new "
+        "sweep name or storage"
     )
