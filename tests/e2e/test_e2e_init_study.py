@@ -36,7 +36,7 @@ def test_tiny_init_study_runs_and_reports_the_comparison(tmp_path: Path) -> None
     workdir = tmp_path / "work"
     result = subprocess.run(
         [sys.executable, "-m", "polypythia.cli", "run", str(path), "--workdir", str(workdir),
-         "--metrics-port", "-1"],
+         "--metrics-port", "-1", "--no-ray"],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "POLYPYTHIA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip

@@ -46,7 +46,7 @@ def test_injected_spike_reaches_prometheus_and_fires_the_alert(tmp_path: Path) -
     )
     port = free_port()
     env = run_env(tmp_path / "cache")
-    cmd = command(sweep, tmp_path / "work", "--no-report", metrics_port=port)
+    cmd = command(sweep, tmp_path / "work", "--no-report", "--no-ray", metrics_port=port)
     with PrometheusServer(f"127.0.0.1:{port}", rule_files=[RULES]) as prom:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env

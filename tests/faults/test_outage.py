@@ -3,6 +3,7 @@ again on the same port), and telemetry waits in memory instead of being dropped.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from polypythia.storage import RunStore, StorageUnavailable
 from polypythia.storage.retry import retry_seconds, with_retries
 from polypythia_trainer.telemetry import TelemetryBuffer
 from support.moto_s3 import S3Server, free_port
+from support.s3_proxy import ignoring_conditions
 
 
 def start_moto(port: int) -> S3Server:
@@ -45,12 +47,17 @@ def test_a_storage_outage_is_ridden_out(monkeypatch: pytest.MonkeyPatch) -> None
     run.write_run_config({"run": "before"})
     server.stop()  # the outage: nothing listens on the port now
     restarted: list[S3Server] = []
+    comeback = contextlib.ExitStack()
 
     def come_back() -> None:
+        # S3 comes back with its buckets. moto forgets everything, so a fresh one gets the
+        # bucket first, and only then does the old port answer again (a proxy to it): the
+        # retried call must never meet a store without its bucket.
         time.sleep(2)
-        again = start_moto(port)
-        again.make_bucket("outage")  # moto forgets everything: recreate the bucket
+        again = start_moto(free_port())
         restarted.append(again)
+        again.make_bucket("outage")
+        comeback.enter_context(ignoring_conditions(again.endpoint, frozenset(), port=port))
 
     thread = threading.Thread(target=come_back)
     thread.start()
@@ -63,6 +70,7 @@ def test_a_storage_outage_is_ridden_out(monkeypatch: pytest.MonkeyPatch) -> None
         assert [r["loss"] for r in run.read_telemetry()] == [2.0]
     finally:
         thread.join()
+        comeback.close()
         for s in restarted:
             s.stop()
 

@@ -53,10 +53,12 @@ def _handler(upstream: str, dropped: frozenset[str]) -> type[BaseHTTPRequestHand
 
 
 @contextmanager
-def ignoring_conditions(upstream: str, dropped: frozenset[str] = DROPPED) -> Iterator[str]:
-    """A proxy on 127.0.0.1 in front of ``upstream`` (host:port) that drops the request
-    headers named in ``dropped`` (lower case); yields its host:port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, dropped))
+def ignoring_conditions(
+    upstream: str, dropped: frozenset[str] = DROPPED, port: int = 0
+) -> Iterator[str]:
+    """A proxy on 127.0.0.1 (``port``, or a free one) in front of ``upstream`` (host:port)
+    that drops the request headers named in ``dropped`` (lower case); yields its host:port."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(upstream, dropped))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="s3-proxy", daemon=True)
     thread.start()
