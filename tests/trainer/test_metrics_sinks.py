@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import nano_config
@@ -15,6 +17,7 @@ from polypythia.metrics_sinks import (
 )
 from polypythia.storage import RunStore
 from polypythia_trainer.loop import run_worker
+from support.waiting import wait_for
 from support.wandb_log import wandb_history
 
 
@@ -83,6 +86,18 @@ def test_a_failing_sink_warns_once_and_the_others_still_write(tmp_path, capsys) 
     assert len(_scalars(tmp_path / TENSORBOARD_FOLDER).Scalars("loss/train")) == 2
 
 
+def _wandb_rows(log: Path) -> list[dict]:
+    """The log's history once its last row (the evaluation) is there: W&B's service process
+    writes the file and, on a loaded machine, may still be writing when finish returns."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        rows = wandb_history(log)
+    except DecodeError:  # a record still being written
+        return []
+    return rows if any("eval/sciq/acc" in row for row in rows) else []
+
+
 def test_wandb_offline_writes_one_run_per_polypythia_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_PROJECT", "polypythia-test")
@@ -106,7 +121,7 @@ def test_wandb_offline_writes_one_run_per_polypythia_run(tmp_path, monkeypatch) 
     (offline,) = (tmp_path / "work" / "wandb").glob("offline-run-*")
     (log,) = offline.glob("run-*.wandb")
     assert log.name == f"run-{wandb_run.id}.wandb" and log.stat().st_size > 0
-    history = wandb_history(log)
+    history = wait_for("the run's history in W&B's offline log", lambda: _wandb_rows(log), 60)
     assert [row["loss/train"] for row in history if "loss/train" in row] == [4.0, 3.0, 2.0]
     assert [row["eval/sciq/acc"] for row in history if "eval/sciq/acc" in row] == [0.5]
 
