@@ -13,11 +13,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= cpu
 WORKDIR ?= polypythia-work
 
-.PHONY: help demo test test-faults lint format bench install-dev install-local prometheus chromium images clean generate
+.PHONY: help demo test test-e2e test-faults lint format bench install-dev install-local prometheus chromium images clean generate
 
 help:
 	@echo "make demo    run the tiny sweep on this machine (creates .venv)"
 	@echo "make test    lint + the test suite (creates .venv, installs Prometheus)"
+	@echo "make test-e2e  the user stories end to end with real training (minutes each; make test leaves them out)"
 	@echo "make test-faults  the long fault-injection cases make test leaves out (kills, a full disk)"
 	@echo "make bench   benchmarks, JSON lines"
 	@echo "make images  build the operator, trainer and eval images (podman or docker; docs/images.md)"
@@ -71,7 +72,13 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix operator trainer_image eval_image tests bench tools
 
 test: install-dev prometheus chromium lint
-	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=15 -m "not fault_suite"
+	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=15 -m "not fault_suite and not e2e"
+
+# The user stories end to end (the demo sweep, a sweep with evaluations and a failing run,
+# Ctrl-C and resume, a branch, an init study, Prometheus alerts, a rewind): real training,
+# minutes each, so apart from `make test`; CI runs both.
+test-e2e: install-dev prometheus chromium
+	POLYPYTHIA_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=15 -m e2e
 
 # The long fault-injection cases (trainer and driver killed at random points, a full disk):
 # minutes each, so apart from `make test`; CI runs both.

@@ -17,7 +17,7 @@ from e2e.e2e_helpers import command, env, write_sweep
 
 from polypythia.storage import RunStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 SPEC = {
     "sizes": ["nano"],

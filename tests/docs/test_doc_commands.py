@@ -31,7 +31,8 @@ NOT_RUN: dict[str, str] = {
     r"^make (test-cluster|cluster-up|cluster-down)\b": "builds and starts a Kubernetes control "
     "plane (minutes; tests/cluster)",
     r"^make (images|image-|base-image|test-images)": "needs podman or docker (tests/images)",
-    r"^make test\b": "lint and the whole suite, this test included",
+    r"^make test\b": "lint and the suite, this test included (test-e2e, test-faults: its long "
+    "parts; CI runs each)",
     r"^make demo\b": "creates .venv, then runs the demo sweep: tests/e2e/test_demo.py runs the "
     "same `polypythia run` (slow)",
     r"^\.venv/bin/polypythia run manifests/examples/sweep-tiny\.yaml": "the demo sweep, minutes "

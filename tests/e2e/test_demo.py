@@ -41,6 +41,7 @@ def _json(args: list[str], cwd: Path, env: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(3000)  # minutes on a quiet machine; a shared one can take many times that
 def test_demo_sweep_shows_the_planted_spike_and_outlier(tmp_path: Path) -> None:
     for name in ("manifests", ".venv"):

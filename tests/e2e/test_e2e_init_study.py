@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from polypythia.storage import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_tiny_init_study_runs_and_reports_the_comparison(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ RULES = REPO / "charts" / "polypythia" / "files" / "prometheus-rules.yaml"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.e2e,
     pytest.mark.skipif(prometheus_binary() is None, reason="needs the Debian prometheus package"),
 ]
 

@@ -18,7 +18,7 @@ from e2e_helpers import command, env, write_sweep
 
 from polypythia.storage import RunStore, pins
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 SHOCK = 150
 STEPS = 200

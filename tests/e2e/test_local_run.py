@@ -19,7 +19,7 @@ from e2e_helpers import command, env
 
 from polypythia.storage import RunStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
