@@ -28,8 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sweep",
         metavar="SWEEP_YAML",
         default=None,
-        help="the sweep's manifest: its spec.instability.outliers set the cross-seed test, as "
-        "live (default: the CRD defaults)",
+        help="the sweep's manifest: its spec.instability.outliers set the cross-seed test "
+        "(default: those of the sweep as applied, recorded in its sweep.json beside the runs; "
+        "the CRD defaults when there is none)",
     )
     add_storage_flags(parser)
 

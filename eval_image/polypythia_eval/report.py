@@ -27,7 +27,10 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
+from polypythia.monitoring.settings import settings_from_spec
 from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.storage import SweepStore
+from polypythia.storage.layout import APPLIED_SWEEP
 from polypythia_eval import figures
 from polypythia_eval.analysis import Analysis, analyse, eval_table, loss_history, ordered_tasks
 from polypythia_eval.init_study import render_init_section, study
@@ -445,6 +448,17 @@ def load_source(source: str, run_errors: dict[str, str] | None = None, **store_k
     return load_sweep(source, run_errors=run_errors, **store_kwargs)
 
 
+def applied_outlier_settings(source: str, **store_kwargs) -> OutlierSettings | None:
+    """The outlier settings of the sweep as applied (what the live verdicts used), from the
+    ``sweep.json`` the driver or operator wrote; None for a sweep or folder without one."""
+    if not source.startswith("s3://") and is_result_folder(source):
+        return None
+    applied = SweepStore.open(source, **store_kwargs).read_applied()
+    if applied is None:
+        return None
+    return settings_from_spec(applied["spec"].get("instability")).outliers
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
@@ -474,13 +488,19 @@ def render_report(
     ``source`` is a sweep folder (local or s3://) or a folder of lm-eval result
     files; ``pythia_evals`` adds a reference section from such a folder;
     ``run_errors`` (run -> message) marks runs the caller saw fail; ``outliers`` is the
-    sweep's ``spec.instability.outliers`` (the live verdicts' settings; CRD defaults if None).
+    sweep's ``spec.instability.outliers`` (the live verdicts' settings); when None, those of
+    the sweep as applied (its ``sweep.json`` in storage), else the CRD defaults.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sweep = load_source(str(source), run_errors, **store_kwargs)
+    settings_from = "given"
+    if outliers is None:
+        outliers = applied_outlier_settings(str(source), **store_kwargs)
+        settings_from = APPLIED_SWEEP if outliers else "CRD defaults"
     result = analyse(sweep, outliers)
     summary = _summary(sweep, result)
+    summary["outlierSettings"]["from"] = settings_from
     summary["sizes"] = {}
     main = sweep_context(sweep, result)
     for section in main["sections"]:

@@ -217,6 +217,11 @@ def storage_uri(sweep: Sweep) -> str:
     return f"s3://{storage.get('bucket', '')}" + (f"/{prefix}" if prefix else "")
 
 
+def sweep_uri(sweep: Sweep, base_uri: str | None = None) -> str:
+    """The sweep's folder: its runs' folders and the applied sweep (`sweep.json`)."""
+    return f"{(base_uri or storage_uri(sweep)).rstrip('/')}/{sweep.name}"
+
+
 def seed_perturbations(perturbations: list[dict], seed: int) -> list[dict]:
     """The learning-rate shocks a seed's run gets: those without ``seeds`` and those naming
     it; ``seeds`` is left out so a run's config says only what its trainer does."""
@@ -305,7 +310,7 @@ def run_config(sweep: Sweep, size: str, seed: int, name: str, base_uri: str) -> 
             "secure": storage["secure"],
             "region": storage["region"],
         },
-        "runUri": f"{base_uri.rstrip('/')}/{sweep.name}/{name}",
+        "runUri": f"{sweep_uri(sweep, base_uri)}/{name}",
         **({"branch": branch} if (branch := branch_block(spec, size)) else {}),
     }
 

@@ -109,6 +109,19 @@ class Sweep:
         return list(self.spec["sizes"])
 
 
+def applied_manifest(sweep: Sweep) -> dict:
+    """The sweep as the API server would hold it once applied: its defaults filled in."""
+    metadata = {"name": sweep.name, "namespace": sweep.namespace}
+    if sweep.generation is not None:
+        metadata["generation"] = sweep.generation
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": metadata,
+        "spec": sweep.spec,
+    }
+
+
 def seed_list(seeds: dict) -> list[int]:
     if "list" in seeds:
         return list(seeds["list"])

@@ -254,7 +254,7 @@ def test_report_cli_writes_the_page(report_sweep, tmp_path, capsys):
     assert "sw-micro-s3" in (tmp_path / "out" / "index.html").read_text()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["outlierSettings"] == {
-        "falseAlarmRate": 0.2, "consecutive": 2, "signals": ["eval"]
+        "falseAlarmRate": 0.2, "consecutive": 2, "signals": ["eval"], "from": "given"
     }  # fmt: skip
     assert {v["signal"] for v in summary["outliers"]} == {"eval:pp_cloze/acc"}
 

@@ -243,6 +243,12 @@ def test_checkpoints_trigger_eval_jobs_never_twice_and_restart(cluster) -> None:
     )
     assert status["runs"][0]["lastCheckpoint"] == 15
     assert steps_of(cluster.eval_jobs("evals", "ev")) == [0, 5, 10, 15]
+    # The sweep as applied, beside its runs: a report made later reads its settings there.
+    stored = cluster.s3.client().get_object(bucket, "sweeps/ev/sweep.json").read()
+    applied = json.loads(stored)
+    assert applied["metadata"]["name"] == "ev"
+    assert applied["spec"]["seeds"]["range"] == {"count": 1, "start": 0}
+    assert applied["spec"]["instability"]["outliers"]["falseAlarmRate"] == 0.05
 
 
 def test_suspend_resume_scale_and_delete(cluster) -> None:

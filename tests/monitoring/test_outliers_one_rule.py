@@ -22,7 +22,7 @@ from polypythia.k8s.observe import SweepObserver
 from polypythia.monitoring.exporter import SweepExporter
 from polypythia.monitoring.settings import settings_from_spec
 from polypythia.spec import Sweep, sweep_from_object
-from polypythia.storage import RunStore
+from polypythia.storage import RunStore, SweepStore
 from polypythia_eval.analysis import analyse
 from polypythia_eval.sources import load_sweep
 from support.fixtures import s3_endpoint  # noqa: F401
@@ -250,3 +250,43 @@ def test_polypythia_outliers_on_the_stored_sweep_gives_the_same_verdicts(
     assert [(v["run"], v["group"], v["signal"], v["firstStep"]) for v in shown] == [
         (v.run, v.group, v.signal, v.first_step) for v in report.outliers
     ]
+
+
+def test_a_report_made_later_from_storage_alone_judges_with_the_sweeps_own_settings(
+    s3_endpoint,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+):
+    # What a platform user does after a cluster sweep: `polypythia report s3://...` with no
+    # manifest at hand. The operator recorded the sweep as applied (sweep.json, its
+    # falseAlarmRate 0.01, not the CRD's 0.05); the report must judge with it, as live.
+    scores = _scores()
+    sweep = _sweep("ap", s3_endpoint.bucket)
+    plan = _write(s3_endpoint, sweep, {f"ap-410m-s{s}": by for s, by in scores.items()})
+    server = s3_endpoint.server
+    observer = SweepObserver(("default", sweep.name))
+    observer.record_applied(sweep, (server.access_key, server.secret_key), s3_endpoint.endpoint)
+    _, rows, live = _three_ways(s3_endpoint, sweep, plan)
+    sweep_uri = plan[0].config["runUri"].rsplit("/", 1)[0]
+    storage = ["--endpoint", s3_endpoint.endpoint, "--insecure"]
+
+    def report(out: Path) -> dict:
+        assert cli.main(["report", sweep_uri, "--out", str(out), *storage]) == 0
+        capsys.readouterr()
+        return json.loads((out / "summary.json").read_text())
+
+    summary = report(tmp_path / "later")
+    assert summary["outlierSettings"]["from"] == "sweep.json"
+    assert summary["outlierSettings"]["falseAlarmRate"] == 0.01
+    assert [(v["run"], v["first_step"]) for v in summary["outliers"]] == [
+        (v.run, v.first_step) for v in live.outliers
+    ]
+    assert {v["run"] for v in summary["outliers"]} == {
+        name for name, row in rows.items() if row["outlier"]
+    }
+    # Without the record the report can only fall back to the CRD defaults, and says so.
+    stored = SweepStore.open(sweep_uri, **s3_endpoint.store_kwargs())
+    stored.store.delete(f"{stored.prefix}/sweep.json")
+    fallback = report(tmp_path / "defaults")
+    assert fallback["outlierSettings"]["from"] == "CRD defaults"
+    assert fallback["outlierSettings"]["falseAlarmRate"] == 0.05

@@ -360,6 +360,12 @@ class Operator:
                 )
             except Exception as exc:  # storage down must not stop the Kubernetes side
                 logger.warning(f"storage of {ns}/{name} not readable this pass: {exc}")
+            try:
+                await self._run(
+                    state.observer.record_applied, sweep, creds, self.config.storage_endpoint
+                )
+            except Exception as exc:  # the same: tried again next pass
+                logger.warning(f"sweep.json of {ns}/{name} not written this pass: {exc}")
         outcome = R.reconcile(
             sweep, plan, rayjobs, eval_jobs, previous, observations, images, now, blockers
         )

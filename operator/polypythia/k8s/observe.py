@@ -1,5 +1,5 @@
 """Read what storage says about a sweep's runs, and carry out the run core's storage
-actions (rewind records) that reconcile returned.
+actions (rewind records) that reconcile returned; record the sweep as applied.
 
 Reading never writes: ``observe`` feeds the run core (``polypythia.runcore``) and
 returns observations, with the spike action the run core proposes; reconcile decides
@@ -18,7 +18,7 @@ from polypythia.k8s.children import RunObservation
 from polypythia.monitoring.eval_scores import task_scores
 from polypythia.monitoring.exporter import RunLabels, SweepExporter
 from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
-from polypythia.planner import RunPlan
+from polypythia.planner import RunPlan, sweep_uri
 from polypythia.runcore.monitor import (
     RecordRewind,
     RunMonitor,
@@ -29,8 +29,8 @@ from polypythia.runcore.monitor import (
     next_spike_action,
     outlier_verdicts,
 )
-from polypythia.spec import Sweep
-from polypythia.storage import RunStore, StorageError, pins
+from polypythia.spec import Sweep, applied_manifest
+from polypythia.storage import RunStore, StorageError, SweepStore, pins
 from polypythia.storage.uri import connection, open_store, split_s3_uri
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class SweepObserver:
     runs: dict[str, _Cached] = field(default_factory=dict)
     spikes: SweepSpikes | None = None
     _labels: dict[str, RunLabels] = field(default_factory=dict)
+    # The generation whose sweep.json this process wrote (a 1-tuple: None is a generation).
+    _applied: tuple[int | None] | None = None
 
     def observe(
         self,
@@ -106,6 +108,23 @@ class SweepObserver:
                 out[name] = replace(obs, settled=tuple(self.spikes.settled.get(name, ())))
         self._flag_outliers(plan, out, settings)
         return out
+
+    def record_applied(
+        self, sweep: Sweep, credentials: tuple[str | None, str | None], default_endpoint: str | None
+    ) -> None:
+        """Write the sweep as applied beside its runs (``sweep.json``), once per generation
+        in this process, so a report made later from storage judges outliers with the
+        settings these verdicts use; a failed write raises and is tried again next pass."""
+        if self._applied == (sweep.generation,):
+            return
+        store = SweepStore.open(
+            sweep_uri(sweep),
+            **connection(sweep.spec["storage"], default_endpoint),
+            access_key=credentials[0],
+            secret_key=credentials[1],
+        )
+        store.write_applied(applied_manifest(sweep))
+        self._applied = (sweep.generation,)
 
     def finish(self, names: list[str]) -> None:
         """These runs ended (succeeded, or failed for good): they show no more spikes,

@@ -38,11 +38,12 @@ from polypythia.runcore.monitor import (
     outlier_verdicts,
 )
 from polypythia.runcore.phase import RunPhase
-from polypythia.spec import Sweep
+from polypythia.spec import Sweep, applied_manifest
 from polypythia.storage import (
     RunStore,
     StorageError,
     StorageNotFound,
+    SweepStore,
     config_changes,
     describe_changes,
     describe_shape_changes,
@@ -215,6 +216,7 @@ class LocalDriver:
 
     def run(self) -> None:
         """Until every run has ended; KeyboardInterrupt stops children cleanly."""
+        self.record_applied()
         try:
             while True:
                 self._reap()
@@ -236,6 +238,15 @@ class LocalDriver:
             raise
         finally:
             self._evaluator.shutdown(wait=True, cancel_futures=True)
+
+    def record_applied(self) -> None:
+        """Write the sweep as applied beside its runs (a later `polypythia report` reads
+        its outlier settings there, as the operator's sweeps do)."""
+        store = SweepStore.open(
+            planner.sweep_uri(self.sweep, self.base_uri),
+            **connection(self.runs[0].plan.config["storage"]),
+        )
+        store.write_applied(applied_manifest(self.sweep))
 
     def stop(self) -> None:
         """Stop every child (SIGTERM then grace); what they checkpointed is kept."""

@@ -34,6 +34,8 @@ from polypythia.storage.uri import open_store
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run.json"
+# The sweep as last applied (beside its runs): what a report made later reads its settings from.
+APPLIED_SWEEP = "sweep.json"
 COMPLETE = "COMPLETE"
 REWINDS = "telemetry/rewinds.json"  # beside the telemetry it cuts: one listing sees both
 _TELEMETRY = re.compile(r"^(\d{9,})-(\d{9,})(?:\.a(\d+))?\.jsonl$")
@@ -674,6 +676,27 @@ class SweepStore(StoreFolder):
     def runs(self) -> list[str]:
         """Names of the runs that have anything in storage."""
         return self.store.list_dirs(self.prefix)
+
+    def write_applied(self, manifest: dict) -> None:
+        """Record the sweep as applied (defaults filled in): a report made later from
+        storage alone then judges outliers with the settings the live verdicts used."""
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        self.store.put_bytes(_join(self.prefix, APPLIED_SWEEP), data)
+
+    def read_applied(self) -> dict | None:
+        """The sweep as last applied; None when nothing recorded it (a sweep trained
+        before this was written, a folder of lm-eval files)."""
+        try:
+            data = self.store.get_bytes(_join(self.prefix, APPLIED_SWEEP))
+        except StorageNotFound:
+            return None
+        try:
+            manifest = json.loads(data)
+        except ValueError as exc:
+            raise StorageError(f"{self._uri}/{APPLIED_SWEEP}: not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
+            raise StorageError(f"{self._uri}/{APPLIED_SWEEP}: not a sweep (no spec mapping)")
+        return manifest
 
     def run(self, name: str) -> RunStore:
         """The RunStore of run ``name`` (sharing this sweep's connection)."""
