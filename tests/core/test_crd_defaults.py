@@ -27,6 +27,7 @@ from polypythia.monitoring.settings import (
 )
 from polypythia.monitoring.spikes import SpikeSettings
 from polypythia.spec import resources_for
+from polypythia.typed import camel
 from polypythia_trainer.config import (
     BranchConfig,
     CheckpointConfig,
@@ -241,3 +242,30 @@ def test_the_storage_region_default_is_the_crds_in_every_reader() -> None:
     assert declared and declared == DEFAULT_REGION
     for fn in (open_store, S3Store.__init__):
         assert inspect.signature(fn).parameters["region"].default == declared, fn.__qualname__
+
+
+def crd_fields(path: str) -> set[str]:
+    """The field names the CRD declares under the object at ``spec.a.b``."""
+    node = crd.schema()
+    for part in path.split("."):
+        node = node["properties"][part]
+    return set(node["properties"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "path", "own"),
+    [
+        (SpikeSettings, "spec.instability", {"outliers", "action", "rewind"}),
+        (OutlierSettings, "spec.instability.outliers", set()),
+        (RewindSettings, "spec.instability.rewind", set()),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
+def test_settings_read_exactly_the_crds_fields(cls: type, path: str, own: set[str]) -> None:
+    """`typed.build` reads each settings field at its camelCase key: those keys are the
+    CRD's fields (a renamed field would be read from nowhere), and the fields marked
+    FIXED are the ones this table says no sweep sets."""
+    keys = {f.metadata.get("key", camel(f.name)) for f in dataclasses.fields(cls)}
+    assert keys - {None} == crd_fields(path) - own
+    fixed = {f.name for f in dataclasses.fields(cls) if f.metadata.get("key", "") is None}
+    assert fixed == {n for (c, n), s in TABLE.items() if c is cls and "no sweep field" in str(s)}

@@ -60,7 +60,7 @@ def test_settings_from_spec_defaults_and_mapping():
     "block, message",
     [
         ({"signals": ["perplexity"]}, "spec.instability.signals: must be a non-empty list"),
-        ({"window": "big"}, "spec.instability.window: must be int"),
+        ({"window": "big"}, "spec.instability.window: expected int, got 'big'"),
         ({"minHistory": 500}, "spec.instability: minHistory: must be in [2, window=128]"),
         ({"action": "panic"}, "spec.instability.action: must be one of"),
         ({"rewind": {"skipBatches": -1}}, "spec.instability.rewind.skipBatches: must be >= 0"),

@@ -6,11 +6,12 @@ these classes, so a bad field fails at start with its path named, not mid-run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from polypythia.errors import UsageError
 from polypythia.retention import LEGACY_POLICY, POLICIES, optimizer_state_kept
+from polypythia.typed import build, read
 
 INIT_STRATEGIES = ("pythia", "permute", "empirical", "studentt", "matched-gaussian")
 INIT_REFERENCE_FIELD = "spec.inits[].reference"
@@ -21,26 +22,14 @@ INIT_METHODS = ("small_init", "normal")
 STRATEGIES = ("ddp", "deepspeed")
 
 
-def _get(block: dict, key: str, path: str, kind: type | tuple, default: Any = ...) -> Any:
+def _get(block: dict, key: str, path: str, kind: type, default: Any = ...) -> Any:
     """Read ``block[key]`` of type ``kind``; the error names ``path.key``."""
     path = f"{path}.{key}" if path else key
-    if key not in block or block[key] is None:
+    if block.get(key) is None:
         if default is ...:
             raise UsageError(f"{path}: required field is missing")
         return default
-    value = block[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool) and bool not in kinds:
-        raise UsageError(f"{path}: expected {_names(kinds)}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise UsageError(f"{path}: expected {_names(kinds)}, got {value!r}")
-    return value
-
-
-def _names(kinds: tuple) -> str:
-    return " or ".join(k.__name__ for k in kinds)
+    return read(block[key], kind, path)
 
 
 def _block(cfg: dict, key: str, path: str = "") -> dict:
@@ -66,19 +55,16 @@ def _at_least(value: float, minimum: float, name: str) -> None:
         raise UsageError(f"{name}: must be >= {minimum}, got {value}")
 
 
-def _item(value: Any, path: str) -> dict:
-    """One object of a list (a perturbation): anything else names its index."""
-    if not isinstance(value, dict):
-        raise UsageError(f"{path}: expected an object, got {value!r}")
-    return value
-
-
 def _optional_str(block: dict, key: str, path: str) -> str | None:
     """An optional string that, when given, says something (not blank)."""
     value = _get(block, key, path, str, None)
-    if value is not None and not value.strip():
-        raise UsageError(f"{path}.{key}: expected a non-empty string or null, got {value!r}")
+    _not_blank(value, f"{path}.{key}")
     return value
+
+
+def _not_blank(value: str | None, path: str) -> None:
+    if value is not None and not value.strip():
+        raise UsageError(f"{path}: expected a non-empty string or null, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -94,30 +80,13 @@ class ModelConfig:
     parallel_residual: bool = True
     tie_word_embeddings: bool = False
     z_loss: float = 0.0
-    qk_layernorm: bool = False
+    qk_layernorm: bool = field(default=False, metadata={"key": "qkLayerNorm"})
     hidden_act: str = "gelu_pytorch_tanh"
     init_method: str = "small_init"
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "model") -> ModelConfig:
-        out = cls(
-            num_layers=_get(block, "numLayers", path, int),
-            hidden_size=_get(block, "hiddenSize", path, int),
-            num_heads=_get(block, "numHeads", path, int),
-            intermediate_size=_get(block, "intermediateSize", path, int),
-            vocab_size=_get(block, "vocabSize", path, int),
-            max_position_embeddings=_get(block, "maxPositionEmbeddings", path, int),
-            rotary_pct=_get(block, "rotaryPct", path, float, cls.rotary_pct),
-            rotary_emb_base=_get(block, "rotaryEmbBase", path, int, cls.rotary_emb_base),
-            parallel_residual=_get(block, "parallelResidual", path, bool, cls.parallel_residual),
-            tie_word_embeddings=_get(
-                block, "tieWordEmbeddings", path, bool, cls.tie_word_embeddings
-            ),
-            z_loss=_get(block, "zLoss", path, float, cls.z_loss),
-            qk_layernorm=_get(block, "qkLayerNorm", path, bool, cls.qk_layernorm),
-            hidden_act=_get(block, "hiddenAct", path, str, cls.hidden_act),
-            init_method=_get(block, "initMethod", path, str, cls.init_method),
-        )
+        out = build(cls, block, path)
         for name, value, allowed in (
             ("hiddenAct", out.hidden_act, HIDDEN_ACTS),
             ("initMethod", out.init_method, INIT_METHODS),
@@ -148,11 +117,7 @@ class Perturbation:
 
     @classmethod
     def from_dict(cls, block: dict, path: str) -> Perturbation:
-        out = cls(
-            step=_get(block, "step", path, int),
-            learning_rate_factor=_get(block, "learningRateFactor", path, float),
-            steps=_get(block, "steps", path, int, cls.steps),
-        )
+        out = build(cls, block, path)
         _at_least(out.step, 0, f"{path}.step")
         _at_least(out.steps, 1, f"{path}.steps")
         if out.learning_rate_factor <= 0:
@@ -188,42 +153,15 @@ class TrainingConfig:
     strategy: str = "ddp"
     zero_stage: int = 1  # applies to strategy deepspeed only; ddp runs record 0
     workers: int = 1
-    gpus_per_worker: float = 0
-    cpus_per_worker: float = 1
+    gpus_per_worker: int | float = 0
+    cpus_per_worker: int | float = 1
     perturbations: tuple[Perturbation, ...] = ()
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "training") -> TrainingConfig:
-        strategy = _get(block, "strategy", path, str, cls.strategy)
-        shocks = _get(block, "perturbations", path, list, [])
-        out = cls(
-            steps=_get(block, "steps", path, int),
-            global_batch_size=_get(block, "globalBatchSize", path, int),
-            micro_batch_size=_get(block, "microBatchSize", path, int),
-            sequence_length=_get(block, "sequenceLength", path, int),
-            learning_rate=_get(block, "learningRate", path, float),
-            min_learning_rate=_get(block, "minLearningRate", path, float),
-            warmup_steps=_get(block, "warmupSteps", path, float, cls.warmup_steps),
-            adam_beta1=_get(block, "adamBeta1", path, float, cls.adam_beta1),
-            adam_beta2=_get(block, "adamBeta2", path, float, cls.adam_beta2),
-            adam_eps=_get(block, "adamEps", path, float, cls.adam_eps),
-            weight_decay=_get(block, "weightDecay", path, float, cls.weight_decay),
-            gradient_clipping=_get(block, "gradientClipping", path, float, cls.gradient_clipping),
-            precision=_get(block, "precision", path, str, cls.precision),
-            strategy=strategy,
-            zero_stage=_get(
-                block, "zeroStage", path, int, cls.zero_stage if strategy == "deepspeed" else 0
-            ),
-            workers=_get(block, "workers", path, int, cls.workers),
-            gpus_per_worker=_get(block, "gpusPerWorker", path, (int, float), cls.gpus_per_worker),
-            cpus_per_worker=_get(block, "cpusPerWorker", path, (int, float), cls.cpus_per_worker),
-            perturbations=tuple(
-                Perturbation.from_dict(
-                    _item(p, f"{path}.perturbations[{i}]"), f"{path}.perturbations[{i}]"
-                )
-                for i, p in enumerate(shocks)
-            ),
-        )
+        out = build(cls, block, path)
+        if block.get("zeroStage") is None and out.strategy != "deepspeed":
+            out = replace(out, zero_stage=0)
         for name, minimum in (
             ("steps", 1),
             ("globalBatchSize", 1),
@@ -294,23 +232,16 @@ class CheckpointConfig:
                 raise UsageError(
                     f"{path}.steps[{i}]: must be an integer in [0, {total_steps}], got {s!r}"
                 )
-        every = _get(block, "resumeEvery", path, int, None)
-        if every is not None:
-            _at_least(every, 1, f"{path}.resumeEvery")
-        keep = _get(block, "keepResume", path, int, cls.keep_resume)
-        _at_least(keep, 1, f"{path}.keepResume")
+        out = build(cls, block, path, steps=tuple(sorted(set(steps))))
+        if out.resume_every is not None:
+            _at_least(out.resume_every, 1, f"{path}.resumeEvery")
+        _at_least(out.keep_resume, 1, f"{path}.keepResume")
         # Absent in a run.json written before the field existed: that run kept everything.
-        optimizer = _get(block, "optimizerState", path, str, cls.optimizer_state)
-        if optimizer not in POLICIES:
+        if out.optimizer_state not in POLICIES:
             raise UsageError(
-                f"{path}.optimizerState: {optimizer!r}; allowed: {', '.join(POLICIES)}"
+                f"{path}.optimizerState: {out.optimizer_state!r}; allowed: {', '.join(POLICIES)}"
             )
-        return cls(
-            steps=tuple(sorted(set(steps))),
-            resume_every=every,
-            keep_resume=keep,
-            optimizer_state=optimizer,
-        )
+        return out
 
     def optimizer_state_kept(self, complete: list[int]) -> set[int]:
         """The steps among ``complete`` whose checkpoint keeps its optimiser state."""
@@ -458,12 +389,8 @@ class StorageConfig:
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "storage") -> StorageConfig:
-        out = cls(
-            uri=_get(block, "uri", path, str),
-            endpoint=_optional_str(block, "endpoint", path),
-            secure=_get(block, "secure", path, bool, cls.secure),
-            region=_get(block, "region", path, str, cls.region),
-        )
+        out = build(cls, block, path)
+        _not_blank(out.endpoint, f"{path}.endpoint")
         if not out.uri.strip():
             raise UsageError(
                 f"{path}.uri: expected a local path or s3://bucket/prefix, got {out.uri!r}"
@@ -484,7 +411,7 @@ class TelemetryConfig:
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "telemetry") -> TelemetryConfig:
-        out = cls(flush_every=_get(block, "flushEvery", path, int, cls.flush_every))
+        out = build(cls, block, path)
         _at_least(out.flush_every, 1, f"{path}.flushEvery")
         return out
 
@@ -498,10 +425,10 @@ class MetricsConfig:
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "metrics") -> MetricsConfig:
-        return cls(
-            wandb_project=_optional_str(block, "wandbProject", path),
-            wandb_entity=_optional_str(block, "wandbEntity", path),
-        )
+        out = build(cls, block, path)
+        _not_blank(out.wandb_project, f"{path}.wandbProject")
+        _not_blank(out.wandb_entity, f"{path}.wandbEntity")
+        return out
 
 
 @dataclass(frozen=True)
@@ -576,12 +503,8 @@ class BranchConfig:
 
     @classmethod
     def from_dict(cls, block: dict, path: str = "branch") -> BranchConfig:
-        out = cls(
-            parent=_get(block, "parent", path, str),
-            step=_get(block, "step", path, int),
-            optimizer=_get(block, "optimizer", path, str),
-            checksum=_optional_str(block, "checksum", path),
-        )
+        out = build(cls, block, path)
+        _not_blank(out.checksum, f"{path}.checksum")
         _at_least(out.step, 0, f"{path}.step")
         if out.optimizer not in BRANCH_OPTIMIZERS:
             raise UsageError(

@@ -35,13 +35,14 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
 import numpy as np
 
 from polypythia.monitoring import null_cache
+from polypythia.typed import FIXED
 
 Direction = Literal["high", "low", "both"]
 # Which side is bad, per known signal: a high loss, a low evaluation score.
@@ -65,7 +66,7 @@ class OutlierSettings:
     false_alarm_rate: float = 0.05
     consecutive: int = 2
     signals: tuple[str, ...] = ("loss", "eval")
-    min_runs: int = 4
+    min_runs: int = field(default=4, metadata=FIXED)  # no sweep field
 
     def __post_init__(self) -> None:
         if not 0 < self.false_alarm_rate < 1:

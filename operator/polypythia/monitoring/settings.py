@@ -7,14 +7,14 @@ CRD's); a bad value raises UsageError naming ``spec.instability.<field>``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from polypythia.errors import UsageError
 from polypythia.monitoring.outliers import OutlierSettings
 from polypythia.monitoring.spikes import SpikeSettings
+from polypythia.typed import build, camel, camel_names
 
 Action = Literal["observe", "alert", "rewind"]
 ACTIONS: tuple[str, ...] = ("observe", "alert", "rewind")
@@ -41,25 +41,6 @@ class InstabilitySettings:
     rewind: RewindSettings = field(default_factory=RewindSettings)
 
 
-def _camel(message: str) -> str:
-    """Name fields the way the CRD spells them (``min_history`` -> ``minHistory``)."""
-    return re.sub(
-        r"\b([a-z]+)_([a-z_]+)\b",
-        lambda m: m.group(1) + "".join(w.title() for w in m.group(2).split("_")),
-        message,
-    )
-
-
-def _get(block: Mapping[str, Any], key: str, kind: type, path: str, default: Any) -> Any:
-    value = block.get(key, default)
-    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise UsageError(f"{path}.{key}: must be {kind.__name__}, got {value!r}")
-    return value
-
-
 def _signals(value: Any, path: str, allowed: Mapping[str, str]) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or any(v not in allowed for v in value):
         raise UsageError(f"{path}: must be a non-empty list of {sorted(allowed)}, got {value!r}")
@@ -75,58 +56,33 @@ def settings_from_spec(instability: Mapping[str, Any] | None) -> InstabilitySett
         block.get("signals", [crd_names[s] for s in d.signals]), f"{_PATH}.signals", _SIGNAL_NAMES
     )
     try:
-        spikes = SpikeSettings(
-            signals=signals,
-            window=_get(block, "window", int, _PATH, d.window),
-            threshold=_get(block, "threshold", float, _PATH, d.threshold),
-            min_history=_get(block, "minHistory", int, _PATH, d.min_history),
-            score_window=_get(block, "scoreWindow", int, _PATH, d.score_window),
-            score_threshold=_get(block, "scoreThreshold", float, _PATH, d.score_threshold),
-            recovery_steps=_get(block, "recoverySteps", int, _PATH, d.recovery_steps),
-            common_mode_fraction=_get(
-                block, "commonModeFraction", float, _PATH, d.common_mode_fraction
-            ),
-            common_mode_tolerance=_get(
-                block, "commonModeTolerance", int, _PATH, d.common_mode_tolerance
-            ),
-        )
+        spikes = build(SpikeSettings, block, _PATH, signals=signals)
     except ValueError as exc:
-        raise UsageError(f"{_PATH}: {_camel(str(exc))}") from None
+        raise UsageError(f"{_PATH}: {camel_names(str(exc))}") from None
     out_block = block.get("outliers", {}) or {}
     if not isinstance(out_block, Mapping):
         raise UsageError(f"{_PATH}.outliers: must be an object, got {out_block!r}")
     o = OutlierSettings()
     opath = f"{_PATH}.outliers"
+    signals = _signals(
+        out_block.get("signals", list(o.signals)),
+        f"{opath}.signals",
+        {"loss": "loss", "eval": "eval"},
+    )
     try:
-        outliers = OutlierSettings(
-            false_alarm_rate=_get(out_block, "falseAlarmRate", float, opath, o.false_alarm_rate),
-            consecutive=_get(out_block, "consecutive", int, opath, o.consecutive),
-            signals=_signals(
-                out_block.get("signals", list(o.signals)),
-                f"{opath}.signals",
-                {"loss": "loss", "eval": "eval"},
-            ),
-        )
+        outliers = build(OutlierSettings, out_block, opath, signals=signals)
     except ValueError as exc:
-        raise UsageError(f"{opath}: {_camel(str(exc))}") from None
+        raise UsageError(f"{opath}: {camel_names(str(exc))}") from None
     action = block.get("action", InstabilitySettings.action)
     if action not in ACTIONS:
         raise UsageError(f"{_PATH}.action: must be one of {list(ACTIONS)}, got {action!r}")
     rw_block = block.get("rewind", {}) or {}
     if not isinstance(rw_block, Mapping):
         raise UsageError(f"{_PATH}.rewind: must be an object, got {rw_block!r}")
-    r = RewindSettings()
     rpath = f"{_PATH}.rewind"
-    rewind = RewindSettings(
-        steps_before=_get(rw_block, "stepsBefore", int, rpath, r.steps_before),
-        skip_batches=_get(rw_block, "skipBatches", int, rpath, r.skip_batches),
-        max_rewinds=_get(rw_block, "maxRewinds", int, rpath, r.max_rewinds),
-    )
-    for key, value in (
-        ("stepsBefore", rewind.steps_before),
-        ("skipBatches", rewind.skip_batches),
-        ("maxRewinds", rewind.max_rewinds),
-    ):
+    rewind = build(RewindSettings, rw_block, rpath)
+    for f in fields(rewind):
+        value = getattr(rewind, f.name)
         if value < 0:
-            raise UsageError(f"{rpath}.{key}: must be >= 0, got {value}")
+            raise UsageError(f"{rpath}.{camel(f.name)}: must be >= 0, got {value}")
     return InstabilitySettings(spikes=spikes, outliers=outliers, action=action, rewind=rewind)

@@ -39,6 +39,8 @@ from typing import Literal
 
 import numpy as np
 
+from polypythia.typed import FIXED
+
 Signal = Literal["loss", "grad_norm"]
 Kind = Literal["seed-specific", "common-mode"]
 # Why a common-mode spike hit many runs (see common_mode.py); "none" for seed-specific ones.
@@ -52,22 +54,23 @@ _TINY = 1e-12
 
 @dataclass(frozen=True)
 class SpikeSettings:
-    """Detector settings; defaults follow OLMo-core / OLMo 2 (see module docstring)."""
+    """Detector settings; defaults follow OLMo-core / OLMo 2 (see module docstring).
+    ``FIXED`` ones are no sweep field (``spec.instability`` does not set them)."""
 
     signals: tuple[str, ...] = SIGNALS
     window: int = 128
     threshold: float = 6.0
     # The baseline's level: mean of the last ``level_window`` values (at most ``window``).
-    level_window: int = 16
+    level_window: int = field(default=16, metadata=FIXED)
     min_history: int = 32
     score_window: int = 1000
     score_threshold: float = 7.0
     recovery_steps: int = 500
     # A spike has recovered after ``recovery_confirm`` values in a row within
     # baseline + ``recovery_sds`` sd; its recovery step is the first of them.
-    recovery_sds: float = 3.0
-    recovery_confirm: int = 5
-    precursor_steps: int = 50
+    recovery_sds: float = field(default=3.0, metadata=FIXED)
+    recovery_confirm: int = field(default=5, metadata=FIXED)
+    precursor_steps: int = field(default=50, metadata=FIXED)
     common_mode_fraction: float = 0.5
     common_mode_tolerance: int = 2
 
