@@ -138,23 +138,9 @@ class StoreFolder:
         """The folder's URI (local paths absolute)."""
         return self._uri
 
-
-class RunStore(StoreFolder):
-    """Everything one run keeps in storage: config, telemetry, checkpoints, evaluations."""
-
-    def __repr__(self) -> str:
-        return f"RunStore({self._uri!r})"
-
     def key(self, *parts: str) -> str:
-        """The store key of a path inside the run folder."""
+        """The store key of a path inside the folder."""
         return _join(self.prefix, *parts)
-
-    def _rel(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def _list(self, folder: str) -> list[str]:
-        """Keys under a run sub-folder, relative to the run folder."""
-        return [self._rel(k) for k in self.store.list(self.key(folder) + "/")]
 
     def _read_json(self, rel: str):
         data = self.store.get_bytes(self.key(rel))
@@ -165,6 +151,20 @@ class RunStore(StoreFolder):
 
     def _write_json(self, rel: str, obj) -> None:
         self.store.put_bytes(self.key(rel), json.dumps(obj, indent=2).encode() + b"\n")
+
+
+class RunStore(StoreFolder):
+    """Everything one run keeps in storage: config, telemetry, checkpoints, evaluations."""
+
+    def __repr__(self) -> str:
+        return f"RunStore({self._uri!r})"
+
+    def _rel(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def _list(self, folder: str) -> list[str]:
+        """Keys under a run sub-folder, relative to the run folder."""
+        return [self._rel(k) for k in self.store.list(self.key(folder) + "/")]
 
     # run config
 
@@ -680,20 +680,15 @@ class SweepStore(StoreFolder):
     def write_applied(self, manifest: dict) -> None:
         """Record the sweep as applied (defaults filled in): a report made later from
         storage alone then judges outliers with the settings the live verdicts used."""
-        data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-        self.store.put_bytes(_join(self.prefix, APPLIED_SWEEP), data)
+        self._write_json(APPLIED_SWEEP, manifest)
 
     def read_applied(self) -> dict | None:
         """The sweep as last applied; None when nothing recorded it (a sweep trained
         before this was written, a folder of lm-eval files)."""
         try:
-            data = self.store.get_bytes(_join(self.prefix, APPLIED_SWEEP))
+            manifest = self._read_json(APPLIED_SWEEP)
         except StorageNotFound:
             return None
-        try:
-            manifest = json.loads(data)
-        except ValueError as exc:
-            raise StorageError(f"{self._uri}/{APPLIED_SWEEP}: not valid JSON ({exc})") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
             raise StorageError(f"{self._uri}/{APPLIED_SWEEP}: not a sweep (no spec mapping)")
         return manifest
