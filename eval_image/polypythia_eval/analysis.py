@@ -23,7 +23,7 @@ from polypythia.monitoring.cross_seed import (
 )
 from polypythia.monitoring.eval_scores import headline, task_scores
 from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
-from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent
+from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
 from polypythia.planner import POLYPYTHIAS_TASKS
 from polypythia.runcore.monitor import stored_history
 from polypythia_eval.offline_tasks import OFFLINE_TASKS
@@ -65,9 +65,11 @@ def _num(value) -> float:
     return float(value) if value is not None else math.nan
 
 
-def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
+def detect_spikes(sweep: SweepData, settings: SpikeSettings | None = None) -> list[SpikeEvent]:
     """Final state of every spike of every run (the last event per spike), labelled
-    common-mode when most runs (or most of a data order) spike at the same step."""
+    common-mode when most runs (or most of a data order) spike at the same step;
+    ``settings`` are the sweep's ``spec.instability`` ones (the CRD defaults if None)."""
+    settings = settings or SpikeSettings()
     events: list[SpikeEvent] = []
     reached: dict[str, float] = {}
     for run in sweep.runs:
@@ -75,13 +77,19 @@ def detect_spikes(sweep: SweepData) -> list[SpikeEvent]:
         reached[run.name] = float(steps[-1]) if len(steps) else -math.inf
         if len(steps) < 2:
             continue
-        _, found = RunSpikeDetector.rebuild(run.name, steps, loss, grad)
+        _, found = RunSpikeDetector.rebuild(run.name, steps, loss, grad, settings)
         last: dict[tuple, SpikeEvent] = {}
         for event in found:
             last[(event.signal, event.onset_step)] = event
         events.extend(last.values())
     data_order = {r.name: r.data_seed for r in sweep.runs}
-    labelled = label_common_mode(events, data_order, last_step=reached)
+    labelled = label_common_mode(
+        events,
+        data_order,
+        settings.common_mode_fraction,
+        settings.common_mode_tolerance,
+        last_step=reached,
+    )
     return sorted(labelled, key=lambda e: (e.run, e.onset_step))
 
 
@@ -200,11 +208,16 @@ def seed_agreement(sweep: SweepData) -> dict[str, dict]:
     return out
 
 
-def analyse(sweep: SweepData, outliers: OutlierSettings | None = None) -> Analysis:
-    """Run every detector the report needs; ``outliers`` is the sweep's
-    ``spec.instability.outliers`` (the CRD defaults when not given)."""
+def analyse(
+    sweep: SweepData,
+    outliers: OutlierSettings | None = None,
+    spikes: SpikeSettings | None = None,
+) -> Analysis:
+    """Run every detector the report needs; ``outliers`` and ``spikes`` are the sweep's
+    ``spec.instability`` settings, as the live verdicts use them (the CRD defaults when
+    not given)."""
     result = Analysis(outlier_settings=outliers or OutlierSettings())
-    result.spikes = detect_spikes(sweep)
+    result.spikes = detect_spikes(sweep, spikes)
     cross_seed, result.groups, notes = detect_outliers(sweep, result.outlier_settings)
     result.outliers = cross_seed.all()
     result.scores = cross_seed.scores

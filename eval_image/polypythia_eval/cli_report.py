@@ -28,9 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sweep",
         metavar="SWEEP_YAML",
         default=None,
-        help="the sweep's manifest: its spec.instability.outliers set the cross-seed test "
-        "(default: those of the sweep as applied, recorded in its sweep.json beside the runs; "
-        "the CRD defaults when there is none)",
+        help="the sweep's manifest: its spec.instability sets the spike detector and the "
+        "cross-seed test (default: the sweep as applied, recorded in sweep.json beside its "
+        "runs; the CRD defaults when there is none)",
     )
     add_storage_flags(parser)
 
@@ -41,12 +41,12 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"SWEEP_URI_OR_DIR {source!r}: no such folder")
     if args.pythia_evals and not Path(args.pythia_evals).is_dir():
         raise UsageError(f"--pythia-evals {args.pythia_evals!r}: no such folder")
-    outliers = None
+    settings = None
     if args.sweep:
         from polypythia.monitoring.settings import settings_from_spec
         from polypythia.spec import load_sweep_file
 
-        outliers = settings_from_spec(load_sweep_file(args.sweep).spec.get("instability")).outliers
+        settings = settings_from_spec(load_sweep_file(args.sweep).spec.get("instability"))
     store_kwargs = storage_options(args, source)
     from polypythia.storage import SweepStore
 
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         pythia_evals=args.pythia_evals,
         title=args.title,
-        outliers=outliers,
+        settings=settings,
         **store_kwargs,
     )
     print(index)

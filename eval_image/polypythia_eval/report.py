@@ -17,7 +17,7 @@ import re
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -27,8 +27,9 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
-from polypythia.monitoring.settings import settings_from_spec
+from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
 from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.output import camel_keys
 from polypythia.storage import SweepStore
 from polypythia.storage.layout import APPLIED_SWEEP
 from polypythia_eval import figures
@@ -448,15 +449,16 @@ def load_source(source: str, run_errors: dict[str, str] | None = None, **store_k
     return load_sweep(source, run_errors=run_errors, **store_kwargs)
 
 
-def applied_outlier_settings(source: str, **store_kwargs) -> OutlierSettings | None:
-    """The outlier settings of the sweep as applied (what the live verdicts used), from the
-    ``sweep.json`` the driver or operator wrote; None for a sweep or folder without one."""
+def applied_settings(source: str, **store_kwargs) -> InstabilitySettings | None:
+    """The spike and outlier settings of the sweep as applied (what the live verdicts
+    used), from the ``sweep.json`` the driver or operator wrote; None for a sweep or
+    folder without one."""
     if not source.startswith("s3://") and is_result_folder(source):
         return None
     applied = SweepStore.open(source, **store_kwargs).read_applied()
     if applied is None:
         return None
-    return settings_from_spec(applied["spec"].get("instability")).outliers
+    return settings_from_spec(applied["spec"].get("instability"))
 
 
 def _environment() -> jinja2.Environment:
@@ -480,27 +482,31 @@ def render_report(
     pythia_evals: str | Path | None = None,
     run_errors: dict[str, str] | None = None,
     title: str | None = None,
-    outliers: OutlierSettings | None = None,
+    settings: InstabilitySettings | None = None,
     **store_kwargs,
 ) -> Path:
     """Write ``out_dir/index.html`` (self-contained) and ``summary.json``; return the page.
 
     ``source`` is a sweep folder (local or s3://) or a folder of lm-eval result
     files; ``pythia_evals`` adds a reference section from such a folder;
-    ``run_errors`` (run -> message) marks runs the caller saw fail; ``outliers`` is the
-    sweep's ``spec.instability.outliers`` (the live verdicts' settings); when None, those of
-    the sweep as applied (its ``sweep.json`` in storage), else the CRD defaults.
+    ``run_errors`` (run -> message) marks runs the caller saw fail; ``settings`` are the
+    sweep's ``spec.instability`` ones (the live verdicts' spike and outlier settings); when
+    None, those of the sweep as applied (its ``sweep.json`` in storage), else the CRD
+    defaults.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sweep = load_source(str(source), run_errors, **store_kwargs)
     settings_from = "given"
-    if outliers is None:
-        outliers = applied_outlier_settings(str(source), **store_kwargs)
-        settings_from = APPLIED_SWEEP if outliers else "CRD defaults"
-    result = analyse(sweep, outliers)
+    if settings is None:
+        settings = applied_settings(str(source), **store_kwargs)
+        settings_from = APPLIED_SWEEP if settings else "CRD defaults"
+    settings = settings or InstabilitySettings()
+    outliers = settings.outliers
+    result = analyse(sweep, outliers, settings.spikes)
     summary = _summary(sweep, result)
     summary["outlierSettings"]["from"] = settings_from
+    summary["spikeSettings"] = {**camel_keys(asdict(settings.spikes)), "from": settings_from}
     summary["sizes"] = {}
     main = sweep_context(sweep, result)
     for section in main["sections"]:
@@ -517,7 +523,7 @@ def render_report(
     reference = None
     if pythia_evals:
         ref = load_result_files(pythia_evals)
-        ref_result = analyse(ref, outliers)
+        ref_result = analyse(ref, outliers, settings.spikes)
         reference = {"name": Path(pythia_evals).name, **sweep_context(ref, ref_result, "ref-")}
         summary["reference"] = _summary(ref, ref_result)
     name = title or f"polypythia report: {Path(str(source).rstrip('/')).name}"

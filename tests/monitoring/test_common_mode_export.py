@@ -4,8 +4,10 @@ operator's storage observer, each also rebuilt from storage as after a restart."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from polypythia import planner
@@ -128,20 +130,18 @@ def test_spikes_are_counted_once_their_kind_is_settled():
     assert _spike_counts(again) == EXPECTED
 
 
-def _sweep(name: str, storage: dict) -> Sweep:
-    return sweep_from_object(
-        sweep_object(
-            name,
-            {
-                "sizes": ["nano", "micro"],
-                "seeds": {"list": [0, 1]},
-                "training": {"steps": STEPS, "globalBatchSize": 8, "sequenceLength": 32},
-                "checkpoints": {"schedule": "every", "every": 1_000},
-                "evaluation": {"tasks": [], "schedule": "none"},
-                "storage": storage,
-            },
-        )
-    )
+def _sweep(name: str, storage: dict, instability: dict | None = None) -> Sweep:
+    spec = {
+        "sizes": ["nano", "micro"],
+        "seeds": {"list": [0, 1]},
+        "training": {"steps": STEPS, "globalBatchSize": 8, "sequenceLength": 32},
+        "checkpoints": {"schedule": "every", "every": 1_000},
+        "evaluation": {"tasks": [], "schedule": "none"},
+        "storage": storage,
+    }
+    if instability:
+        spec["instability"] = instability
+    return sweep_from_object(sweep_object(name, spec))
 
 
 def _write_telemetry(store: RunStore, h: History, upto: int = STEPS) -> None:
@@ -156,10 +156,10 @@ def _write_telemetry(store: RunStore, h: History, upto: int = STEPS) -> None:
         )
 
 
-def _in_s3(s3_endpoint, name: str, short: str | None = None):  # noqa: F811
+def _in_s3(s3_endpoint, name: str, short: str | None = None, instability: dict | None = None):  # noqa: F811
     """The sweep's runs in the S3 bucket (run.json and telemetry); run ``short`` stopped
     at step 2,000."""
-    sweep = _sweep(name, {"bucket": s3_endpoint.bucket, "secure": False})
+    sweep = _sweep(name, {"bucket": s3_endpoint.bucket, "secure": False}, instability)
     plan = planner.plan_sweep(sweep)
     histories = _histories(name)
     for run in plan:
@@ -211,25 +211,35 @@ def test_operator_observer_labels_spikes_by_data_order(s3_endpoint):  # noqa: F8
         assert _spike_counts(ex) == EXPECTED, attempt
 
 
+@pytest.mark.parametrize(
+    ("name", "instability"),
+    [("lab", None), ("lol", {"signals": ["loss"]})],
+    ids=["crd-defaults", "loss-only"],
+)
 def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
     s3_endpoint,  # noqa: F811
+    tmp_path: Path,
+    name: str,
+    instability: dict | None,
 ):
     """One sweep in storage, read three ways: the operator's observer feeding the
-    exporter (live), reconcile's status (``recentSpikes``), and the report's analysis."""
+    exporter (live), reconcile's status (``recentSpikes``), and the report made later
+    from storage alone (its settings from the sweep.json the operator wrote: a sweep
+    that watches only the loss has no gradient-norm spikes in its report either)."""
     from polypythia.k8s import reconcile as R
-    from polypythia_eval.analysis import detect_spikes
-    from polypythia_eval.sources import load_sweep
+    from polypythia_eval.report import render_report
 
-    sweep, plan = _in_s3(s3_endpoint, "lab")
+    sweep, plan = _in_s3(s3_endpoint, name, instability=instability)
     server = s3_endpoint.server
     ex = SweepExporter()
-    observer = SweepObserver(("default", "lab"), ex)
+    observer = SweepObserver(("default", name), ex)
     names = [r.name for r in plan]
-    observations = observer.observe(
-        sweep, plan, names, (server.access_key, server.secret_key), s3_endpoint.endpoint
-    )
+    creds = (server.access_key, server.secret_key)
+    observations = observer.observe(sweep, plan, names, creds, s3_endpoint.endpoint)
+    observer.record_applied(sweep, creds, s3_endpoint.endpoint)
     live = _spike_counts(ex)
-    assert live == EXPECTED
+    signals = ("loss",) if instability else ("loss", "grad_norm")
+    assert live == {k: v for k, v in EXPECTED.items() if k[2] in signals}
 
     out = R.reconcile(
         sweep, plan, [], [], {}, observations, R.Images("t:1", "e:1"), "2026-12-01T12:00:00Z"
@@ -244,6 +254,9 @@ def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
     } == live
 
     sweep_uri = plan[0].config["runUri"].rsplit("/", 1)[0]
-    found = detect_spikes(load_sweep(sweep_uri, **s3_endpoint.store_kwargs()))
-    report = {(e.run, e.signal, e.onset_step): (e.kind, e.cause) for e in found}
+    render_report(sweep_uri, tmp_path, **s3_endpoint.store_kwargs())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["spikeSettings"]["from"] == "sweep.json"
+    report = {(e["run"], e["signal"], e["onset_step"]): (e["kind"], e["cause"])
+              for e in summary["spikes"]}  # fmt: skip
     assert report == status

@@ -374,7 +374,7 @@ def _drive(args: argparse.Namespace, sweep, workdir: Path) -> int:
         report = render_report(
             f"{base_uri.rstrip('/')}/{sweep.name}",
             workdir / "report",
-            outliers=driver.settings.outliers,
+            settings=driver.settings,
         )
     print_summary(driver, report=report, wall_s=time.time() - started)
     return 1 if any(r.phase == RunPhase.FAILED for r in driver.runs) else 0
