@@ -27,10 +27,10 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from polypythia.monitoring.outliers import FamilyScores, OutlierSettings, OutlierVerdict
-from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
+from polypythia.monitoring.settings import InstabilitySettings
 from polypythia.monitoring.spikes import SpikeEvent, SpikeSettings
+from polypythia.monitoring.stored import applied_settings
 from polypythia.output import camel_keys
-from polypythia.storage import SweepStore
 from polypythia.storage.layout import APPLIED_SWEEP
 from polypythia_eval import figures
 from polypythia_eval.analysis import Analysis, analyse, eval_table, loss_history, ordered_tasks
@@ -449,18 +449,6 @@ def load_source(source: str, run_errors: dict[str, str] | None = None, **store_k
     return load_sweep(source, run_errors=run_errors, **store_kwargs)
 
 
-def applied_settings(source: str, **store_kwargs) -> InstabilitySettings | None:
-    """The spike and outlier settings of the sweep as applied (what the live verdicts
-    used), from the ``sweep.json`` the driver or operator wrote; None for a sweep or
-    folder without one."""
-    if not source.startswith("s3://") and is_result_folder(source):
-        return None
-    applied = SweepStore.open(source, **store_kwargs).read_applied()
-    if applied is None:
-        return None
-    return settings_from_spec(applied["spec"].get("instability"))
-
-
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
@@ -499,7 +487,8 @@ def render_report(
     sweep = load_source(str(source), run_errors, **store_kwargs)
     settings_from = "given"
     if settings is None:
-        settings = applied_settings(str(source), **store_kwargs)
+        if str(source).startswith("s3://") or not is_result_folder(str(source)):
+            settings = applied_settings(str(source), **store_kwargs)
         settings_from = APPLIED_SWEEP if settings else "CRD defaults"
     settings = settings or InstabilitySettings()
     outliers = settings.outliers

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from polypythia import planner
+from polypythia import cli, planner
 from polypythia.k8s.observe import SweepObserver
 from polypythia.local.driver import DriverOptions, LocalDriver
 from polypythia.local.metrics import LocalExporter
@@ -221,6 +221,7 @@ def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
     tmp_path: Path,
     name: str,
     instability: dict | None,
+    capsys,
 ):
     """One sweep in storage, read three ways: the operator's observer feeding the
     exporter (live), reconcile's status (``recentSpikes``), and the report made later
@@ -260,3 +261,9 @@ def test_the_same_spike_gets_the_same_label_live_in_status_and_in_the_report(
     report = {(e["run"], e["signal"], e["onset_step"]): (e["kind"], e["cause"])
               for e in summary["spikes"]}  # fmt: skip
     assert report == status
+    # `polypythia spikes` on the stored sweep, no flags: the sweep's settings too.
+    storage = ["--endpoint", s3_endpoint.endpoint, "--insecure"]
+    assert cli.main(["spikes", sweep_uri, "-o", "json", *storage]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {(e["run"], e["signal"], e["onsetStep"]): (e["kind"], e["cause"])
+            for e in shown} == status  # fmt: skip

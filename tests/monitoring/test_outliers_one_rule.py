@@ -284,6 +284,18 @@ def test_a_report_made_later_from_storage_alone_judges_with_the_sweeps_own_setti
     assert {v["run"] for v in summary["outliers"]} == {
         name for name, row in rows.items() if row["outlier"]
     }
+    # `polypythia outliers` on the stored sweep, no flags: the same settings, the same runs;
+    # a flag given still wins over the record.
+    assert cli.main(["outliers", sweep_uri, "-o", "json", *storage]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(v["run"], v["firstStep"]) for v in shown] == [
+        (v.run, v.first_step) for v in live.outliers
+    ]
+    assert {v["threshold"] for v in shown} == {round(v.threshold, 3) for v in live.outliers}
+    argv = ["outliers", sweep_uri, "-o", "json", "--false-alarm-rate", "0.05", *storage]
+    assert cli.main(argv) == 0
+    loose = json.loads(capsys.readouterr().out)
+    assert {v["threshold"] for v in loose} != {v["threshold"] for v in shown}
     # Without the record the report can only fall back to the CRD defaults, and says so.
     stored = SweepStore.open(sweep_uri, **s3_endpoint.store_kwargs())
     stored.store.delete(f"{stored.prefix}/sweep.json")

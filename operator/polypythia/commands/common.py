@@ -9,6 +9,7 @@ commands without torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -43,17 +44,23 @@ def storage_options(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     return {"endpoint": args.endpoint, "secure": not args.insecure, "region": args.region}
 
 
+# What a settings flag left unset means for runs in storage (``settings_from_args``'s base).
+STORED_DEFAULT = "a stored sweep's own, from its sweep.json"
+
+
 def add_settings_flags(
     parser: argparse.ArgumentParser, defaults: object, flags: Sequence[tuple[str, type, str]]
 ) -> None:
-    """One `--field-name` flag per settings field (name, type, help), defaulting to the
-    settings class's own value so the CLI never repeats a default."""
+    """One `--field-name` flag per settings field (name, type, help). Unset, a flag takes
+    the stored sweep's own setting when there is one, else the settings class's own
+    value (shown in the help), so the CLI never repeats a default."""
     for field, kind, help_text in flags:
+        shown = f"{getattr(defaults, field)}; {STORED_DEFAULT}"
         parser.add_argument(
             f"--{field.replace('_', '-')}",
             type=kind,
-            default=getattr(defaults, field),
-            help=help_text,
+            default=None,
+            help=help_text.replace("%(default)s", shown),
         )
 
 
@@ -61,12 +68,16 @@ def settings_from_args(
     cls: Callable[..., T],
     args: argparse.Namespace,
     flags: Sequence[tuple[str, type, str]],
+    base: T | None = None,
     **extra: Any,
 ) -> T:
-    """The settings the flags ask for; the class's own check (a ``ValueError`` starting
-    with the field name) becomes a usage error naming the flag."""
+    """``base`` (a stored sweep's settings; else the class's defaults) with the flags
+    given; the class's own check (a ``ValueError`` starting with the field name) becomes
+    a usage error naming the flag."""
+    given = {field: getattr(args, field) for field, _, _ in flags}
+    given = {field: value for field, value in given.items() if value is not None}
     try:
-        return cls(**{field: getattr(args, field) for field, _, _ in flags}, **extra)
+        return dataclasses.replace(base if base is not None else cls(), **given, **extra)
     except ValueError as exc:
         field, _, reason = str(exc).partition(":")
         raise UsageError(f"--{field.replace('_', '-')}:{reason}") from None

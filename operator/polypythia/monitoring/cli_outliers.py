@@ -12,7 +12,7 @@ from polypythia.commands import common
 from polypythia.errors import UsageError
 from polypythia.monitoring.cross_seed import cross_seed_outliers
 from polypythia.monitoring.outliers import OutlierSettings, OutlierVerdict, Point, find_outliers
-from polypythia.monitoring.stored import is_stored, stored_runs
+from polypythia.monitoring.stored import applied_settings, is_stored, stored_runs
 from polypythia.monitoring.tables import columns, integer, number, read_rows, text
 from polypythia.output import camel_keys
 from polypythia.runcore.monitor import stored_history
@@ -92,11 +92,14 @@ def _pick(given: str | None, present: set[str], candidates: tuple[str, ...], wha
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = common.settings_from_args(OutlierSettings, args, SETTINGS_FLAGS)
     if args.every is not None and args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
     if is_stored(args.file):
+        applied = applied_settings(args.file, **common.storage_options(args, args.file))
+        base = applied.outliers if applied else None
+        settings = common.settings_from_args(OutlierSettings, args, SETTINGS_FLAGS, base)
         return _show(_stored_verdicts(args, settings), args.output)
+    settings = common.settings_from_args(OutlierSettings, args, SETTINGS_FLAGS)
     rows = read_rows(args.file)
     if not rows:
         raise UsageError(f"{args.file}: no records")

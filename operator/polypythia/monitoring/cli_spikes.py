@@ -11,7 +11,7 @@ from polypythia.commands import common
 from polypythia.errors import UsageError
 from polypythia.monitoring.common_mode import label_common_mode
 from polypythia.monitoring.spikes import RunSpikeDetector, SpikeEvent, SpikeSettings
-from polypythia.monitoring.stored import is_stored, stored_runs
+from polypythia.monitoring.stored import applied_settings, is_stored, stored_runs
 from polypythia.monitoring.tables import integer, number, read_rows, text
 from polypythia.output import camel_keys
 
@@ -91,15 +91,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_storage_flags(parser)
     parser.add_argument(
         "--signals",
-        default=",".join(d.signals),
-        help="signals to watch, comma-separated: loss, grad_norm (default: %(default)s)",
+        default=None,
+        help="signals to watch, comma-separated: loss, grad_norm (default: "
+        f"{','.join(d.signals)}; {common.STORED_DEFAULT})",
     )
     common.add_settings_flags(parser, d, SETTINGS_FLAGS)
 
 
 def _settings(args: argparse.Namespace) -> SpikeSettings:
-    signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
-    return common.settings_from_args(SpikeSettings, args, SETTINGS_FLAGS, signals=signals)
+    """The flags given, over the first stored sweep's own settings (else the defaults)."""
+    base = None
+    for path in args.files:
+        applied = is_stored(path) and applied_settings(path, **common.storage_options(args, path))
+        if applied:
+            base = applied.spikes
+            break
+    extra = {}
+    if args.signals is not None:
+        extra["signals"] = tuple(s.strip() for s in args.signals.split(",") if s.strip())
+    return common.settings_from_args(SpikeSettings, args, SETTINGS_FLAGS, base, **extra)
 
 
 def load_runs(args: argparse.Namespace) -> tuple[dict[str, dict[int, tuple]], dict[str, str]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from polypythia.errors import UsageError
+from polypythia.monitoring.settings import InstabilitySettings, settings_from_spec
 from polypythia.storage import RunStore, StorageError, StorageNotFound, SweepStore
 
 
@@ -81,3 +82,18 @@ def stored_runs(uri: str, *, evals: bool = False, **store_kwargs) -> tuple[list[
             "(one sub-folder per run)"
         )
     return runs, "sweep"
+
+
+def applied_settings(uri: str, **store_kwargs) -> InstabilitySettings | None:
+    """The spike and outlier settings of the sweep at ``uri`` (a sweep folder, or a run
+    folder of it) as applied, from the ``sweep.json`` the driver or operator wrote beside
+    its runs: what the live verdicts used. None where nothing recorded them."""
+    uri = uri.rstrip("/")
+    folders = [uri]
+    if "/" in uri.removeprefix("s3://"):
+        folders.append(uri.rsplit("/", 1)[0])  # a run folder's sweep
+    for folder in folders:
+        applied = SweepStore.open(folder, **store_kwargs).read_applied()
+        if applied is not None:
+            return settings_from_spec(applied["spec"].get("instability"))
+    return None
