@@ -50,3 +50,26 @@ def test_each_transition_is_announced_once_while_the_sweep_watch_lags(cluster) -
     counts = Counter(_events(cluster, "lag"))
     assert [e for e, n in counts.items() if n > 1] == [], counts
     assert counts[("RunSucceeded", "run lg-nano-s1: finished")] == 1
+
+
+def test_a_failed_status_write_does_not_announce_the_transition_again(cluster) -> None:
+    cluster.create_namespace("flaky")
+    cluster.create_secret("flaky", "s3")
+    storage = {"bucket": cluster.s3.make_bucket(), "secretName": "s3", "secure": False}
+    cluster.apply_sweep(
+        "flaky", sweep_body("fl", seeds=2, sizes=("nano",), storage=storage, maxRetries=0)
+    )
+    cluster.wait_for("2 RayJobs", lambda: len(cluster.rayjobs("flaky", "fl")) == 2)
+    for name in ("fl-nano-s0", "fl-nano-s1"):
+        cluster.set_rayjob_status("flaky", name, "Running", "RUNNING")
+    cluster.wait_for("running", lambda: _status(cluster, "flaky", "fl").get("runsRunning") == 2)
+    # The pass that sees the failure posts its Event, then its status write fails.
+    cluster.emulator.fail_next.append(("patch", f"{PLURAL}/status", '"runsFailed": 1'))
+    cluster.set_rayjob_status("flaky", "fl-nano-s0", "Failed", "FAILED")
+    cluster.wait_for("the write failed", lambda: not cluster.emulator.fail_next)
+    cluster.wait_for("written", lambda: _status(cluster, "flaky", "fl").get("runsFailed") == 1)
+    time.sleep(1.5)  # passes go on over the written status (seed 1 still trains)
+    counts = Counter(_events(cluster, "flaky"))
+    failed = "run fl-nano-s0: attempt 0 failed after the last retry"
+    assert counts[("RunFailed", failed)] == 1, counts
+    assert [e for e, n in counts.items() if n > 1] == [], counts

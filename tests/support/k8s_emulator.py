@@ -229,6 +229,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # Seconds the watch events of a resource (key ``group/version/plural``) reach open
     # streams late, still in order, as from a loaded API server; reads are not delayed.
     watch_lag: dict[str, float] = attrs.field(factory=dict, init=False)
+    # Requests to fail once each with a 500 (etcd timing out): (verb, plural[/subresource],
+    # a text the request's JSON body holds); an entry is used up by the first match.
+    fail_next: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
     _rv: itertools.count = attrs.field(factory=lambda: itertools.count(100), init=False)
     _last_rv: int = attrs.field(default=99, init=False)
     _history: dict[str, deque] = attrs.field(factory=dict, init=False)
@@ -413,6 +416,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         auth = req.headers.get("Authorization", "")
         user = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else "anonymous"
         self.calls.add((user, verb, rt.group, rt.plural + sub))
+        with self._mutex:
+            body = json.dumps(req.data) if req.data is not None else ""
+            for entry in self.fail_next:
+                if entry[:2] == (verb, rt.plural + sub) and entry[2] in body:
+                    self.fail_next.remove(entry)
+                    raise ApiError(500, "InternalError", "etcdserver: request timed out (injected)")
         if watching:
             return await self._watch(rt, req)
         if verb == "list":

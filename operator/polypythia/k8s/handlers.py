@@ -80,8 +80,10 @@ class _SweepState:
     wake: asyncio.Event
     lock: asyncio.Lock
     observer: SweepObserver
-    # The sweep's uid and the status this operator last wrote to it (see previous_status).
-    written: tuple[str | None, dict] | None = None
+    # The sweep's uid and the status this operator's last pass announced (its Events
+    # posted) and wrote, or tried to: a failed write is retried by the next pass, which
+    # starts from this status, so its Events are not posted again (see previous_status).
+    announced: tuple[str | None, dict] | None = None
     settled: bool = False  # the last pass found nothing left to do but wait for edits
     # Children created by this operator and not yet seen through the watch: name ->
     # (body, monotonic time of creation), per kind.
@@ -248,12 +250,13 @@ class Operator:
     async def _report_refusal(self, body: kopf.Body, state: _SweepState, message: str) -> None:
         """A pass the API server refused (RBAC, admission): a Warning Event and Ready False."""
         obj = _plain(body)
-        previous = previous_status(obj, state.written)
+        previous = previous_status(obj, state.announced)
         status = R.with_refusals(
             previous, [message], previous, _now(), obj["metadata"].get("generation")
         )
         if _ready(status) != _ready(previous):
             kopf.event(body, type="Warning", reason="APIRequestRefused", message=message[:1000])
+        state.announced = (obj["metadata"].get("uid"), status)
         if _to_write(obj, previous, status):
             with contextlib.suppress(ApiException, OSError):
                 await self._run(
@@ -295,7 +298,7 @@ class Operator:
     ) -> None:
         obj = _plain(body)
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        previous = previous_status(obj, state.written)
+        previous = previous_status(obj, state.announced)
         now = _now()
         spec_obj = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj}
         try:
@@ -394,9 +397,9 @@ class Operator:
                 and not (status.get("evaluations") or {}).get("running")
                 and all(r.get("evaluationDone", True) for r in status.get("runs") or [])
             )
+            state.announced = (uid, status)
             if _to_write(obj, previous, status):
                 await self._run(self._patch_status, ns, name, status)
-                state.written = (obj["metadata"].get("uid"), status)
 
     async def _branch_problems(
         self, sweep: Sweep, plan: list[planner.RunPlan], previous: dict, state: _SweepState
@@ -492,10 +495,11 @@ class Operator:
         status = R.invalid_status(message, obj["metadata"].get("generation"), previous, now)
         if previous.get("phase") != "Invalid" or _changed(previous, status):
             kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
+        state.announced = (obj["metadata"].get("uid"), status)
+        if _to_write(obj, previous, status):
             await self._run(
                 self._patch_status, obj["metadata"]["namespace"], obj["metadata"]["name"], status
             )
-            state.written = (obj["metadata"].get("uid"), status)
 
     async def _apply(
         self, body: kopf.Body, ns: str, actions: list[R.Action], state: _SweepState | None = None
@@ -690,14 +694,15 @@ def _plain(value: object) -> object:
     return value
 
 
-def previous_status(obj: dict, written: tuple[str | None, dict] | None) -> dict:
-    """The status a pass starts from: the one this operator last wrote to this very sweep
-    (same uid), else the one on the object. The operator is status's only writer, and a
-    watch that lags (a loaded API server) hands a pass the sweep as it was one or more
-    writes ago: starting from that, a pass announced every transition written since a
-    second time (each "cannot start" Event posted twice)."""
-    if written is not None and written[0] == obj["metadata"].get("uid"):
-        return written[1]
+def previous_status(obj: dict, announced: tuple[str | None, dict] | None) -> dict:
+    """The status a pass starts from: the one this operator last announced and wrote (or
+    tried to) for this very sweep (same uid), else the one on the object. The operator is
+    status's only writer, and a watch that lags (a loaded API server) hands a pass the
+    sweep as it was one or more writes ago; a status write can fail after the pass's
+    Events went out. Starting from the object's status, a pass announced every transition
+    since a second time (each "cannot start" Event posted twice)."""
+    if announced is not None and announced[0] == obj["metadata"].get("uid"):
+        return announced[1]
     return obj.get("status") or {}
 
 
