@@ -130,6 +130,9 @@ def test_code_changes_leave_the_requirement_layers_alone(image: str) -> None:
     wheel_copy = [i for i, (w, r) in enumerate(final) if w == "COPY" and "--from=wheel" in r]
     assert wheel_copy and order and max(order) > wheel_copy[0]
     assert not any(w == "RUN" and "-r /" in r for w, r in final[wheel_copy[0] :])
+    # The requirements other stages made (the slim images' venv) are copied in before it too.
+    copied_after = [r for w, r in final[wheel_copy[0] + 1 :] if w == "COPY" and "--from=" in r]
+    assert not copied_after, copied_after
 
 
 def test_requirements_tool_expands_the_extras_pyproject_declares() -> None:
