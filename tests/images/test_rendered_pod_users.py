@@ -54,15 +54,14 @@ def _eval_pods() -> list[tuple[dict, str]]:
 PODS = {"operator": _operator_pods, "trainer": _trainer_pods, "eval": _eval_pods}
 
 
-@pytest.mark.parametrize(
-    "image",
-    ["operator", "trainer", "eval"],
-)
+@pytest.mark.parametrize("image", sorted(IMAGES))
 def test_pods_run_as_the_user_the_image_was_built_for(image: str) -> None:
-    uid, gid = final_user(IMAGES[image][0])
+    uid, gid = final_user(image)
     for pod, container in PODS[image]():
         sec = security(pod, find_container(pod, container))
         assert sec.get("runAsNonRoot") is True
-        assert sec.get("runAsUser") == uid, f"{image} {container}: pod uid vs Dockerfile USER"
+        assert sec.get("runAsUser") == uid, f"{image} {container}: pod uid vs the target's USER"
         if gid is not None:
-            assert sec.get("runAsGroup") == gid, f"{image} {container}: pod gid vs Dockerfile USER"
+            assert sec.get("runAsGroup") == gid, (
+                f"{image} {container}: pod gid vs the target's USER"
+            )

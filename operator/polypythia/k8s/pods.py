@@ -1,7 +1,7 @@
 """Pieces shared by the RayJob and eval Job pod templates: credentials, security, placement.
 
 Every pod the operator makes runs as the user its image was built for (the `USER` line of
-`trainer_image/Dockerfile` and `eval_image/Dockerfile`; tests/images checks both), writes
+the `trainer` and `eval` targets of the root `Dockerfile`; tests/images checks both), writes
 only to `emptyDir` volumes it owns, and mounts no ServiceAccount token unless the sweep
 names a ServiceAccount (workload identity: IRSA, GKE Workload Identity).
 """
@@ -32,9 +32,9 @@ class ImageUser:
         return f"{self.home}/.cache"
 
 
-# `USER 1000:100` (Ray's `ray` user, group `users`) in trainer_image/Dockerfile.
+# `USER 1000:100` (Ray's `ray` user, group `users`) in the Dockerfile's `trainer` target.
 TRAINER_USER = ImageUser(1000, 100, "/home/ray")
-# `USER 10001:10001` in eval_image/Dockerfile.
+# `USER 10001:10001` in the Dockerfile's `eval` target.
 EVAL_USER = ImageUser(10001, 10001, "/home/polypythia")
 
 
