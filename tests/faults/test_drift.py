@@ -66,6 +66,27 @@ def test_allow_changes_records_the_history(trained) -> None:
     )
 
 
+def test_the_history_names_the_step_the_run_resumes_from(trained, tmp_path: Path) -> None:
+    # Checkpoints 4 and 5, and 5 is damaged (a file cut short): the run resumes from 4,
+    # and history.json must say the new values apply from 4, not from the newest COMPLETE.
+    store, run = trained
+    src = tmp_path / "ckpt5"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"w" * 10)
+    run.commit_checkpoint(5, src)
+    (store / "checkpoints" / "step5" / "model.safetensors").write_bytes(b"w" * 3)
+    claim(nano_config(store, steps=6, learningRate=0.01), allow_changes=True)
+    assert [c["step"] for c in run.read_history()] == [4]
+    assert run.complete_checkpoints() == [4]  # step 5 quarantined, as the trainer would
+    # A shorter run resumes from its last checkpoint within the new length.
+    src6 = tmp_path / "ckpt6"
+    src6.mkdir()
+    (src6 / "model.safetensors").write_bytes(b"w" * 10)
+    run.commit_checkpoint(6, src6)
+    claim(nano_config(store, steps=5, learningRate=0.01), allow_changes=True)
+    assert [c["step"] for c in run.read_history()] == [4, 4]
+
+
 def test_a_run_that_never_trained_takes_the_new_config(tmp_path: Path) -> None:
     store = tmp_path / "run"
     claim(nano_config(store, steps=6))

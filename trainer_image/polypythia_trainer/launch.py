@@ -63,7 +63,10 @@ def claim_run(cfg: RunConfig, config: dict, *, allow_changes: bool = False):
                 raise UsageError(describe_shape_changes(run.uri, reshaped))
             if not allow_changes:
                 raise UsageError(describe_changes(run.uri, changes))
-            step = max(run.complete_checkpoints(), default=0)
+            # The step the trainer will resume from, found as it finds it: the newest
+            # sound checkpoint within the new length (a damaged one is quarantined now).
+            local = run.store.local_dir(run.key()) is not None
+            step = run.sound_checkpoint(cfg.training.steps, checksums=local) or 0
             now = time.time()
             run.record_changes([{**c, "step": step, "at": now} for c in changes])
             print(f"config changes accepted from step {step}: {len(changes)} field(s)", flush=True)
