@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from polypythia.errors import UsageError
+from polypythia.output import camel
 
 T = TypeVar("T")
 
@@ -31,12 +32,6 @@ FIXED: Mapping[str, Any] = types.MappingProxyType({"key": None})
 """Field metadata of a setting that keeps its default whatever the block holds."""
 
 _PLAIN = (bool, int, float, str, list)
-
-
-def camel(name: str) -> str:
-    """``min_history`` -> ``minHistory``, the CRD's spelling of a field."""
-    head, *rest = name.split("_")
-    return head + "".join(word.title() for word in rest)
 
 
 def camel_names(message: str) -> str:

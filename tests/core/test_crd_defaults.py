@@ -26,8 +26,8 @@ from polypythia.monitoring.settings import (
     RewindSettings,
 )
 from polypythia.monitoring.spikes import SpikeSettings
+from polypythia.output import camel
 from polypythia.spec import resources_for
-from polypythia.typed import camel
 from polypythia_trainer.config import (
     BranchConfig,
     CheckpointConfig,

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from polypythia.errors import UsageError
-from polypythia.typed import FIXED, build, camel, camel_names
+from polypythia.output import camel
+from polypythia.typed import FIXED, build, camel_names
 
 
 @dataclass(frozen=True)

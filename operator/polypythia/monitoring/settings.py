@@ -14,7 +14,8 @@ from typing import Any, Literal
 from polypythia.errors import UsageError
 from polypythia.monitoring.outliers import OutlierSettings
 from polypythia.monitoring.spikes import SpikeSettings
-from polypythia.typed import build, camel, camel_names
+from polypythia.output import camel
+from polypythia.typed import build, camel_names
 
 Action = Literal["observe", "alert", "rewind"]
 ACTIONS: tuple[str, ...] = ("observe", "alert", "rewind")
