@@ -5,7 +5,9 @@ outliving its driver, no lease left behind. SIGTERM stops the driver like Ctrl-C
 
 The driver trains without Ray (``--no-ray``: each run a `polypythia train` child with
 one intra-op thread, so the bits match across processes); the kills are real signals
-from outside, timed by what the runs have written to storage.
+from outside, timed by what the runs have written to storage. One case trains with Ray:
+the local Ray cluster the driver started (GCS, raylet, agents, workers) and its trainers
+must go with a SIGKILLed driver, and the rerun must start afresh and finish.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def write_sweep(folder: Path, spec: dict) -> Path:
     return path
 
 
-def start_driver(sweep: Path, workdir: Path) -> subprocess.Popen:
-    """`polypythia run` as a user types it, in the background."""
+def start_driver(sweep: Path, workdir: Path, ray: bool = False) -> subprocess.Popen:
+    """`polypythia run` as a user types it, in the background (``--no-ray`` unless ``ray``)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -67,7 +69,7 @@ def start_driver(sweep: Path, workdir: Path) -> subprocess.Popen:
         "HF_HUB_OFFLINE": "1",
     }
     cmd = [sys.executable, "-m", "polypythia.cli", "run", str(sweep), "--workdir", str(workdir)]
-    cmd += ["--no-ray", "--no-report", "--metrics-port", "-1"]
+    cmd += [*([] if ray else ["--no-ray"]), "--no-report", "--metrics-port", "-1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -156,8 +158,8 @@ def interrupt(
     return driver, trainers
 
 
-def finish(sweep: Path, workdir: Path) -> subprocess.CompletedProcess:
-    driver = start_driver(sweep, workdir)
+def finish(sweep: Path, workdir: Path, ray: bool = False) -> subprocess.CompletedProcess:
+    driver = start_driver(sweep, workdir, ray)
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
     return subprocess.CompletedProcess(driver.args, driver.returncode, out, err)
@@ -236,3 +238,24 @@ def test_a_driver_killed_while_evaluating_leaves_no_evaluation_behind(
     assert_like_reference(work, reference, tmp_path / "w")
     for run in runs(work):
         assert run.evaluated_steps() == [0, 8, 16]
+
+
+def test_a_killed_driver_takes_its_ray_cluster_and_trainers_with_it(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, SPEC)
+    work = tmp_path / "work"
+    driver = start_driver(sweep, work, ray=True)
+    wait_until(lambda: new_progress(work, [0, 0]) >= 4, "a run passed step 4", driver, 600)
+    assert descendants(driver, "raylet") and descendants(driver, " train ")
+    everything = psutil.Process(driver.pid).children(recursive=True)
+    driver.kill()
+    driver.communicate(timeout=60)
+    left = gone_within(everything, 180)
+    assert not left, f"outlived their SIGKILLed driver: {[p.pid for p in left]}"
+    finish(sweep, work, ray=True)
+    for run in runs(work):
+        records = run.read_telemetry()
+        assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # each step once
+        checked = sound_checkpoints(run)
+        assert checked.damaged == {} and checked.sound == run.complete_checkpoints()
+        assert {0, 8, 16} <= set(checked.sound)
+        assert not run.store.exists(run.key(LEASE))
