@@ -72,9 +72,12 @@ def test_demo_sweep_shows_the_planted_spike_and_outlier(tmp_path: Path) -> None:
     first = min(v["firstStep"] for v in outliers if v["run"] == slowed_run)
     assert first <= 50
 
+    # The sweep as applied is recorded beside its runs, for a report made later.
+    assert json.loads((sweep / "sweep.json").read_text())["metadata"]["name"] == "tiny"
+
     # Evaluations at several checkpoints; the held-out loss on one token set for all.
     held = {}
-    for run in sorted(p.name for p in sweep.iterdir()):
+    for run in sorted(p.name for p in sweep.iterdir() if p.is_dir()):
         results = {
             int(f.stem.removeprefix("step")): json.loads(f.read_text())
             for f in (sweep / run / "evals").glob("step*.json")
