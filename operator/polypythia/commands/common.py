@@ -45,7 +45,7 @@ def storage_options(args: argparse.Namespace, uri: str) -> dict[str, Any]:
 
 
 # What a settings flag left unset means for runs in storage (``settings_from_args``'s base).
-STORED_DEFAULT = "a stored sweep's own, from its sweep.json"
+STORED_DEFAULT = "for runs in storage, their sweep's own from its sweep.json"
 
 
 def add_settings_flags(
@@ -55,7 +55,7 @@ def add_settings_flags(
     the stored sweep's own setting when there is one, else the settings class's own
     value (shown in the help), so the CLI never repeats a default."""
     for field, kind, help_text in flags:
-        shown = f"{getattr(defaults, field)}; {STORED_DEFAULT}"
+        shown = f"{getattr(defaults, field)}, or {STORED_DEFAULT}"
         parser.add_argument(
             f"--{field.replace('_', '-')}",
             type=kind,

@@ -93,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--signals",
         default=None,
         help="signals to watch, comma-separated: loss, grad_norm (default: "
-        f"{','.join(d.signals)}; {common.STORED_DEFAULT})",
+        f"{','.join(d.signals)}, or {common.STORED_DEFAULT})",
     )
     common.add_settings_flags(parser, d, SETTINGS_FLAGS)
 
