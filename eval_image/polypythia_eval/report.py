@@ -487,8 +487,7 @@ def render_report(
     sweep = load_source(str(source), run_errors, **store_kwargs)
     settings_from = "given"
     if settings is None:
-        if str(source).startswith("s3://") or not is_result_folder(str(source)):
-            settings = applied_settings(str(source), **store_kwargs)
+        settings = applied_settings(str(source), **store_kwargs)
         settings_from = APPLIED_SWEEP if settings else "CRD defaults"
     settings = settings or InstabilitySettings()
     outliers = settings.outliers

@@ -292,6 +292,9 @@ def test_a_report_made_later_from_storage_alone_judges_with_the_sweeps_own_setti
         (v.run, v.first_step) for v in live.outliers
     ]
     assert {v["threshold"] for v in shown} == {round(v.threshold, 3) for v in live.outliers}
+    # A run folder of the sweep: its sweep's record, one level up.
+    assert cli.main(["outliers", f"{sweep_uri}/ap-410m-s3", "-o", "json", *storage]) == 0
+    assert json.loads(capsys.readouterr().out) == [v for v in shown if v["run"] == "ap-410m-s3"]
     argv = ["outliers", sweep_uri, "-o", "json", "--false-alarm-rate", "0.05", *storage]
     assert cli.main(argv) == 0
     loose = json.loads(capsys.readouterr().out)

@@ -89,11 +89,7 @@ def applied_settings(uri: str, **store_kwargs) -> InstabilitySettings | None:
     folder of it) as applied, from the ``sweep.json`` the driver or operator wrote beside
     its runs: what the live verdicts used. None where nothing recorded them."""
     uri = uri.rstrip("/")
-    folders = [uri]
-    if "/" in uri.removeprefix("s3://"):
-        folders.append(uri.rsplit("/", 1)[0])  # a run folder's sweep
-    for folder in folders:
-        applied = SweepStore.open(folder, **store_kwargs).read_applied()
-        if applied is not None:
-            return settings_from_spec(applied["spec"].get("instability"))
-    return None
+    if _is_run(RunStore.open(uri, **store_kwargs)):
+        uri = uri.rsplit("/", 1)[0]  # a run folder: its sweep's record
+    applied = SweepStore.open(uri, **store_kwargs).read_applied()
+    return settings_from_spec(applied["spec"].get("instability")) if applied else None
